@@ -1,0 +1,213 @@
+"""Task data: load a split from the Hub or a local path, check it, tokenize it.
+
+Every dataset argument accepts a Hub id (``glue`` with ``name: sst2``) or a local path: a directory
+with one file per split (``train.tsv``, ``dev.tsv``, ``validation.jsonl``, ...), a directory written
+by ``Dataset.save_to_disk``, or a dataset directory that ``datasets.load_dataset`` understands.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import datasets
+from datasets import ClassLabel, DatasetDict, Sequence
+
+from .errors import DataError, closest
+
+Task = Literal["text-classification", "token-classification", "text-generation"]
+TASKS: tuple[str, ...] = ("text-classification", "token-classification", "text-generation")
+
+_BUILDERS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+
+
+@dataclass
+class DataConfig:
+    """Where the task's data is and which columns hold the text and the labels."""
+
+    path: str = field(metadata={"help": "Hub dataset id (e.g. 'glue') or a local directory/file."})
+    name: Optional[str] = field(default=None, metadata={"help": "Hub config name, e.g. 'sst2' for 'glue'."})
+    task: Task = field(default="text-classification", metadata={"help": f"One of {TASKS}."})
+    train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    eval_split: str = field(default="validation", metadata={"help": "Split used for evaluation (SST-2 TSV: 'dev')."})
+    text_column: str = field(default="sentence", metadata={"help": "Column with the text (a list of words for token classification)."})
+    text_pair_column: Optional[str] = field(default=None, metadata={"help": "Second text column for pair tasks (e.g. MNLI)."})
+    label_column: str = field(default="label", metadata={"help": "Column with the labels; unused for text-generation."})
+    max_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep a random subset of this size (seeded)."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Keep the first N evaluation examples."})
+
+
+def _split_files(directory: Path) -> dict[str, Path]:
+    files = {}
+    for p in sorted(directory.iterdir()):
+        if p.is_file() and p.suffix in _BUILDERS:
+            files.setdefault(p.stem, p)
+    return files
+
+
+def load_raw_splits(cfg: DataConfig, splits: list[str]) -> DatasetDict:
+    """Load the named splits, from a local path or the Hub, with a clear error for each mistake."""
+    local = Path(os.path.expanduser(cfg.path))
+    try:
+        if local.is_dir() and (local / "dataset_dict.json").exists():
+            loaded = datasets.load_from_disk(str(local))
+        elif local.is_dir() and _split_files(local):
+            files = _split_files(local)
+            missing = [s for s in splits if s not in files]
+            if missing:
+                raise DataError(
+                    f"dataset directory {local} has no file for split '{missing[0]}'{closest(missing[0], files)}: "
+                    f"found splits {sorted(files)}; set data.train_split/data.eval_split"
+                )
+            suffixes = {files[s].suffix for s in splits}
+            if len({_BUILDERS[s] for s in suffixes}) != 1:
+                raise DataError(f"dataset directory {local} mixes file types {sorted(suffixes)}: use one format for all splits")
+            suffix = suffixes.pop()
+            kwargs: dict[str, Any] = {}
+            if suffix == ".tsv":
+                kwargs = {"delimiter": "\t", "quoting": 3}  # GLUE TSVs contain bare quotes
+            loaded = datasets.load_dataset(
+                _BUILDERS[suffix], data_files={s: str(files[s]) for s in splits}, **kwargs
+            )
+        elif local.is_file():
+            if local.suffix not in _BUILDERS:
+                raise DataError(f"data file {local} has unsupported type '{local.suffix}': use one of {sorted(_BUILDERS)}")
+            loaded = datasets.load_dataset(_BUILDERS[local.suffix], data_files={splits[0]: str(local)})
+        else:
+            loaded = datasets.load_dataset(cfg.path, cfg.name)
+    except DataError:
+        raise
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+        hint = "it is not a local path" if not local.exists() else "it could not be read"
+        raise DataError(
+            f"dataset '{cfg.path}' could not be loaded ({hint}; {type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+            "give a local directory with one file per split or a reachable Hub id"
+        ) from e
+    if isinstance(loaded, datasets.Dataset):
+        loaded = DatasetDict({splits[0]: loaded})
+    for split in splits:
+        if split not in loaded:
+            raise DataError(
+                f"dataset '{cfg.path}' has no split '{split}'{closest(split, loaded)}: available {sorted(loaded)}; "
+                "set data.train_split/data.eval_split"
+            )
+        if len(loaded[split]) == 0:
+            raise DataError(f"split '{split}' of dataset '{cfg.path}' is empty: point the recipe at a split with examples")
+    return DatasetDict({s: loaded[s] for s in splits})
+
+
+class TaskData:
+    """A task's raw splits, its label set and its tokenization."""
+
+    def __init__(self, cfg: DataConfig, splits: Optional[list[str]] = None, seed: int = 42):
+        if cfg.task not in TASKS:
+            raise DataError(f"data.task '{cfg.task}' is not supported{closest(cfg.task, TASKS)}: use one of {TASKS}")
+        self.cfg = cfg
+        splits = splits or [cfg.train_split, cfg.eval_split]
+        raw = load_raw_splits(cfg, list(dict.fromkeys(splits)))
+        for split, ds in raw.items():
+            self._check_columns(split, ds)
+        if cfg.max_train_samples and cfg.train_split in raw and cfg.max_train_samples < len(raw[cfg.train_split]):
+            raw[cfg.train_split] = raw[cfg.train_split].shuffle(seed=seed).select(range(cfg.max_train_samples))
+        if cfg.max_eval_samples and cfg.eval_split in raw and cfg.max_eval_samples < len(raw[cfg.eval_split]):
+            raw[cfg.eval_split] = raw[cfg.eval_split].select(range(cfg.max_eval_samples))
+        self.raw = raw
+        self.label_names = self._label_names() if cfg.task != "text-generation" else []
+        self.label2id = {name: i for i, name in enumerate(self.label_names)}
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return {i: str(n) for i, n in enumerate(self.label_names)}
+
+    def _check_columns(self, split: str, ds: datasets.Dataset) -> None:
+        needed = [self.cfg.text_column]
+        if self.cfg.text_pair_column:
+            needed.append(self.cfg.text_pair_column)
+        if self.cfg.task != "text-generation":
+            needed.append(self.cfg.label_column)
+        for col in needed:
+            if col not in ds.column_names:
+                raise DataError(
+                    f"split '{split}' has no column '{col}'{closest(col, ds.column_names)}: columns are {ds.column_names}; "
+                    "set data.text_column/data.label_column"
+                )
+
+    def _label_names(self) -> list[Any]:
+        train = self.raw.get(self.cfg.train_split)
+        reference = train if train is not None else next(iter(self.raw.values()))
+        feature = reference.features[self.cfg.label_column]
+        if isinstance(feature, Sequence):
+            feature = feature.feature
+        if isinstance(feature, ClassLabel):
+            names: list[Any] = list(range(feature.num_classes))
+            self._class_label_names = feature.names
+        else:
+            names = sorted(self._values(reference))
+            self._class_label_names = None
+        allowed = set(names)
+        for split, ds in self.raw.items():
+            outside = self._values(ds) - allowed
+            if outside:
+                raise DataError(
+                    f"split '{split}' has labels {sorted(outside)[:5]} that are not in the label set {sorted(allowed)[:10]}: "
+                    "fix the labels, or drop those rows (unlabelled test splits use -1)"
+                )
+        return names
+
+    def _values(self, ds: datasets.Dataset) -> set:
+        column = ds[self.cfg.label_column]
+        if self.cfg.task == "token-classification":
+            return {v for row in column for v in row}
+        return set(column)
+
+    def label_display_names(self) -> dict[int, str]:
+        names = getattr(self, "_class_label_names", None)
+        return {i: (names[i] if names else str(n)) for i, n in enumerate(self.label_names)}
+
+    def tokenize(self, tokenizer, split: str) -> datasets.Dataset:
+        """Tokenize one split; label values are mapped to ids 0..num_labels-1."""
+        cfg, ds = self.cfg, self.raw[split]
+        if cfg.task == "text-generation" and tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        label2id = self.label2id
+
+        def encode(batch):
+            if cfg.task == "token-classification":
+                enc = tokenizer(batch[cfg.text_column], is_split_into_words=True, truncation=True, max_length=cfg.max_length)
+                enc["labels"] = [
+                    _align_word_labels(enc.word_ids(i), [label2id[t] for t in tags])
+                    for i, tags in enumerate(batch[cfg.label_column])
+                ]
+                return enc
+            pair = batch[cfg.text_pair_column] if cfg.text_pair_column else None
+            enc = tokenizer(batch[cfg.text_column], pair, truncation=True, max_length=cfg.max_length)
+            if cfg.task == "text-classification":
+                enc["labels"] = [label2id[v] for v in batch[cfg.label_column]]
+            return enc
+
+        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"Tokenizing {split}")
+
+    def collator(self, tokenizer):
+        from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification, DataCollatorWithPadding
+
+        if self.cfg.task == "token-classification":
+            return DataCollatorForTokenClassification(tokenizer)
+        if self.cfg.task == "text-generation":
+            return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+        return DataCollatorWithPadding(tokenizer)
+
+
+def _align_word_labels(word_ids: list[Optional[int]], word_labels: list[int]) -> list[int]:
+    """Label the first sub-token of each word; special tokens and continuations get -100."""
+    labels, previous = [], None
+    for wid in word_ids:
+        labels.append(-100 if wid is None or wid == previous else word_labels[wid])
+        previous = wid
+    return labels

@@ -1,0 +1,3 @@
+from .harness import evaluate_pytorch, predict_pytorch
+
+__all__ = ["evaluate_pytorch", "predict_pytorch"]

@@ -1,0 +1,3 @@
+"""Built-in recipe stages; importing a module registers its stage."""
+
+from . import evaluate, train  # noqa: F401

@@ -1,0 +1,169 @@
+"""Training stages: ``finetune`` (alias ``finetune_teacher``) and ``distill``."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from ...distillation import DistillationTrainer, DistillationTrainingArguments, build_student_from_teacher
+from ...errors import ConfigError
+from ...metrics import trainer_compute_metrics
+from ...modeling import load_model, load_tokenizer
+from ...utils.io import atomic_write_json
+from ..context import RunContext
+from ..registry import CALLBACKS, register_stage
+from ..schema import check_keys, check_value, from_dict
+
+# Recipe defaults where Trainer's own would surprise a recipe user: no experiment trackers unless asked,
+# checkpoints often enough that --resume loses little, and evaluation once at the end of the stage.
+TRAINING_DEFAULTS = {
+    "report_to": "none",
+    "save_strategy": "steps",
+    "save_steps": 500,
+    "save_total_limit": 2,
+    "logging_steps": 50,
+    "eval_strategy": "no",
+    "per_device_eval_batch_size": 64,
+}
+
+
+def validate_training(training: dict, args_cls: type[TrainingArguments]) -> None:
+    """Check keys and types of a stage's ``training`` mapping, then build the arguments once to run their own checks."""
+    hints = typing.get_type_hints(args_cls)
+    allowed = {f.name for f in dataclasses.fields(args_cls) if f.init} - {"output_dir"}
+    check_keys(training, allowed, "training")
+    for key, value in training.items():
+        check_value(value, hints[key], f"training.{key}")
+    try:
+        args_cls(output_dir="unused", **{**TRAINING_DEFAULTS, **training})
+    except ConfigError as e:
+        raise ConfigError(f"training: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"training: {str(e).splitlines()[0]}") from None
+
+
+def build_callbacks(specs: list[dict]) -> list:
+    callbacks = []
+    for i, spec in enumerate(specs):
+        path = f"callbacks[{i}]"
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind not in CALLBACKS:
+            from ...errors import closest
+
+            raise ConfigError(f"{path}.type: unknown callback '{kind}'{closest(str(kind), CALLBACKS)}: use one of {sorted(CALLBACKS)}")
+        body = {k: v for k, v in spec.items() if k != "type"}
+        callbacks.append(CALLBACKS[kind].fn(from_dict(CALLBACKS[kind].config_cls, body, path)))
+    return callbacks
+
+
+@dataclass
+class FinetuneStageConfig:
+    """Fine-tune a model on the recipe's task with plain ``Trainer`` (hard labels only)."""
+
+    model: str = field(metadata={"help": "Model to train: an earlier stage's name, a local path or a Hub id.", "model_ref": True})
+    name: str = field(default="finetune", metadata={"help": "Stage name; also its output sub-directory."})
+    layers: Optional[list[int]] = field(default=None, metadata={"help": "Keep only these layers first (e.g. [0, 2, 4])."})
+    training: dict = field(default_factory=dict, metadata={"help": "TrainingArguments fields."})
+    callbacks: list[dict] = field(default_factory=list, metadata={"help": "Callbacks, each {type: ..., ...}."})
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        validate_training(self.training, TrainingArguments)
+        build_callbacks(self.callbacks)
+
+
+@dataclass
+class FinetuneTeacherStageConfig(FinetuneStageConfig):
+    """``finetune`` with the output named 'teacher': tunes a base model (like MiniLM) for the task."""
+
+    name: str = field(default="teacher", metadata={"help": "Stage name; also its output sub-directory."})
+
+
+@dataclass
+class DistillStageConfig:
+    """Distil a teacher into a student with :class:`DistillationTrainer`."""
+
+    teacher: str = field(metadata={"help": "Teacher: an earlier stage's name, a local path or a Hub id.", "model_ref": True})
+    student: Optional[str] = field(
+        default=None, metadata={"help": "Student checkpoint; default: the teacher, cut to student_layers.", "model_ref": True}
+    )
+    student_layers: Optional[list[int]] = field(default=None, metadata={"help": "Teacher layers the student keeps, e.g. [0, 2, 4]."})
+    name: str = field(default="student", metadata={"help": "Stage name; also its output sub-directory."})
+    training: dict = field(default_factory=dict, metadata={"help": "DistillationTrainingArguments fields (alpha, temperature, ...)."})
+    callbacks: list[dict] = field(default_factory=list, metadata={"help": "Callbacks, each {type: ..., ...}."})
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.student is None and self.student_layers is None:
+            raise ConfigError("give 'student' (a checkpoint) or 'student_layers' (teacher layers to keep, e.g. [0, 2, 4])")
+        validate_training(self.training, DistillationTrainingArguments)
+        build_callbacks(self.callbacks)
+
+
+def train_and_publish(ctx: RunContext, cfg, model, tokenizer, trainer_cls, args_cls, **trainer_kwargs):
+    """Train with checkpoints in the stage's work directory, evaluate, and publish the final model atomically."""
+    data = ctx.data()
+    train_ds = data.tokenize(tokenizer, data.cfg.train_split)
+    eval_ds = data.tokenize(tokenizer, data.cfg.eval_split)
+    checkpoints = ctx.work_dir(cfg.name) / "checkpoints"
+    args = args_cls(output_dir=str(checkpoints), seed=ctx.seed, **{**TRAINING_DEFAULTS, **cfg.training})
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=data.collator(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=trainer_compute_metrics(data.cfg.task, num_labels=data.num_labels),
+        callbacks=build_callbacks(cfg.callbacks),
+        **trainer_kwargs,
+    )
+    last = get_last_checkpoint(str(checkpoints)) if ctx.resume and checkpoints.is_dir() else None
+    train_result = trainer.train(resume_from_checkpoint=last)
+    eval_metrics = trainer.evaluate()
+    staging = ctx.fresh_staging(cfg.name)
+    trainer.save_model(str(staging))
+    if ctx.state.is_main_process:
+        atomic_write_json(staging / "train_results.json", train_result.metrics)
+        atomic_write_json(staging / "eval_results.json", eval_metrics)
+        trainer.state.save_to_json(str(staging / "trainer_state.json"))
+    return ctx.publish(staging, cfg.name), trainer
+
+
+def _load_for_task(ctx: RunContext, ref: str, trust_remote_code: bool):
+    data = ctx.data()
+    path = ctx.resolve(ref)
+    model = load_model(path, data.cfg.task, data.num_labels or None, data.label_display_names() or None, trust_remote_code)
+    return model, load_tokenizer(path, trust_remote_code), path
+
+
+@register_stage("finetune", FinetuneStageConfig)
+@register_stage("finetune_teacher", FinetuneTeacherStageConfig)
+def run_finetune(cfg: FinetuneStageConfig, ctx: RunContext):
+    model, tokenizer, _ = _load_for_task(ctx, cfg.model, cfg.trust_remote_code)
+    if cfg.layers is not None:
+        model = build_student_from_teacher(model, cfg.layers)
+    return train_and_publish(ctx, cfg, model, tokenizer, Trainer, TrainingArguments)[0]
+
+
+@register_stage("distill", DistillStageConfig)
+def run_distill(cfg: DistillStageConfig, ctx: RunContext):
+    teacher, tokenizer, _ = _load_for_task(ctx, cfg.teacher, cfg.trust_remote_code)
+    if cfg.student is None:
+        student = build_student_from_teacher(teacher, cfg.student_layers)
+    else:
+        student, student_tokenizer, student_path = _load_for_task(ctx, cfg.student, cfg.trust_remote_code)
+        if student_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(
+                f"student '{student_path}' and teacher use different tokenizers: distil between models that share a vocabulary"
+            )
+        if cfg.student_layers is not None:
+            student = build_student_from_teacher(student, cfg.student_layers)
+    return train_and_publish(
+        ctx, cfg, student, tokenizer, DistillationTrainer, DistillationTrainingArguments, teacher_model=teacher
+    )[0]
