@@ -1,0 +1,3 @@
+from .onnx import export_onnx
+
+__all__ = ["export_onnx"]
