@@ -48,6 +48,14 @@ def _split_files(directory: Path) -> dict[str, Path]:
     return files
 
 
+def _has_no_rows(path: Path) -> bool:
+    """True for an empty file, or a CSV/TSV with a header line only (datasets would fail obscurely)."""
+    header_lines = 1 if path.suffix in (".csv", ".tsv") else 0
+    with open(path, "rb") as f:
+        lines = [line for _, line in zip(range(header_lines + 1), f) if line.strip()]
+    return len(lines) <= header_lines
+
+
 def load_raw_splits(cfg: DataConfig, splits: list[str]) -> DatasetDict:
     """Load the named splits, from a local path or the Hub, with a clear error for each mistake."""
     local = Path(os.path.expanduser(cfg.path))
@@ -62,6 +70,9 @@ def load_raw_splits(cfg: DataConfig, splits: list[str]) -> DatasetDict:
                     f"dataset directory {local} has no file for split '{missing[0]}'{closest(missing[0], files)}: "
                     f"found splits {sorted(files)}; set data.train_split/data.eval_split"
                 )
+            for split in splits:
+                if _has_no_rows(files[split]):
+                    raise DataError(f"split '{split}' ({files[split]}) is empty: point the recipe at a split with examples")
             suffixes = {files[s].suffix for s in splits}
             if len({_BUILDERS[s] for s in suffixes}) != 1:
                 raise DataError(f"dataset directory {local} mixes file types {sorted(suffixes)}: use one format for all splits")

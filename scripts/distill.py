@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Distil a teacher into a student, in the style of the transformers example scripts.
 
-Every DistillationTrainingArguments field is a flag (``--alpha``, ``--temperature``, ``--teacher_cache_dir``, ...):
+Every DistillationTrainingArguments field is a flag (``--alpha``, ``--temperature``, ``--teacher_cache_dir``, ...).
+On GPUs, ``accelerate launch --num_processes N scripts/distill.py ...``; on a CPU-only machine, launch through
+torchrun with ``--multi_gpu`` and add ``--use_cpu true`` so accelerate picks the gloo backend:
 
-    accelerate launch --num_processes 2 scripts/distill.py \\
+    accelerate launch --multi_gpu --num_processes 2 scripts/distill.py --use_cpu true \\
         --teacher_model_name_or_path outputs/sst2-quickstart/teacher --student_layers 0 2 4 \\
         --dataset ../shared/assets/data/sst2 --eval_split dev --output_dir outputs/student --num_train_epochs 1
 """
@@ -74,6 +76,7 @@ def run(argv=None) -> int:
     metrics = trainer.evaluate()
     trainer.save_model()
     trainer.save_metrics("eval", metrics)
+    trainer.save_state()
     return 0
 
 

@@ -13,7 +13,7 @@ import yaml
 from accelerate import PartialState
 
 from ..data import DataConfig, TaskData
-from ..errors import ConfigError
+from ..errors import ConfigError, closest
 from ..utils.io import atomic_write_text
 
 RECIPE_FILE = "hfcompress_recipe.yaml"
@@ -93,10 +93,11 @@ def check_model_ref(ref: str, known_stages, path: str) -> None:
     local = Path(os.path.expanduser(ref))
     if local.exists():
         return
-    if looks_like_hub_id(ref):
-        return
+    hint = closest(ref, known_stages)
+    if looks_like_hub_id(ref) and not ("/" not in ref and hint):
+        return  # a bare name close to a stage name is far likelier a typo than a legacy Hub id
     raise ConfigError(
-        f"{path}: model '{ref}' is not an earlier stage ({sorted(known_stages) or 'none yet'}), "
+        f"{path}: model '{ref}' is not an earlier stage{hint} ({sorted(known_stages) or 'none yet'}), "
         "an existing local path, or a Hub id: fix the path or the stage name"
     )
 

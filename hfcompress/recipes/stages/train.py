@@ -32,19 +32,21 @@ TRAINING_DEFAULTS = {
 }
 
 
-def validate_training(training: dict, args_cls: type[TrainingArguments]) -> None:
-    """Check keys and types of a stage's ``training`` mapping, then build the arguments once to run their own checks."""
+def validate_training(training: dict, args_cls: type[TrainingArguments]) -> dict:
+    """Check keys and types of a stage's ``training`` mapping, then build the arguments once to run their own checks.
+
+    Returns the mapping with values converted to their field types."""
     hints = typing.get_type_hints(args_cls)
     allowed = {f.name for f in dataclasses.fields(args_cls) if f.init} - {"output_dir"}
     check_keys(training, allowed, "training")
-    for key, value in training.items():
-        check_value(value, hints[key], f"training.{key}")
+    training = {key: check_value(value, hints[key], f"training.{key}") for key, value in training.items()}
     try:
         args_cls(output_dir="unused", **{**TRAINING_DEFAULTS, **training})
     except ConfigError as e:
         raise ConfigError(f"training: {e}") from None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"training: {str(e).splitlines()[0]}") from None
+    return training
 
 
 def build_callbacks(specs: list[dict]) -> list:
@@ -73,7 +75,7 @@ class FinetuneStageConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self):
-        validate_training(self.training, TrainingArguments)
+        self.training = validate_training(self.training, TrainingArguments)
         build_callbacks(self.callbacks)
 
 
@@ -101,7 +103,7 @@ class DistillStageConfig:
     def __post_init__(self):
         if self.student is None and self.student_layers is None:
             raise ConfigError("give 'student' (a checkpoint) or 'student_layers' (teacher layers to keep, e.g. [0, 2, 4])")
-        validate_training(self.training, DistillationTrainingArguments)
+        self.training = validate_training(self.training, DistillationTrainingArguments)
         build_callbacks(self.callbacks)
 
 

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny random models for unit tests, the shared MiniLM and SST-2 for integration tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "assets"
+MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
+SST2 = SHARED / "data" / "sst2"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared asset {path} is missing (expected ../shared beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    return _require(MINILM)
+
+
+@pytest.fixture(scope="session")
+def sst2_path() -> Path:
+    return _require(SST2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+def tiny_bert_config(vocab_size: int, **overrides):
+    from transformers import BertConfig
+
+    values = dict(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=128, num_labels=2,
+    )
+    values.update(overrides)
+    return BertConfig(**values)
+
+
+@pytest.fixture
+def tiny_sst2_dir(tmp_path, sst2_path) -> Path:
+    """The first rows of the real SST-2 files: 64 for training, 32 for evaluation."""
+    out = tmp_path / "sst2"
+    out.mkdir()
+    for name, rows in (("train.tsv", 64), ("dev.tsv", 32)):
+        lines = (sst2_path / name).read_text().splitlines()[: rows + 1]
+        (out / name).write_text("\n".join(lines) + "\n")
+    return out
+
+
+@pytest.fixture
+def tiny_teacher_dir(tmp_path, tokenizer) -> Path:
+    """A tiny random BERT classifier saved with the MiniLM tokenizer, so recipes can load it by path."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(tokenizer.vocab_size))
+    out = tmp_path / "tiny-teacher"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
