@@ -9,6 +9,7 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, Trainer
+from transformers.utils import logging
 
 from ..errors import ConfigError
 from ..modeling import infer_task
@@ -18,6 +19,8 @@ from .losses import attention_loss, combine, count_items, distillation_loss_sums
 
 PROJECTIONS_FILE = "distillation_projections.safetensors"
 _PROJECTIONS_ATTR = "hfc_distillation_projections"
+
+logger = logging.get_logger(__name__)
 
 
 def check_compatible(teacher: PreTrainedModel, student: PreTrainedModel, task: str) -> None:
@@ -55,6 +58,7 @@ class DistillationTrainer(Trainer):
         teacher_model.requires_grad_(False)
         if args.attention_distill_weight > 0:
             # Fused attention kernels do not return attention maps.
+            logger.warning("attention_distill_weight > 0: switching student and teacher to eager attention (slower, returns attention maps)")
             model.set_attn_implementation("eager")
             teacher_model.set_attn_implementation("eager")
         self.layer_map = self._resolve_layer_map(args, teacher_model, model)
