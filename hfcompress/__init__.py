@@ -2,6 +2,7 @@
 
 from .distillation import DistillationTrainer, DistillationTrainingArguments, build_student_from_teacher
 from .errors import ConfigError, DataError, HFCompressError, ModelError
+from .pruning import MagnitudePruningCallback, MagnitudePruningConfig, StructuredPruningCallback, StructuredPruningConfig
 
 __version__ = "0.1.0"
 
@@ -13,4 +14,8 @@ __all__ = [
     "HFCompressError",
     "ModelError",
     "build_student_from_teacher",
+    "MagnitudePruningCallback",
+    "MagnitudePruningConfig",
+    "StructuredPruningCallback",
+    "StructuredPruningConfig",
 ]
