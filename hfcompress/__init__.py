@@ -2,6 +2,8 @@
 
 from .distillation import DistillationTrainer, DistillationTrainingArguments, build_student_from_teacher
 from .errors import ConfigError, DataError, HFCompressError, ModelError
+from .lowrank import LowRankConfig, factorize, factorize_checkpoint, load_factorized
+from .vocab import VocabTrimConfig, trim_checkpoint, trim_vocabulary
 
 __version__ = "0.1.0"
 
@@ -13,4 +15,11 @@ __all__ = [
     "HFCompressError",
     "ModelError",
     "build_student_from_teacher",
+    "LowRankConfig",
+    "factorize",
+    "factorize_checkpoint",
+    "load_factorized",
+    "VocabTrimConfig",
+    "trim_checkpoint",
+    "trim_vocabulary",
 ]
