@@ -3,6 +3,8 @@
 from .distillation import DistillationTrainer, DistillationTrainingArguments, build_student_from_teacher
 from .errors import ConfigError, DataError, HFCompressError, ModelError
 from .pruning import MagnitudePruningCallback, MagnitudePruningConfig, StructuredPruningCallback, StructuredPruningConfig
+from .lowrank import LowRankConfig, factorize, factorize_checkpoint, load_factorized
+from .vocab import VocabTrimConfig, trim_checkpoint, trim_vocabulary
 
 __version__ = "0.1.0"
 
@@ -18,4 +20,11 @@ __all__ = [
     "MagnitudePruningConfig",
     "StructuredPruningCallback",
     "StructuredPruningConfig",
+    "LowRankConfig",
+    "factorize",
+    "factorize_checkpoint",
+    "load_factorized",
+    "VocabTrimConfig",
+    "trim_checkpoint",
+    "trim_vocabulary",
 ]

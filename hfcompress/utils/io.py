@@ -13,6 +13,12 @@ from typing import Any, Iterator
 from ..errors import ConfigError
 
 
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Fail early (before expensive work) when ``path`` exists and may not be replaced."""
+    if Path(path).exists() and not overwrite:
+        raise ConfigError(f"output directory {path} already exists: pass --overwrite to replace it, or choose another")
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``path`` only if the block succeeds.
@@ -21,8 +27,7 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     and removes the temporary directory.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise ConfigError(f"output directory {path} already exists: pass --overwrite to replace it, or choose another")
+    check_output_dir(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
