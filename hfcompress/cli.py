@@ -1,4 +1,4 @@
-"""``hfcompress`` command line: ``run`` a recipe, ``evaluate`` a model."""
+"""``hfcompress`` command line: ``run`` a recipe, ``evaluate`` a model, ``export`` it to ONNX."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .errors import HFCompressError
+from .errors import ConfigError, HFCompressError
 
 
 def _cmd_run(args) -> int:
@@ -22,8 +22,11 @@ def _cmd_run(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from .data import DataConfig, TaskData
-    from .evaluation import evaluate_pytorch
+    from .evaluation import evaluate_model, evaluation_texts, measure_latency
+    from .evaluation.runtime import resolve_backend
+    from .utils.io import atomic_write_json
 
+    backend = resolve_backend(args.model, args.backend, args.onnx_file)  # a wrong backend fails before the data loads
     data = TaskData(
         DataConfig(
             path=args.data, name=args.data_config, task=args.task, eval_split=args.split, text_column=args.text_column,
@@ -31,8 +34,38 @@ def _cmd_evaluate(args) -> int:
         ),
         splits=[args.split],
     )
-    result = evaluate_pytorch(args.model, data, args.batch_size)
+    result = evaluate_model(args.model, data, args.batch_size, backend=backend, onnx_file=args.onnx_file)
+    if args.latency:
+        texts = evaluation_texts(data, args.latency_samples)
+        result["latency"] = measure_latency(
+            args.model, args.model, texts, args.latency_batch_sizes, args.threads, backend=backend, warmup=args.warmup,
+            repeats=args.repeats, onnx_file=args.onnx_file, max_length=args.max_length,
+        )
+    if args.output:
+        atomic_write_json(args.output, result)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .export import export_onnx
+    from .export.parity import PARITY_FILE
+
+    texts = None
+    if args.parity_texts:
+        try:
+            texts = [line.strip() for line in open(args.parity_texts, encoding="utf-8") if line.strip()]
+        except OSError as e:
+            raise ConfigError(f"--parity-texts {args.parity_texts} cannot be read ({e.strerror}): give a text file, one sentence a line") from None
+        if not texts:
+            raise ConfigError(f"--parity-texts {args.parity_texts} has no sentences: give a text file, one sentence a line")
+    path = export_onnx(
+        args.model, args.output, args.task, args.opset, parity_texts=texts, overwrite=args.overwrite, backend=args.backend,
+        optimize=args.optimize, atol=args.atol, batch_sizes=args.batch_sizes, sequence_lengths=args.sequence_lengths,
+    )
+    parity = json.loads((path.parent / PARITY_FILE).read_text())
+    for name, result in parity["files"].items():
+        print(f"{path.parent / name}: parity max abs diff {result['max_abs_diff']:.3g} (atol {result['tolerance']:g}) over {len(result['checks'])} shapes")
     return 0
 
 
@@ -48,18 +81,48 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="Delete an existing output directory and start again.")
     run.set_defaults(fn=_cmd_run)
 
-    ev = sub.add_parser("evaluate", help="Task metrics of a model on a dataset split.", description="Task metrics of a model on a dataset split.")
-    ev.add_argument("model", help="Model directory or Hub id.")
+    ev = sub.add_parser(
+        "evaluate", help="Task metrics, size and optionally latency of a PyTorch checkpoint or an ONNX model.",
+        description="Task metrics, size, sparsity and optionally latency of a PyTorch checkpoint or an exported ONNX directory.",
+    )
+    ev.add_argument("model", help="Checkpoint directory, Hub id, or a directory with an .onnx model (e.g. from hfcompress export).")
     ev.add_argument("--data", required=True, help="Dataset: Hub id or local directory/file.")
     ev.add_argument("--data-config", default=None, help="Hub dataset config name (e.g. sst2 for glue).")
     ev.add_argument("--split", default="validation", help="Split to evaluate (SST-2 TSV: dev).")
     ev.add_argument("--task", default="text-classification", help="text-classification, token-classification or text-generation.")
-    ev.add_argument("--text-column", default="sentence")
-    ev.add_argument("--label-column", default="label")
-    ev.add_argument("--max-length", type=int, default=128)
-    ev.add_argument("--max-samples", type=int, default=None)
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--text-column", default="sentence", help="Column with the text.")
+    ev.add_argument("--label-column", default="label", help="Column with the labels.")
+    ev.add_argument("--max-length", type=int, default=128, help="Truncate inputs to this many tokens.")
+    ev.add_argument("--max-samples", type=int, default=None, help="Evaluate the first N examples only.")
+    ev.add_argument("--batch-size", type=int, default=64, help="Batch size for the task metrics.")
+    ev.add_argument("--backend", default="auto", choices=["auto", "pytorch", "onnx"], help="Runtime; auto: ONNX Runtime when the directory has an .onnx file.")
+    ev.add_argument("--onnx-file", default=None, help="ONNX file in the model directory (default model.onnx), e.g. model_optimized.onnx.")
+    ev.add_argument("--latency", action="store_true", help="Also measure p50/p95 latency and throughput on sentences of the split.")
+    ev.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 32], help="Batch sizes to time.")
+    ev.add_argument("--latency-samples", type=int, default=256, help="Sentences of the split that make the latency batches.")
+    ev.add_argument("--threads", type=int, default=2, help="Intra-op threads while timing.")
+    ev.add_argument("--warmup", type=int, default=5, help="Untimed calls before timing.")
+    ev.add_argument("--repeats", type=int, default=3, help="Timed passes over the latency batches.")
+    ev.add_argument("--output", default=None, help="Also write the result as JSON to this file.")
     ev.set_defaults(fn=_cmd_evaluate)
+
+    ex = sub.add_parser(
+        "export", help="Export a checkpoint to ONNX and check parity with PyTorch.",
+        description="Export a checkpoint to ONNX (Optimum or the torch dynamo exporter), optionally optimise it with ORTOptimizer, "
+        "and check PyTorch vs ONNX Runtime outputs on real sentences at several batch sizes and lengths (parity.json).",
+    )
+    ex.add_argument("model", help="Checkpoint directory or Hub id.")
+    ex.add_argument("--output", required=True, help="Output directory (model.onnx, config, tokenizer, parity.json).")
+    ex.add_argument("--task", default=None, help="text-classification, token-classification or text-generation; inferred from the config.")
+    ex.add_argument("--backend", default="optimum", choices=["optimum", "dynamo"], help="Exporter: Optimum's main_export or torch.onnx.export(dynamo=True).")
+    ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
+    ex.add_argument("--optimize", default=None, choices=["O1", "O2", "O3", "O4"], help="Also write model_optimized.onnx with ORTOptimizer at this level (O4 needs a GPU).")
+    ex.add_argument("--atol", type=float, default=1e-4, help="Largest allowed absolute difference of the outputs.")
+    ex.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="Batch sizes of the parity check.")
+    ex.add_argument("--sequence-lengths", type=int, nargs="+", default=[16, 128], help="Sequence lengths of the parity check.")
+    ex.add_argument("--parity-texts", default=None, help="Text file, one sentence a line, for the parity check (default: built-in sentences).")
+    ex.add_argument("--overwrite", action="store_true", help="Replace an existing output directory.")
+    ex.set_defaults(fn=_cmd_export)
     return parser
 
 

@@ -87,6 +87,12 @@ def evaluate_model(
     return result
 
 
+def evaluation_texts(data: TaskData, count: Optional[int] = None) -> list[str]:
+    """The first ``count`` texts of the evaluation split (word lists joined for token tasks): real inputs for timing and parity."""
+    column = data.raw[data.cfg.eval_split][data.cfg.text_column][:count]
+    return [" ".join(t) if isinstance(t, list) else t for t in column]
+
+
 def evaluate_pytorch(path: str | Path, data: TaskData, batch_size: int = 64) -> dict:
     """:func:`evaluate_model` restricted to the PyTorch backend."""
     return evaluate_model(path, data, batch_size, backend="pytorch")

@@ -149,12 +149,21 @@ def _plot(report: dict, path: Path) -> bool:
     return True
 
 
-def write_compression_report(rows: list[dict], out_dir, title: str = "Compression report") -> dict:
-    """Write compression_report.{json,md,png} to ``out_dir`` and return the report.
+def write_compression_report(
+    rows: list[dict],
+    out_dir,
+    title: str = "Compression report",
+    *,
+    file_stem: str = REPORT_NAME,
+    notes: str = "",
+    metadata: Optional[dict] = None,
+) -> dict:
+    """Write ``<file_stem>.{json,md,png}`` (default compression_report) to ``out_dir`` and return the report.
 
     Each row needs at least ``name`` and may carry ``accuracy``, ``size_mb``, ``latency_ms_p50_b1``,
     ``latency_ms_p95_b1``, ``throughput_b32`` and ``hardware`` (as :func:`compression_row` builds
-    them); the first row is the baseline of the ratios.
+    them); the first row is the baseline of the ratios. ``notes`` (Markdown) is appended to the
+    table, ``metadata`` is stored in the JSON (e.g. settings, the command that reproduces it).
     """
     if not rows:
         raise ConfigError("write_compression_report needs at least one row: evaluate the baseline model first")
@@ -176,10 +185,11 @@ def write_compression_report(rows: list[dict], out_dir, title: str = "Compressio
         "quality_metric": metrics.pop() if len(metrics) == 1 else None,
         "hardware": hardware,
         "rows": rows,
+        **(metadata or {}),
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / f"{REPORT_NAME}.json", report)
-    atomic_write_text(out_dir / f"{REPORT_NAME}.md", render_markdown(report))
-    report["chart"] = str(out_dir / f"{REPORT_NAME}.png") if _plot(report, out_dir / f"{REPORT_NAME}.png") else None
+    atomic_write_json(out_dir / f"{file_stem}.json", report)
+    atomic_write_text(out_dir / f"{file_stem}.md", render_markdown(report) + (f"\n{notes.strip()}\n" if notes else ""))
+    report["chart"] = str(out_dir / f"{file_stem}.png") if _plot(report, out_dir / f"{file_stem}.png") else None
     return report

@@ -1,4 +1,3 @@
 """Built-in recipe stages; importing a module registers its stage."""
 
-from . import evaluate, train  # noqa: F401
-from . import prune  # noqa: F401
+from . import evaluate, export, prune, train  # noqa: F401
