@@ -69,6 +69,84 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _field_help(cls, name: str) -> str:
+    return cls.__dataclass_fields__[name].metadata["help"]
+
+
+def _cmd_factorize(args) -> int:
+    from .lowrank import LowRankConfig, factorize_checkpoint
+
+    config = LowRankConfig(
+        energy=args.energy, compression=args.compression, min_rank=args.min_rank, rank_multiple=args.rank_multiple,
+        target_modules=args.target_modules, exclude_modules=args.exclude_modules,
+    )
+    report = factorize_checkpoint(args.model, args.output, config, task=args.task, overwrite=args.overwrite)
+    print(
+        f"factorised {report['factorized_layers']} of {len(report['layers'])} layers: {report['num_parameters_before']:,} -> "
+        f"{report['num_parameters_after']:,} parameters; saved to {args.output}"
+    )
+    return 0
+
+
+def _cmd_trim_vocab(args) -> int:
+    from .data import DataConfig, TaskData
+    from .vocab import VocabTrimConfig, trim_checkpoint
+
+    config = VocabTrimConfig(min_frequency=args.min_frequency, keep_single_characters=not args.no_single_characters, keep_tokens=args.keep_tokens)
+    data = TaskData(
+        DataConfig(path=args.data, name=args.data_config, task=args.task, train_split=args.split, text_column=args.text_column,
+                   text_pair_column=args.text_pair_column, label_column=args.label_column),
+        splits=[args.split],
+    )
+    report = trim_checkpoint(args.model, args.output, data, config, task=args.task, overwrite=args.overwrite)
+    print(
+        f"vocabulary {report['vocab_size_before']:,} -> {report['vocab_size_after']:,} tokens, parameters "
+        f"{report['num_parameters_before']:,} -> {report['num_parameters_after']:,}; saved to {args.output}"
+    )
+    return 0
+
+
+def _add_size_reduction_commands(sub) -> None:
+    from .lowrank.config import DEFAULT_EXCLUDE, LowRankConfig
+    from .vocab.config import VocabTrimConfig
+
+    fz = sub.add_parser(
+        "factorize", help="Low-rank factorisation of a model's Linear layers (truncated SVD).",
+        description="Factorise a checkpoint's Linear layers by truncated SVD and save it (reloads with the Auto classes after import hfcompress).",
+    )
+    fz.add_argument("model", help="Model directory or Hub id.")
+    fz.add_argument("--output", required=True, help="Directory for the factorised model.")
+    rank = fz.add_mutually_exclusive_group(required=True)
+    rank.add_argument("--energy", type=float, help=_field_help(LowRankConfig, "energy"))
+    rank.add_argument("--compression", type=float, help=_field_help(LowRankConfig, "compression"))
+    fz.add_argument("--min-rank", type=int, default=8, help=_field_help(LowRankConfig, "min_rank"))
+    fz.add_argument("--rank-multiple", type=int, default=8, help=_field_help(LowRankConfig, "rank_multiple"))
+    fz.add_argument("--target-modules", nargs="+", default=None, help=_field_help(LowRankConfig, "target_modules"))
+    fz.add_argument("--exclude-modules", nargs="*", default=list(DEFAULT_EXCLUDE), help=_field_help(LowRankConfig, "exclude_modules"))
+    fz.add_argument("--task", default=None, help="Task; default: inferred from the checkpoint's architecture.")
+    fz.add_argument("--overwrite", action="store_true", help="Replace an existing output directory.")
+    fz.set_defaults(fn=_cmd_factorize)
+
+    tv = sub.add_parser(
+        "trim-vocab", help="Keep only the vocabulary a dataset uses (embeddings and tokenizer rebuilt).",
+        description="Trim a checkpoint's vocabulary to the tokens of a dataset split, plus special and single-character tokens.",
+    )
+    tv.add_argument("model", help="Model directory or Hub id (with a fast WordPiece or BPE tokenizer).")
+    tv.add_argument("--output", required=True, help="Directory for the trimmed model and tokenizer.")
+    tv.add_argument("--data", required=True, help="Dataset whose tokens are kept: Hub id or local directory/file.")
+    tv.add_argument("--data-config", default=None, help="Hub dataset config name (e.g. sst2 for glue).")
+    tv.add_argument("--split", default="train", help="Split whose tokens are kept.")
+    tv.add_argument("--task", default="text-classification", help="text-classification, token-classification or text-generation.")
+    tv.add_argument("--text-column", default="sentence")
+    tv.add_argument("--text-pair-column", default=None)
+    tv.add_argument("--label-column", default="label")
+    tv.add_argument("--min-frequency", type=int, default=1, help=_field_help(VocabTrimConfig, "min_frequency"))
+    tv.add_argument("--no-single-characters", action="store_true", help="Do not keep every single-character token (some words may become [UNK]).")
+    tv.add_argument("--keep-tokens", nargs="*", default=[], help=_field_help(VocabTrimConfig, "keep_tokens"))
+    tv.add_argument("--overwrite", action="store_true", help="Replace an existing output directory.")
+    tv.set_defaults(fn=_cmd_trim_vocab)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfcompress", description="Distil, prune, quantize, export and ship Transformers models.")
     parser.add_argument("--debug", action="store_true", help="Show full tracebacks for errors in the input.")
@@ -123,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--parity-texts", default=None, help="Text file, one sentence a line, for the parity check (default: built-in sentences).")
     ex.add_argument("--overwrite", action="store_true", help="Replace an existing output directory.")
     ex.set_defaults(fn=_cmd_export)
+    _add_size_reduction_commands(sub)
     return parser
 
 

@@ -97,6 +97,7 @@ def test_byte_level_bpe_trim_keeps_merges_consistent_and_the_tied_head(tmp_path)
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tokenizer = byte_level_bpe_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|extra|>"]})  # an added token beyond the BPE vocabulary
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64)
     config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
@@ -120,6 +121,8 @@ def test_byte_level_bpe_trim_keeps_merges_consistent_and_the_tied_head(tmp_path)
         else:  # dropped merges fall back to shorter pieces of the same bytes
             assert i == 3 and trimmed.convert_tokens_to_string(new_tokens) == s
     assert model.config.eos_token_id == trimmed.eos_token_id == vocab["<|endoftext|>"]
+    assert "<|extra|>" not in vocab and trimmed.convert_tokens_to_ids("<|extra|>") == len(trimmed) - 1
+    assert trimmed.tokenize("a <|extra|>")[-1] == "<|extra|>"
 
     save_trimmed(model, trimmed, tmp_path / "g", report)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "g").eval()

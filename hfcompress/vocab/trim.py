@@ -70,13 +70,13 @@ def select_kept_ids(tokenizer, counts: collections.Counter, config: VocabTrimCon
     """Old ids of the kept tokens, ascending: corpus tokens, specials, single characters, extras and their BPE parts."""
     spec = _tokenizer_json(tokenizer)
     vocab: dict[str, int] = spec["model"]["vocab"]
-    by_id = {i: t for t, i in vocab.items()}
+    by_id = _tokens_by_id(spec)
     unknown = [t for t in config.keep_tokens if t not in vocab]
     if unknown:
         raise ConfigError(f"keep_tokens {unknown[:5]} are not in the tokenizer's vocabulary: list tokens as the tokenizer spells them")
     keep = {i for i, n in counts.items() if n >= config.min_frequency and i in by_id}
     keep |= {vocab[t] for t in config.keep_tokens}
-    keep |= {t["id"] for t in spec.get("added_tokens", []) if t["id"] in by_id}
+    keep |= {t["id"] for t in spec.get("added_tokens", [])}
     keep |= {i for i in tokenizer.all_special_ids if i in by_id}
     if model_config is not None:
         keep |= {getattr(model_config, k) for k in _CONFIG_TOKEN_IDS if isinstance(getattr(model_config, k, None), int)} & set(by_id)
@@ -85,6 +85,13 @@ def select_kept_ids(tokenizer, counts: collections.Counter, config: VocabTrimCon
     if spec["model"]["type"] == "BPE":
         keep = _with_merge_parts(keep, by_id, vocab, _bpe_merges(spec["model"]))
     return sorted(keep)
+
+
+def _tokens_by_id(spec: dict) -> dict[int, str]:
+    """Every id the tokenizer can produce: the model's vocabulary and added tokens (which may lie beyond it)."""
+    by_id = {i: t for t, i in spec["model"]["vocab"].items()}
+    by_id.update({t["id"]: t["content"] for t in spec.get("added_tokens", [])})
+    return by_id
 
 
 def _with_merge_parts(keep: set[int], by_id: dict[int, str], vocab: dict[str, int], merges: list[tuple[str, str]]) -> set[int]:
@@ -121,9 +128,10 @@ def trimmed_tokenizer(tokenizer, kept_ids: Sequence[int]):
     spec = _tokenizer_json(tokenizer)
     remap = {old: new for new, old in enumerate(kept_ids)}
     vocab = spec["model"]["vocab"]
-    by_id = {i: t for t, i in vocab.items()}
+    by_id = _tokens_by_id(spec)
     kept_tokens = {by_id[i] for i in kept_ids}
-    spec["model"]["vocab"] = {by_id[old]: new for old, new in remap.items()}
+    # added tokens outside the model's vocabulary stay outside it, keeping their place after it
+    spec["model"]["vocab"] = {by_id[old]: new for old, new in remap.items() if by_id[old] in vocab}
     if spec["model"]["type"] == "BPE":
         merges = [(a, b) for a, b in _bpe_merges(spec["model"]) if a in kept_tokens and b in kept_tokens and a + b in kept_tokens]
         spec["model"]["merges"] = [list(m) for m in merges]
