@@ -2,6 +2,7 @@
 
 from .distillation import DistillationTrainer, DistillationTrainingArguments, build_student_from_teacher
 from .errors import ConfigError, DataError, HFCompressError, ModelError
+from .quantization import BnbConfig, PTQConfig, QATCallback, QATConfig, quantize_bnb, quantize_onnx
 
 __version__ = "0.1.0"
 
@@ -13,4 +14,10 @@ __all__ = [
     "HFCompressError",
     "ModelError",
     "build_student_from_teacher",
+    "BnbConfig",
+    "PTQConfig",
+    "QATCallback",
+    "QATConfig",
+    "quantize_bnb",
+    "quantize_onnx",
 ]
