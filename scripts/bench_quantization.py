@@ -21,19 +21,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hfcompress.data import DataConfig, TaskData  # noqa: E402
 from hfcompress.distillation import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
-from hfcompress.evaluation.latency import cpu_info, set_threads, time_batches  # noqa: E402
+from hfcompress.evaluation import compression_row, cpu_info, evaluate_model, measure_latency  # noqa: E402
+from hfcompress.evaluation.latency import set_threads  # noqa: E402
 from hfcompress.export import export_onnx  # noqa: E402
 from hfcompress.modeling import load_model, load_tokenizer  # noqa: E402
-from hfcompress.quantization import BnbConfig, PTQConfig, QATCallback, QATConfig, load_bnb, quantize_onnx  # noqa: E402
+from hfcompress.quantization import BnbConfig, PTQConfig, QATCallback, QATConfig, load_bnb, quantize_bnb, quantize_onnx  # noqa: E402
 from hfcompress.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 
@@ -57,8 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--skip-bnb", action="store_true", help="Leave out the bitsandbytes variants.")
     p.add_argument("--skip-qat", action="store_true", help="Leave out the QAT and continued-distillation variants.")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--latency-sentences", type=int, default=128, help="Dev sentences timed one at a time (b1).")
-    p.add_argument("--throughput-batches", type=int, default=8, help="Batches of 32 dev sentences timed for throughput.")
+    p.add_argument("--latency-sentences", type=int, default=256, help="Dev sentences timed one at a time (b1) and in batches of 32.")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--work-dir", default="outputs/bench-quantization", help="Where the exported and quantized models are written.")
@@ -66,55 +64,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-class Batches:
-    """Dev sentences tokenized once, padded per batch to their own longest length, the same for every variant."""
-
-    def __init__(self, tokenizer, texts: list[str], labels: list[int], max_length: int):
-        self.tokenizer, self.texts, self.labels, self.max_length = tokenizer, texts, np.asarray(labels), max_length
-
-    def make(self, texts: list[str], batch_size: int) -> list[dict]:
-        return [
-            dict(self.tokenizer(texts[i: i + batch_size], padding=True, truncation=True, max_length=self.max_length, return_tensors="np"))
-            for i in range(0, len(texts), batch_size)
-        ]
-
-
-def onnx_runner(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-    return lambda batch: session.run(None, {k: v.astype(np.int64) for k, v in batch.items() if k in names})[0]
-
-
-def torch_runner(model):
-    model.eval()
-
-    @torch.inference_mode()
-    def run(batch):
-        return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
-
-    return run
-
-
-def measure(name: str, run, batches: Batches, args, size_bytes: int, extra: dict | None = None) -> dict:
-    eval_batches = batches.make(batches.texts, 64)
-    predictions = np.concatenate([run(b).argmax(-1) for b in tqdm(eval_batches, desc=f"{name}: accuracy", leave=False)])
-    b1 = time_batches(run, batches.make(batches.texts[: args.latency_sentences], 1), warmup=5, repeats=args.repeats)
-    b32 = time_batches(run, batches.make(batches.texts[: 32 * args.throughput_batches], 32), warmup=1, repeats=args.repeats)
-    row = {
-        "name": name,
-        "accuracy": round(float((predictions == batches.labels).mean()), 4),
-        "size_mb": round(size_bytes / 1e6, 2),
-        "latency_ms_p50_b1": b1["p50_ms"],
-        "latency_ms_p95_b1": b1["p95_ms"],
-        "throughput_b32": b32["throughput"],
-        "latency_ms_p50_b32": b32["p50_ms"],
-        **(extra or {}),
-    }
-    print(f"  {name}: acc {row['accuracy']:.4f}  size {row['size_mb']} MB  b1 p50 {b1['p50_ms']} ms  b32 {b32['throughput']} /s", flush=True)
+def measure(name: str, model, data: TaskData, tokenizer, texts: list[str], args, onnx_file=None, **extra) -> dict:
+    """Accuracy and footprint (evaluate_model) and latency (measure_latency) of one variant, as one report row."""
+    evaluation = evaluate_model(model, data, batch_size=64, onnx_file=onnx_file, tokenizer=tokenizer)
+    latency = measure_latency(
+        model, tokenizer, texts, batch_sizes=(1, 32), threads=args.threads, warmup=5, repeats=args.repeats,
+        onnx_file=onnx_file, max_length=args.max_length,
+    )
+    row = compression_row(name, evaluation, latency, **extra)
+    print(f"  {name}: acc {row['accuracy']:.4f}  size {row['size_mb']} MB  b1 p50 {row['latency_ms_p50_b1']} ms  "
+          f"b32 {row['throughput_b32']} /s", flush=True)
     return row
 
 
@@ -156,9 +115,9 @@ def markdown(result: dict, command: str) -> str:
     s = result["settings"]
     lines = [
         f"# int8 quantization of the distilled 3-layer SST-2 student\n",
-        f"SST-2 dev ({s['eval_examples']} sentences). Latency: p50/p95 of {s['repeats']} timed passes over {s['latency_sentences']} "
-        f"sentences one at a time after warm-up; throughput over {s['throughput_batches']} batches of 32; each batch padded to its "
-        f"own longest sentence; {result['hardware']['threads']} threads on {result['hardware']['cpu']} (ISA: {', '.join(result['hardware']['isa'])}). "
+        f"SST-2 dev ({s['eval_examples']} sentences; accuracy through `hfcompress.evaluation.evaluate_model`). Latency "
+        f"(`measure_latency`): p50/p95 per call of {s['repeats']} timed passes over the first {s['latency_sentences']} dev sentences, "
+        f"one at a time (b1) and in batches of 32 (throughput), after warm-up; each batch padded to its own longest sentence; {result['hardware']['threads']} threads on {result['hardware']['cpu']} (ISA: {', '.join(result['hardware']['isa'])}). "
         f"The machine is shared with other jobs, so latencies carry some noise; all variants ran in the same process, one after another.\n",
         "| variant | accuracy | Δ vs fp32 ONNX | size MB | p50 b1 ms | p95 b1 ms | throughput b32 /s | speed-up b1 |",
         "|---|---|---|---|---|---|---|---|",
@@ -219,43 +178,41 @@ def main(argv=None) -> int:
         seed=args.seed,
     )
     tokenizer = load_tokenizer(args.student)
-    dev = data.raw[args.eval_split]
-    batches = Batches(tokenizer, list(dev[data.cfg.text_column]), [data.label2id[v] for v in dev[data.cfg.label_column]], args.max_length)
+    texts = list(data.raw[args.eval_split][data.cfg.text_column])[: args.latency_sentences]
     rows, result = [], {"hardware": cpu_info(args.threads)}
 
     def onnx_row(name: str, onnx_file: Path, **extra):
-        rows.append(measure(name, onnx_runner(onnx_file, args.threads), batches, args, onnx_file.stat().st_size, extra))
+        rows.append(measure(name, onnx_file.parent, data, tokenizer, texts, args, onnx_file=onnx_file.name, **extra))
 
-    def ptq(name: str, source: Path, out: str, config: PTQConfig) -> Path:
+    def ptq(source: Path, out: str, config: PTQConfig) -> Path:
         return quantize_onnx(source, work / out, config, data, seed=args.seed, overwrite=True)
 
     print("fp32", flush=True)
-    student = load_model(args.student, "text-classification")
-    rows.append(measure("fp32 PyTorch", torch_runner(student), batches, args, weights_bytes(Path(args.student))))
+    rows.append(measure("fp32 PyTorch", args.student, data, tokenizer, texts, args))
     fp32_onnx = export_onnx(args.student, work / "fp32-onnx")
     onnx_row("fp32 ONNX Runtime", fp32_onnx)
 
     print("post-training int8", flush=True)
-    onnx_row(f"dynamic int8 ({args.preset})", ptq("dynamic", fp32_onnx.parent, "dynamic", PTQConfig(preset=args.preset)))
+    onnx_row(f"dynamic int8 ({args.preset})", ptq(fp32_onnx.parent, "dynamic", PTQConfig(preset=args.preset)))
     onnx_row(f"dynamic int8 ({args.preset}) + int8 embeddings",
-             ptq("dynamic-emb", fp32_onnx.parent, "dynamic-emb", PTQConfig(preset=args.preset, quantize_embeddings=True)))
+             ptq(fp32_onnx.parent, "dynamic-emb", PTQConfig(preset=args.preset, quantize_embeddings=True)))
     onnx_row(f"dynamic int8 ({args.preset}) + int8 attention matmuls",
-             ptq("dynamic-att", fp32_onnx.parent, "dynamic-att", PTQConfig(preset=args.preset, quantize_attention_matmuls=True)))
+             ptq(fp32_onnx.parent, "dynamic-att", PTQConfig(preset=args.preset, quantize_attention_matmuls=True)))
     for method in args.calibration_methods:
         config = PTQConfig(mode="static", preset=args.preset, calibration_method=method, calibration_samples=args.calibration_samples)
-        onnx_row(f"static int8 ({args.preset}, {method})", ptq(method, fp32_onnx.parent, f"static-{method}", config))
+        onnx_row(f"static int8 ({args.preset}, {method})", ptq(fp32_onnx.parent, f"static-{method}", config))
     trt = PTQConfig(mode="static", preset="tensorrt", calibration_method="minmax", calibration_samples=args.calibration_samples)
-    onnx_row("TensorRT QDQ int8 (run on ORT CPU)", ptq("tensorrt", fp32_onnx.parent, "tensorrt", trt))
+    onnx_row("TensorRT QDQ int8 (run on ORT CPU)", ptq(fp32_onnx.parent, "tensorrt", trt))
 
     if not args.skip_bnb:
         print("bitsandbytes", flush=True)
-        result["bnb_memory"] = {"fp32": int(student.get_memory_footprint())}
+        result["bnb_memory"] = {"fp32": int(load_model(args.student, "text-classification").get_memory_footprint())}
         for label, config in (("bnb 8-bit", BnbConfig(bits=8)), ("bnb 4-bit NF4 double-quant", BnbConfig(bits=4))):
-            model = load_bnb(args.student, config)
-            out = work / label.split()[1]
-            model.save_pretrained(out)
+            out = quantize_bnb(args.student, work / label.split()[1], config, overwrite=True)
+            model = load_bnb(out, config)
             result["bnb_memory"][label] = int(model.get_memory_footprint())
-            rows.append(measure(label, torch_runner(model), batches, args, weights_bytes(out), {"memory_mb": round(model.get_memory_footprint() / 1e6, 2)}))
+            rows.append(measure(label, model, data, tokenizer, texts, args, size_mb=round(weights_bytes(out) / 1e6, 2),
+                                memory_mb=round(model.get_memory_footprint() / 1e6, 2)))
             del model
 
     if not args.skip_qat:
@@ -267,14 +224,14 @@ def main(argv=None) -> int:
             name = "QAT" if qat else "continued distillation"
             onnx_file = export_onnx(model_dir, work / f"distill-{label}-onnx")
             onnx_row(f"{name}, fp32 ONNX Runtime", onnx_file)
-            onnx_row(f"{name} -> dynamic int8 ({args.preset})", ptq(label, onnx_file.parent, f"distill-{label}-int8", PTQConfig(preset=args.preset)))
+            onnx_row(f"{name} -> dynamic int8 ({args.preset})", ptq(onnx_file.parent, f"distill-{label}-int8", PTQConfig(preset=args.preset)))
         result["qat"] = trained
 
     result["settings"] = {
-        "student": args.student, "teacher": args.teacher, "eval_examples": len(batches.texts), "preset": args.preset,
+        "student": args.student, "teacher": args.teacher, "eval_examples": len(data.raw[args.eval_split]), "preset": args.preset,
         "calibration_samples": args.calibration_samples, "qat_train_samples": args.qat_train_samples, "qat_epochs": args.qat_epochs,
         "qat_learning_rate": args.qat_learning_rate, "seed": args.seed, "repeats": args.repeats,
-        "latency_sentences": min(args.latency_sentences, len(batches.texts)), "throughput_batches": args.throughput_batches,
+        "latency_sentences": len(texts),
     }
     result["variants"] = rows
     command = "flock /tmp/hfc-cpu.lock python scripts/bench_quantization.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
