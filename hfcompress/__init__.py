@@ -5,6 +5,7 @@ from .errors import ConfigError, DataError, HFCompressError, ModelError
 from .pruning import MagnitudePruningCallback, MagnitudePruningConfig, StructuredPruningCallback, StructuredPruningConfig
 from .lowrank import LowRankConfig, factorize, factorize_checkpoint, load_factorized
 from .vocab import VocabTrimConfig, trim_checkpoint, trim_vocabulary
+from .quantization import BnbConfig, PTQConfig, QATCallback, QATConfig, quantize_bnb, quantize_onnx
 
 __version__ = "0.1.0"
 
@@ -27,4 +28,10 @@ __all__ = [
     "VocabTrimConfig",
     "trim_checkpoint",
     "trim_vocabulary",
+    "BnbConfig",
+    "PTQConfig",
+    "QATCallback",
+    "QATConfig",
+    "quantize_bnb",
+    "quantize_onnx",
 ]
