@@ -1,8 +1,9 @@
-"""``hfcompress`` command line: ``run`` a recipe, ``evaluate`` a model, ``export`` it to ONNX."""
+"""``hfcompress`` command line: ``run`` a recipe, ``evaluate`` a model, ``export`` it to ONNX, write its ``card``, ``push`` it to the Hub."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -147,6 +148,73 @@ def _add_size_reduction_commands(sub) -> None:
     tv.set_defaults(fn=_cmd_trim_vocab)
 
 
+def _cmd_card(args) -> int:
+    from .hub import CardConfig, write_model_card
+
+    cfg = CardConfig(
+        repo_id=args.repo_id, model_name=args.model_name, teacher=args.teacher, base_model=args.base_model, license=args.license,
+        dataset=args.dataset, dataset_config=args.dataset_config, dataset_split=args.dataset_split, language=args.language,
+        tags=args.tag, onnx=args.onnx, report=args.report, template=args.template,
+    )
+    print(write_model_card(args.model_dir, args.output, cfg, overwrite=args.overwrite))
+    return 0
+
+
+def _add_card_parser(sub) -> None:
+    from .hub import CardConfig
+
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(CardConfig)}
+    card = sub.add_parser("card", help="Write the model card (README.md) of a compressed model.",
+                          description="Render a model card from what hfcompress saved next to a model, validate its metadata and write it.")
+    card.add_argument("model_dir", help="Model directory (config.json + weights, or .onnx files).")
+    card.add_argument("--output", default=None,
+                      help="Default MODEL_DIR/README.md; a path ending in .md writes only the card; any other path becomes a "
+                           "release folder with the model, onnx/, the report and the card, ready for `hfcompress push`.")
+    for name in ("repo_id", "model_name", "teacher", "base_model", "license", "dataset", "dataset_config", "dataset_split", "report", "template"):
+        card.add_argument("--" + name.replace("_", "-"), default=None, help=helps[name])
+    card.add_argument("--language", action="append", default=[], help=helps["language"] + " Repeat for several.")
+    card.add_argument("--tag", action="append", default=[], help=helps["tags"] + " Repeat for several.")
+    card.add_argument("--onnx", action="append", default=[], help=helps["onnx"] + " Repeat for several.")
+    card.add_argument("--overwrite", action="store_true", help="Replace a README.md that hfcompress did not write.")
+    card.set_defaults(fn=_cmd_card)
+
+
+def _cmd_push(args) -> int:
+    from .hub.push import PushConfig, plan_upload, push_to_hub
+
+    cfg = PushConfig(
+        repo_id=args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr,
+        commit_message=args.commit_message, allow_patterns=args.allow_pattern or None, ignore_patterns=args.ignore_pattern,
+        allow_no_card=args.allow_no_card,
+    )
+    print(("would upload " if args.dry_run else "uploading ") + plan_upload(args.dir, cfg).describe(cfg), flush=True)
+    if args.dry_run:
+        return 0
+    result = push_to_hub(args.dir, cfg)
+    print(f"pushed {len(result['files'])} files to {result['repo_id']}: {result['pr_url'] or result['commit_url']}")
+    return 0
+
+
+def _add_push_parser(sub) -> None:
+    from .hub.push import PushConfig
+
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(PushConfig)}
+    push = sub.add_parser("push", help="Upload a model folder (model, tokenizer, ONNX, report, card) to the Hub.",
+                          description="Create the Hub repo if needed and upload the folder in one commit. The token comes from "
+                                      "HF_TOKEN or the saved login and is never printed.")
+    push.add_argument("dir", help="Folder to upload (a model directory, or a `hfcompress card --output` release folder).")
+    push.add_argument("--repo-id", required=True, help=helps["repo_id"])
+    push.add_argument("--private", action="store_true", help=helps["private"])
+    push.add_argument("--revision", default=None, help=helps["revision"])
+    push.add_argument("--create-pr", action="store_true", help=helps["create_pr"])
+    push.add_argument("--commit-message", default=None, help=helps["commit_message"])
+    push.add_argument("--allow-pattern", action="append", default=[], help=helps["allow_patterns"] + " Repeat for several.")
+    push.add_argument("--ignore-pattern", action="append", default=[], help=helps["ignore_patterns"] + " Repeat for several.")
+    push.add_argument("--allow-no-card", action="store_true", help=helps["allow_no_card"])
+    push.add_argument("--dry-run", action="store_true", help="List the files that would be uploaded, with sizes; contact nothing.")
+    push.set_defaults(fn=_cmd_push)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfcompress", description="Distil, prune, quantize, export and ship Transformers models.")
     parser.add_argument("--debug", action="store_true", help="Show full tracebacks for errors in the input.")
@@ -202,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="Replace an existing output directory.")
     ex.set_defaults(fn=_cmd_export)
     _add_size_reduction_commands(sub)
+    _add_card_parser(sub)
+    _add_push_parser(sub)
     return parser
 
 

@@ -1,0 +1,31 @@
+"""The ``push`` stage: upload a folder (usually the ``card`` stage's release folder) to the Hub."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...hub.push import PushConfig, push_to_hub
+from ...utils.io import atomic_write_json
+from ..context import RunContext
+from ..registry import register_stage
+
+
+@dataclass(kw_only=True)
+class PushStageConfig(PushConfig):
+    """Hub push options (see ``hfcompress push --help``); the token comes from HF_TOKEN or the saved login."""
+
+    folder: str = field(metadata={"help": "Folder to upload: an earlier stage's name (e.g. the card stage) or a path.", "model_ref": True})
+    name: str = field(default="push", metadata={"help": "Stage name; its output directory records what was pushed (push.json)."})
+    dry_run: bool = field(default=False, metadata={"help": "Only record and print what would be uploaded."})
+
+
+@register_stage("push", PushStageConfig)
+def run_push(cfg: PushStageConfig, ctx: RunContext):
+    staging = ctx.fresh_staging(cfg.name)
+    if ctx.state.is_main_process:
+        push_cfg = PushConfig(**{name: getattr(cfg, name) for name in PushConfig.__dataclass_fields__})
+        result = push_to_hub(ctx.resolve(cfg.folder), push_cfg, dry_run=cfg.dry_run)
+        atomic_write_json(staging / "push.json", result)  # no token in it: push_to_hub never returns one
+        where = "would upload" if cfg.dry_run else "pushed"
+        print(f"hfcompress: {where} {len(result['files'])} files to {result['repo_id']} {result.get('pr_url') or result.get('commit_url') or ''}")
+    return ctx.publish(staging, cfg.name)

@@ -1,0 +1,214 @@
+"""Model cards: gathered from a tiny recipe output, validated, rendered, loaded back with ModelCard.load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from hfcompress.errors import ConfigError
+from hfcompress.hub import CardConfig, render_model_card, validate_card_data, write_model_card
+from hfcompress.hub.card import DEFAULT_TEMPLATE, lineage
+
+from tests.conftest import REPO, tiny_bert_config
+
+RECIPE = {
+    "name": "tiny-run",
+    "output_dir": "outputs/tiny-run",
+    "seed": 42,
+    "data": {"path": "data/sst2", "name": None, "task": "text-classification", "train_split": "train", "eval_split": "dev",
+             "max_train_samples": 64},
+    "stages": [
+        {"stage": "finetune_teacher", "name": "teacher", "model": "../base-model", "training": {"num_train_epochs": 1}},
+        {"stage": "distill", "name": "student", "teacher": "teacher", "student_layers": [0, 2],
+         "training": {"num_train_epochs": 2, "alpha": 0.3, "temperature": 4.0, "learning_rate": 1e-4}},
+    ],
+}
+SPARSITY = {"method": "magnitude", "target_sparsity": 0.5, "global_sparsity": 0.49, "pattern": "unstructured",
+            "layers": {"bert.encoder.layer.0.attention.self.query": 0.5, "bert.encoder.layer.1.output.dense": 0.48},
+            "schedule": {"start_step": 0, "end_step": 100}}
+REPORT = {
+    "title": "tiny", "hardware": {"cpu": "Test CPU", "isa": ["avx2", "fma"], "threads": 2},
+    "rows": [
+        {"name": "teacher", "accuracy": 0.9, "size_mb": 1.5, "latency_ms_p50_b1": 3.2, "latency_ms_p95_b1": 4.0, "throughput_b32": 900.0},
+        {"name": "student-int8", "accuracy": 0.88, "size_mb": 0.4, "latency_ms_p50_b1": 1.1, "latency_ms_p95_b1": 1.3, "throughput_b32": 2500.0},
+    ],
+}
+
+
+def _save_tiny(directory: Path, layers: int) -> None:
+    from transformers import BertForSequenceClassification
+
+    config = tiny_bert_config(100, num_hidden_layers=layers, id2label={0: "negative", 1: "positive"},
+                              label2id={"negative": 0, "positive": 1})
+    BertForSequenceClassification(config).save_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A recipe run laid out as the runner leaves it: base model beside the run dir, teacher and student outputs."""
+    top = tmp_path_factory.mktemp("cards")
+    run = top / "project"
+    base = top / "base-model"
+    _save_tiny(base, 4)
+    (base / "README.md").write_text("---\nlicense: mit\nlanguage: en\n---\n# base\n")
+    (run / "data" / "sst2").mkdir(parents=True)  # the recipe's data.path, relative to the run directory
+    root = run / "outputs" / "tiny-run"
+    for name, layers in (("teacher", 4), ("student", 2)):
+        _save_tiny(root / name, layers)
+        (root / name / "hfcompress_recipe.yaml").write_text(yaml.safe_dump(RECIPE, sort_keys=False))
+        (root / name / ".hfcompress_stage_done").write_text("ok\n")
+    (root / "student" / "eval_results.json").write_text(json.dumps({"eval_loss": 0.3, "eval_accuracy": 0.875, "eval_f1": 0.88, "epoch": 2.0}))
+    (root / "student" / "sparsity_report.json").write_text(json.dumps(SPARSITY))
+    (root / "student" / "checkpoint-10").mkdir()
+    (root / "student" / "checkpoint-10" / "optimizer.pt").write_bytes(b"x")
+    export = run / "outputs" / "export"
+    export.mkdir(parents=True)
+    (export / "model.onnx").write_bytes(b"\x08\x07" * 1000)
+    (export / "model_quantized.onnx").write_bytes(b"\x08\x07" * 300)
+    (export / "config.json").write_text((root / "student" / "config.json").read_text())
+    (export / "parity.json").write_text(json.dumps({"backend": "optimum", "tolerance": 1e-4, "max_abs_diff": 2.1e-6,
+                                                    "cases": {"b1_s8": 1.2e-6, "b4_s32": 2.1e-6}}))
+    (export / "quantization.json").write_text(json.dumps({"method": "static", "weights": "int8 symmetric per-channel",
+                                                          "activations": "int8 per-tensor", "preset": "tensorrt"}))
+    report = run / "outputs" / "report"
+    report.mkdir()
+    (report / "compression_report.json").write_text(json.dumps(REPORT))
+    (report / "compression_report.md").write_text("# report\n")
+    return run
+
+
+def test_lineage_follows_recipe_stages_and_relative_paths(run_dir):
+    student = run_dir / "outputs" / "tiny-run" / "student"
+    chain = lineage(student)
+    assert [a.ref for a in chain] == ["teacher", "../base-model"]
+    assert chain[0].path == student.parent / "teacher" and chain[0].stage["stage"] == "finetune_teacher"
+    assert chain[1].path == (run_dir.parent / "base-model").resolve()
+
+
+def test_card_of_distilled_pruned_student(run_dir, tmp_path):
+    student = run_dir / "outputs" / "tiny-run" / "student"
+    out = tmp_path / "card" / "README.md"
+    cfg = CardConfig(dataset="nyu-mll/glue", dataset_config="sst2", dataset_split="validation", repo_id="me/tiny-student",
+                     onnx=[str(run_dir / "outputs" / "export")], report=str(run_dir / "outputs" / "report"))
+    path = write_model_card(student, out, cfg)
+    assert path == out and not (student / "README.md").exists()
+
+    card = ModelCard.load(out)
+    data = card.data.to_dict()
+    validate_card_data(card.data)
+    assert data["license"] == "mit"  # carried from the base model's card through the teacher
+    assert "base_model" not in data  # every ancestor is a local directory, none a Hub id
+    assert data["datasets"] == ["nyu-mll/glue"] and data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "text-classification"
+    assert {"hfcompress", "distillation", "pruning", "quantization", "int8", "tensorrt", "onnx"} <= set(data["tags"])
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert set(results) == {"accuracy", "f1"} and results["accuracy"].metric_value == 0.875
+    assert results["accuracy"].dataset_config == "sst2" and results["accuracy"].dataset_split == "validation"
+    assert card.data.model_name == "tiny-student"
+
+    text = card.text
+    assert "distilled from `teacher`" in text and "layers [0, 2]" in text
+    assert "Teacher: `teacher` (4-layer `BertForSequenceClassification`, 42,722 parameters, trained from `../base-model`)" in text
+    assert "T = 4.0" in text and "alpha = 0.3" in text
+    assert "| `bert.encoder.layer.1.output.dense` | 0.480 |" in text  # sparsity per layer
+    assert "int8 symmetric per-channel" in text and "`onnx/quantization.json`" in text
+    assert "| student-int8 | 0.8800 | 0.40 | 1.10 | 1.30 | 2500.00 |" in text
+    assert "Test CPU (avx2, fma), 2 threads" in text
+    assert 'subfolder="onnx", file_name="model_quantized.onnx"' in text
+    assert "max_abs_diff: 2.10e-06" in text and "a seeded random subset of 64 examples" in text
+    assert "{{" not in text and "{%" not in text
+
+
+def test_release_folder_holds_model_onnx_report_and_card(run_dir, tmp_path):
+    student = run_dir / "outputs" / "tiny-run" / "student"
+    cfg = CardConfig(onnx=[str(run_dir / "outputs" / "export")], report=str(run_dir / "outputs" / "report"))
+    readme = write_model_card(student, tmp_path / "release", cfg)
+    files = sorted(p.relative_to(tmp_path / "release").as_posix() for p in (tmp_path / "release").rglob("*") if p.is_file())
+    assert files == sorted([
+        "README.md", "config.json", "model.safetensors", "eval_results.json", "sparsity_report.json", "hfcompress_recipe.yaml",
+        "onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/config.json", "onnx/parity.json", "onnx/quantization.json",
+        "compression_report.json", "compression_report.md",
+    ])  # no checkpoint-*, no stage marker
+    assert ModelCard.load(readme).data.license == "mit"
+
+
+def test_base_model_is_the_first_hub_id_and_overrides_win(run_dir, tmp_path):
+    student = run_dir / "outputs" / "tiny-run" / "student"
+    card = render_model_card(student, CardConfig(teacher="sentence-transformers/all-MiniLM-L6-v2"))
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert card.data.license is None  # offline: the Hub teacher's card cannot be read, nothing is invented
+    assert "not stated" in card.text
+    card = render_model_card(student, CardConfig(base_model="me/teacher", license="apache-2.0", language=["en"]))
+    assert card.data.base_model == "me/teacher" and card.data.license == "apache-2.0" and card.data.language == ["en"]
+    assert card.data.eval_results[0].dataset_type == "sst2"  # a local dataset is named by its directory
+
+
+@pytest.mark.parametrize(
+    ("cfg", "field"),
+    [
+        (CardConfig(license="apache2"), "'license'"),
+        (CardConfig(base_model="outputs/run/teacher"), "'base_model'"),
+        (CardConfig(dataset="not a dataset"), "'datasets'"),
+        (CardConfig(language=["English"]), "'language'"),
+    ],
+)
+def test_bad_metadata_is_refused_before_writing(run_dir, tmp_path, cfg, field):
+    student = run_dir / "outputs" / "tiny-run" / "student"
+    with pytest.raises(ConfigError, match=field) as err:
+        write_model_card(student, tmp_path / "README.md", cfg)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "README.md").exists()
+
+
+def test_validation_catches_model_index_problems():
+    bad_value = ModelCardData(model_name="m", eval_results=[EvalResult(task_type="text-classification", dataset_type="glue",
+                                                                      dataset_name="GLUE", metric_type="accuracy", metric_value=float("nan"))])
+    with pytest.raises(ConfigError, match="model-index.metrics.accuracy"):
+        validate_card_data(bad_value)
+    bad_task = ModelCardData(model_name="m", eval_results=[EvalResult(task_type="summarisation", dataset_type="glue",
+                                                                     dataset_name="GLUE", metric_type="accuracy", metric_value=0.5)])
+    with pytest.raises(ConfigError, match="model-index.task.type"):
+        validate_card_data(bad_task)
+    with pytest.raises(ConfigError, match="'license'.*did you mean 'apache-2.0'"):
+        validate_card_data(ModelCardData(license="apache-2"))
+
+
+def test_hand_written_readme_is_not_overwritten(run_dir, tmp_path):
+    target = tmp_path / "README.md"
+    target.write_text("# my notes\n")
+    student = run_dir / "outputs" / "tiny-run" / "student"
+    with pytest.raises(ConfigError, match="--overwrite"):
+        write_model_card(student, target)
+    write_model_card(student, target, overwrite=True)
+    write_model_card(student, target)  # our own card is regenerated freely
+    assert "hfcompress" in ModelCard.load(target).data.tags
+
+
+def test_missing_or_empty_model_dir_is_a_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        render_model_card(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="neither config.json nor an .onnx file"):
+        render_model_card(tmp_path)
+
+
+def test_packaged_template_is_the_model_cards_template():
+    assert DEFAULT_TEMPLATE.read_text() == (REPO / "model_cards" / "compressed_model.md.j2").read_text()
+
+
+def test_cli_card_writes_readme_and_prints_path(run_dir, tmp_path, capsys):
+    from hfcompress.cli import main
+
+    student = run_dir / "outputs" / "tiny-run" / "student"
+    out = tmp_path / "cli" / "README.md"
+    argv = ["card", str(student), "--output", str(out), "--dataset", "nyu-mll/glue", "--dataset-config", "sst2", "--tag", "sentiment"]
+    assert main([*argv, "--license", "apache-2.0"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    card = ModelCard.load(out)
+    assert card.data.license == "apache-2.0" and "sentiment" in card.data.tags
+    assert main([*argv, "--license", "apache"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hfcompress: error: model card metadata 'license'") and err.count("\n") == 1
