@@ -123,20 +123,23 @@ def _plot(report: dict, path: Path) -> bool:
         logger.warning("matplotlib is not installed, so %s is not drawn: pip install 'hfcompress[plots]'", path.name)
         return False
     metric = report["quality_metric"] or "accuracy"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    markers = "osD^v<>pXP*h"
     for ax, key, label in ((axes[0], "latency_ms_p50_b1", "p50 latency, batch 1 (ms)"), (axes[1], "size_mb", "size on disk (MB)")):
-        points = [(r[key], r["accuracy"], r["name"]) for r in report["rows"] if r.get(key) is not None and r.get("accuracy") is not None]
-        for x, y, name in points:
-            ax.scatter(x, y, s=40)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # colour and marker per variant, named in one legend: variants often share an accuracy, so labels would overlap
+        points = [(i, r[key], r["accuracy"]) for i, r in enumerate(report["rows"]) if r.get(key) is not None and r.get("accuracy") is not None]
+        for i, x, y in points:
+            ax.scatter(x, y, s=50, color=f"C{i % 10}", marker=markers[i % len(markers)], label=report["rows"][i]["name"], alpha=0.85)
         ax.set_xlabel(label)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         if not points:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    handles = {h.get_label(): h for ax in axes for h in ax.collections}
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
     hardware = report["hardware"]
     fig.suptitle(report["title"] + (f"\n{_hardware_line(hardware[0])}" if len(hardware) == 1 else ""), fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(handles) - 1) // 4), 1, 1))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
