@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-split", default="dev")
     p.add_argument("--max-eval-samples", type=int, default=None, help="Evaluate on the first N dev sentences (default: all).")
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--qat-train-samples", type=int, default=8000, help="Seeded training subset for QAT and its baseline.")
+    p.add_argument("--qat-train-samples", type=int, default=6000, help="Seeded training subset for QAT and its baseline.")
     p.add_argument("--qat-epochs", type=float, default=1.0)
     p.add_argument("--qat-learning-rate", type=float, default=2e-5)
     p.add_argument("--qat-max-steps", type=int, default=-1, help="Cap the QAT/baseline steps (smoke tests).")
@@ -111,10 +111,11 @@ def continue_distillation(student_dir, teacher_dir, data: TaskData, out_dir: Pat
 
 def markdown(result: dict, command: str) -> str:
     rows = result["variants"]
-    base = next(r for r in rows if r["name"] == "fp32 ONNX Runtime")
+    base = next((r for r in rows if r["name"] == "fp32 ONNX Runtime"), rows[0])
     s = result["settings"]
     lines = [
-        f"# int8 quantization of the distilled 3-layer SST-2 student\n",
+        "# int8 quantization of the distilled 3-layer SST-2 student\n",
+        *([] if result.get("complete") else ["**Partial results: the run was stopped before every variant was measured.**\n"]),
         f"SST-2 dev ({s['eval_examples']} sentences; accuracy through `hfcompress.evaluation.evaluate_model`). Latency "
         f"(`measure_latency`): p50/p95 per call of {s['repeats']} timed passes over the first {s['latency_sentences']} dev sentences, "
         f"one at a time (b1) and in batches of 32 (throughput), after warm-up; each batch padded to its own longest sentence; {result['hardware']['threads']} threads on {result['hardware']['cpu']} (ISA: {', '.join(result['hardware']['isa'])}). "
@@ -181,19 +182,48 @@ def main(argv=None) -> int:
     texts = list(data.raw[args.eval_split][data.cfg.text_column])[: args.latency_sentences]
     rows, result = [], {"hardware": cpu_info(args.threads)}
 
+    command = "flock /tmp/hfc-cpu.lock python scripts/bench_quantization.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    result["settings"] = {
+        "student": args.student, "teacher": args.teacher, "eval_examples": len(data.raw[args.eval_split]), "preset": args.preset,
+        "calibration_samples": args.calibration_samples, "qat_train_samples": args.qat_train_samples, "qat_epochs": args.qat_epochs,
+        "qat_learning_rate": args.qat_learning_rate, "seed": args.seed, "repeats": args.repeats, "latency_sentences": len(texts),
+    }
+    result["command"] = command
+    out = Path(args.output)
+
+    def add(row: dict) -> None:
+        """Keep the row and rewrite the results, so an interrupted run still leaves every finished variant."""
+        rows.append(row)
+        result["variants"] = rows
+        atomic_write_json(out.with_suffix(".json"), result)
+        atomic_write_text(out.with_suffix(".md"), markdown(result, command))
+        chart(rows, out.with_suffix(".png"))
+
     def onnx_row(name: str, onnx_file: Path, **extra):
-        rows.append(measure(name, onnx_file.parent, data, tokenizer, texts, args, onnx_file=onnx_file.name, **extra))
+        add(measure(name, onnx_file.parent, data, tokenizer, texts, args, onnx_file=onnx_file.name, **extra))
 
     def ptq(source: Path, out: str, config: PTQConfig) -> Path:
         return quantize_onnx(source, work / out, config, data, seed=args.seed, overwrite=True)
 
     print("fp32", flush=True)
-    rows.append(measure("fp32 PyTorch", args.student, data, tokenizer, texts, args))
+    add(measure("fp32 PyTorch", args.student, data, tokenizer, texts, args))
     fp32_onnx = export_onnx(args.student, work / "fp32-onnx")
     onnx_row("fp32 ONNX Runtime", fp32_onnx)
 
     print("post-training int8", flush=True)
     onnx_row(f"dynamic int8 ({args.preset})", ptq(fp32_onnx.parent, "dynamic", PTQConfig(preset=args.preset)))
+    if not args.skip_qat:
+        print("QAT vs continued distillation", flush=True)
+        trained = {}
+        for label, qat in (("baseline", False), ("qat", True)):
+            model_dir, info = continue_distillation(args.student, args.teacher, data, work / f"distill-{label}", args, qat)
+            trained[label] = info
+            name = "QAT" if qat else "continued distillation"
+            onnx_file = export_onnx(model_dir, work / f"distill-{label}-onnx")
+            onnx_row(f"{name}, fp32 ONNX Runtime", onnx_file)
+            onnx_row(f"{name} -> dynamic int8 ({args.preset})", ptq(onnx_file.parent, f"distill-{label}-int8", PTQConfig(preset=args.preset)))
+        result["qat"] = trained
+
     onnx_row(f"dynamic int8 ({args.preset}) + int8 embeddings",
              ptq(fp32_onnx.parent, "dynamic-emb", PTQConfig(preset=args.preset, quantize_embeddings=True)))
     onnx_row(f"dynamic int8 ({args.preset}) + int8 attention matmuls",
@@ -208,35 +238,14 @@ def main(argv=None) -> int:
         print("bitsandbytes", flush=True)
         result["bnb_memory"] = {"fp32": int(load_model(args.student, "text-classification").get_memory_footprint())}
         for label, config in (("bnb 8-bit", BnbConfig(bits=8)), ("bnb 4-bit NF4 double-quant", BnbConfig(bits=4))):
-            out = quantize_bnb(args.student, work / label.split()[1], config, overwrite=True)
-            model = load_bnb(out, config)
+            bnb_dir = quantize_bnb(args.student, work / label.split()[1], config, overwrite=True)
+            model = load_bnb(bnb_dir, config)
             result["bnb_memory"][label] = int(model.get_memory_footprint())
-            rows.append(measure(label, model, data, tokenizer, texts, args, size_mb=round(weights_bytes(out) / 1e6, 2),
-                                memory_mb=round(model.get_memory_footprint() / 1e6, 2)))
+            add(measure(label, model, data, tokenizer, texts, args, size_mb=round(weights_bytes(bnb_dir) / 1e6, 2),
+                        memory_mb=round(model.get_memory_footprint() / 1e6, 2)))
             del model
 
-    if not args.skip_qat:
-        print("QAT vs continued distillation", flush=True)
-        trained = {}
-        for label, qat in (("baseline", False), ("qat", True)):
-            model_dir, info = continue_distillation(args.student, args.teacher, data, work / f"distill-{label}", args, qat)
-            trained[label] = info
-            name = "QAT" if qat else "continued distillation"
-            onnx_file = export_onnx(model_dir, work / f"distill-{label}-onnx")
-            onnx_row(f"{name}, fp32 ONNX Runtime", onnx_file)
-            onnx_row(f"{name} -> dynamic int8 ({args.preset})", ptq(onnx_file.parent, f"distill-{label}-int8", PTQConfig(preset=args.preset)))
-        result["qat"] = trained
-
-    result["settings"] = {
-        "student": args.student, "teacher": args.teacher, "eval_examples": len(data.raw[args.eval_split]), "preset": args.preset,
-        "calibration_samples": args.calibration_samples, "qat_train_samples": args.qat_train_samples, "qat_epochs": args.qat_epochs,
-        "qat_learning_rate": args.qat_learning_rate, "seed": args.seed, "repeats": args.repeats,
-        "latency_sentences": len(texts),
-    }
-    result["variants"] = rows
-    command = "flock /tmp/hfc-cpu.lock python scripts/bench_quantization.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    result["command"] = command
-    out = Path(args.output)
+    result["complete"] = True
     atomic_write_json(out.with_suffix(".json"), result)
     atomic_write_text(out.with_suffix(".md"), markdown(result, command))
     chart(rows, out.with_suffix(".png"))
