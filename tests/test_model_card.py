@@ -75,8 +75,10 @@ def run_dir(tmp_path_factory) -> Path:
     (export / "model.onnx").write_bytes(b"\x08\x07" * 1000)
     (export / "model_quantized.onnx").write_bytes(b"\x08\x07" * 300)
     (export / "config.json").write_text((root / "student" / "config.json").read_text())
-    (export / "parity.json").write_text(json.dumps({"backend": "optimum", "tolerance": 1e-4, "max_abs_diff": 2.1e-6,
-                                                    "cases": {"b1_s8": 1.2e-6, "b4_s32": 2.1e-6}}))
+    (export / "parity.json").write_text(json.dumps({  # as hfcompress.export.parity writes it
+        "onnx_file": "model.onnx", "max_abs_diff": 2.1e-6, "tolerance": 1e-4, "passed": True,
+        "checks": [{"batch_size": 1, "sequence_length": 8, "max_abs_diff": 1.2e-6},
+                   {"batch_size": 4, "sequence_length": 32, "max_abs_diff": 2.1e-6}]}))
     (export / "quantization.json").write_text(json.dumps({"method": "static", "weights": "int8 symmetric per-channel",
                                                           "activations": "int8 per-tensor", "preset": "tensorrt"}))
     report = run / "outputs" / "report"
@@ -125,7 +127,7 @@ def test_card_of_distilled_pruned_student(run_dir, tmp_path):
     assert "| student-onnx | 0.8800 | 0.11 | – | – | – | – | – |" in text
     assert "Measured on Test CPU (avx2, fma), 2 threads." in text and "relative to `teacher`" in text
     assert 'subfolder="onnx", file_name="model_quantized.onnx"' in text
-    assert "max_abs_diff: 2.10e-06" in text and "a seeded random subset of 64 examples" in text
+    assert "max_abs_diff: 2.10e-06" in text and "| 4 | 32 | 2.10e-06 |" in text and "a seeded random subset of 64 examples" in text
     assert "{{" not in text and "{%" not in text
 
 
