@@ -1,4 +1,4 @@
-"""``hfcompress`` command line: ``run`` a recipe, ``evaluate`` a model, write its ``card``, ``push`` it to the Hub."""
+"""``hfcompress`` command line: ``run`` a recipe, ``evaluate`` a model, ``export`` it to ONNX, write its ``card``, ``push`` it to the Hub."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .errors import HFCompressError
+from .errors import ConfigError, HFCompressError
 
 
 def _cmd_run(args) -> int:
@@ -23,8 +23,11 @@ def _cmd_run(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from .data import DataConfig, TaskData
-    from .evaluation import evaluate_pytorch
+    from .evaluation import evaluate_model, evaluation_texts, measure_latency
+    from .evaluation.runtime import resolve_backend
+    from .utils.io import atomic_write_json
 
+    backend = resolve_backend(args.model, args.backend, args.onnx_file)  # a wrong backend fails before the data loads
     data = TaskData(
         DataConfig(
             path=args.data, name=args.data_config, task=args.task, eval_split=args.split, text_column=args.text_column,
@@ -32,9 +35,117 @@ def _cmd_evaluate(args) -> int:
         ),
         splits=[args.split],
     )
-    result = evaluate_pytorch(args.model, data, args.batch_size)
+    result = evaluate_model(args.model, data, args.batch_size, backend=backend, onnx_file=args.onnx_file)
+    if args.latency:
+        texts = evaluation_texts(data, args.latency_samples)
+        result["latency"] = measure_latency(
+            args.model, args.model, texts, args.latency_batch_sizes, args.threads, backend=backend, warmup=args.warmup,
+            repeats=args.repeats, onnx_file=args.onnx_file, max_length=args.max_length,
+        )
+    if args.output:
+        atomic_write_json(args.output, result)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _cmd_export(args) -> int:
+    from .export import export_onnx
+    from .export.parity import PARITY_FILE
+
+    texts = None
+    if args.parity_texts:
+        try:
+            texts = [line.strip() for line in open(args.parity_texts, encoding="utf-8") if line.strip()]
+        except OSError as e:
+            raise ConfigError(f"--parity-texts {args.parity_texts} cannot be read ({e.strerror}): give a text file, one sentence a line") from None
+        if not texts:
+            raise ConfigError(f"--parity-texts {args.parity_texts} has no sentences: give a text file, one sentence a line")
+    path = export_onnx(
+        args.model, args.output, args.task, args.opset, parity_texts=texts, overwrite=args.overwrite, backend=args.backend,
+        optimize=args.optimize, atol=args.atol, batch_sizes=args.batch_sizes, sequence_lengths=args.sequence_lengths,
+    )
+    parity = json.loads((path.parent / PARITY_FILE).read_text())
+    for name, result in parity["files"].items():
+        print(f"{path.parent / name}: parity max abs diff {result['max_abs_diff']:.3g} (atol {result['tolerance']:g}) over {len(result['checks'])} shapes")
+    return 0
+
+
+def _field_help(cls, name: str) -> str:
+    return cls.__dataclass_fields__[name].metadata["help"]
+
+
+def _cmd_factorize(args) -> int:
+    from .lowrank import LowRankConfig, factorize_checkpoint
+
+    config = LowRankConfig(
+        energy=args.energy, compression=args.compression, min_rank=args.min_rank, rank_multiple=args.rank_multiple,
+        target_modules=args.target_modules, exclude_modules=args.exclude_modules,
+    )
+    report = factorize_checkpoint(args.model, args.output, config, task=args.task, overwrite=args.overwrite)
+    print(
+        f"factorised {report['factorized_layers']} of {len(report['layers'])} layers: {report['num_parameters_before']:,} -> "
+        f"{report['num_parameters_after']:,} parameters; saved to {args.output}"
+    )
+    return 0
+
+
+def _cmd_trim_vocab(args) -> int:
+    from .data import DataConfig, TaskData
+    from .vocab import VocabTrimConfig, trim_checkpoint
+
+    config = VocabTrimConfig(min_frequency=args.min_frequency, keep_single_characters=not args.no_single_characters, keep_tokens=args.keep_tokens)
+    data = TaskData(
+        DataConfig(path=args.data, name=args.data_config, task=args.task, train_split=args.split, text_column=args.text_column,
+                   text_pair_column=args.text_pair_column, label_column=args.label_column),
+        splits=[args.split],
+    )
+    report = trim_checkpoint(args.model, args.output, data, config, task=args.task, overwrite=args.overwrite)
+    print(
+        f"vocabulary {report['vocab_size_before']:,} -> {report['vocab_size_after']:,} tokens, parameters "
+        f"{report['num_parameters_before']:,} -> {report['num_parameters_after']:,}; saved to {args.output}"
+    )
+    return 0
+
+
+def _add_size_reduction_commands(sub) -> None:
+    from .lowrank.config import DEFAULT_EXCLUDE, LowRankConfig
+    from .vocab.config import VocabTrimConfig
+
+    fz = sub.add_parser(
+        "factorize", help="Low-rank factorisation of a model's Linear layers (truncated SVD).",
+        description="Factorise a checkpoint's Linear layers by truncated SVD and save it (reloads with the Auto classes after import hfcompress).",
+    )
+    fz.add_argument("model", help="Model directory or Hub id.")
+    fz.add_argument("--output", required=True, help="Directory for the factorised model.")
+    rank = fz.add_mutually_exclusive_group(required=True)
+    rank.add_argument("--energy", type=float, help=_field_help(LowRankConfig, "energy"))
+    rank.add_argument("--compression", type=float, help=_field_help(LowRankConfig, "compression"))
+    fz.add_argument("--min-rank", type=int, default=8, help=_field_help(LowRankConfig, "min_rank"))
+    fz.add_argument("--rank-multiple", type=int, default=8, help=_field_help(LowRankConfig, "rank_multiple"))
+    fz.add_argument("--target-modules", nargs="+", default=None, help=_field_help(LowRankConfig, "target_modules"))
+    fz.add_argument("--exclude-modules", nargs="*", default=list(DEFAULT_EXCLUDE), help=_field_help(LowRankConfig, "exclude_modules"))
+    fz.add_argument("--task", default=None, help="Task; default: inferred from the checkpoint's architecture.")
+    fz.add_argument("--overwrite", action="store_true", help="Replace an existing output directory.")
+    fz.set_defaults(fn=_cmd_factorize)
+
+    tv = sub.add_parser(
+        "trim-vocab", help="Keep only the vocabulary a dataset uses (embeddings and tokenizer rebuilt).",
+        description="Trim a checkpoint's vocabulary to the tokens of a dataset split, plus special and single-character tokens.",
+    )
+    tv.add_argument("model", help="Model directory or Hub id (with a fast WordPiece or BPE tokenizer).")
+    tv.add_argument("--output", required=True, help="Directory for the trimmed model and tokenizer.")
+    tv.add_argument("--data", required=True, help="Dataset whose tokens are kept: Hub id or local directory/file.")
+    tv.add_argument("--data-config", default=None, help="Hub dataset config name (e.g. sst2 for glue).")
+    tv.add_argument("--split", default="train", help="Split whose tokens are kept.")
+    tv.add_argument("--task", default="text-classification", help="text-classification, token-classification or text-generation.")
+    tv.add_argument("--text-column", default="sentence")
+    tv.add_argument("--text-pair-column", default=None)
+    tv.add_argument("--label-column", default="label")
+    tv.add_argument("--min-frequency", type=int, default=1, help=_field_help(VocabTrimConfig, "min_frequency"))
+    tv.add_argument("--no-single-characters", action="store_true", help="Do not keep every single-character token (some words may become [UNK]).")
+    tv.add_argument("--keep-tokens", nargs="*", default=[], help=_field_help(VocabTrimConfig, "keep_tokens"))
+    tv.add_argument("--overwrite", action="store_true", help="Replace an existing output directory.")
+    tv.set_defaults(fn=_cmd_trim_vocab)
 
 
 def _cmd_card(args) -> int:
@@ -116,18 +227,49 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="Delete an existing output directory and start again.")
     run.set_defaults(fn=_cmd_run)
 
-    ev = sub.add_parser("evaluate", help="Task metrics of a model on a dataset split.", description="Task metrics of a model on a dataset split.")
-    ev.add_argument("model", help="Model directory or Hub id.")
+    ev = sub.add_parser(
+        "evaluate", help="Task metrics, size and optionally latency of a PyTorch checkpoint or an ONNX model.",
+        description="Task metrics, size, sparsity and optionally latency of a PyTorch checkpoint or an exported ONNX directory.",
+    )
+    ev.add_argument("model", help="Checkpoint directory, Hub id, or a directory with an .onnx model (e.g. from hfcompress export).")
     ev.add_argument("--data", required=True, help="Dataset: Hub id or local directory/file.")
     ev.add_argument("--data-config", default=None, help="Hub dataset config name (e.g. sst2 for glue).")
     ev.add_argument("--split", default="validation", help="Split to evaluate (SST-2 TSV: dev).")
     ev.add_argument("--task", default="text-classification", help="text-classification, token-classification or text-generation.")
-    ev.add_argument("--text-column", default="sentence")
-    ev.add_argument("--label-column", default="label")
-    ev.add_argument("--max-length", type=int, default=128)
-    ev.add_argument("--max-samples", type=int, default=None)
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--text-column", default="sentence", help="Column with the text.")
+    ev.add_argument("--label-column", default="label", help="Column with the labels.")
+    ev.add_argument("--max-length", type=int, default=128, help="Truncate inputs to this many tokens.")
+    ev.add_argument("--max-samples", type=int, default=None, help="Evaluate the first N examples only.")
+    ev.add_argument("--batch-size", type=int, default=64, help="Batch size for the task metrics.")
+    ev.add_argument("--backend", default="auto", choices=["auto", "pytorch", "onnx"], help="Runtime; auto: ONNX Runtime when the directory has an .onnx file.")
+    ev.add_argument("--onnx-file", default=None, help="ONNX file in the model directory (default model.onnx), e.g. model_optimized.onnx.")
+    ev.add_argument("--latency", action="store_true", help="Also measure p50/p95 latency and throughput on sentences of the split.")
+    ev.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 32], help="Batch sizes to time.")
+    ev.add_argument("--latency-samples", type=int, default=256, help="Sentences of the split that make the latency batches.")
+    ev.add_argument("--threads", type=int, default=2, help="Intra-op threads while timing.")
+    ev.add_argument("--warmup", type=int, default=5, help="Untimed calls before timing.")
+    ev.add_argument("--repeats", type=int, default=3, help="Timed passes over the latency batches.")
+    ev.add_argument("--output", default=None, help="Also write the result as JSON to this file.")
     ev.set_defaults(fn=_cmd_evaluate)
+
+    ex = sub.add_parser(
+        "export", help="Export a checkpoint to ONNX and check parity with PyTorch.",
+        description="Export a checkpoint to ONNX (Optimum or the torch dynamo exporter), optionally optimise it with ORTOptimizer, "
+        "and check PyTorch vs ONNX Runtime outputs on real sentences at several batch sizes and lengths (parity.json).",
+    )
+    ex.add_argument("model", help="Checkpoint directory or Hub id.")
+    ex.add_argument("--output", required=True, help="Output directory (model.onnx, config, tokenizer, parity.json).")
+    ex.add_argument("--task", default=None, help="text-classification, token-classification or text-generation; inferred from the config.")
+    ex.add_argument("--backend", default="optimum", choices=["optimum", "dynamo"], help="Exporter: Optimum's main_export or torch.onnx.export(dynamo=True).")
+    ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
+    ex.add_argument("--optimize", default=None, choices=["O1", "O2", "O3", "O4"], help="Also write model_optimized.onnx with ORTOptimizer at this level (O4 needs a GPU).")
+    ex.add_argument("--atol", type=float, default=1e-4, help="Largest allowed absolute difference of the outputs.")
+    ex.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="Batch sizes of the parity check.")
+    ex.add_argument("--sequence-lengths", type=int, nargs="+", default=[16, 128], help="Sequence lengths of the parity check.")
+    ex.add_argument("--parity-texts", default=None, help="Text file, one sentence a line, for the parity check (default: built-in sentences).")
+    ex.add_argument("--overwrite", action="store_true", help="Replace an existing output directory.")
+    ex.set_defaults(fn=_cmd_export)
+    _add_size_reduction_commands(sub)
     _add_card_parser(sub)
     _add_push_parser(sub)
     return parser

@@ -31,3 +31,7 @@ def closest(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest choice, or '' if nothing is close."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+class TrainingDivergedError(HFCompressError):
+    """Training produced a NaN/inf loss or gradient; the message names the step and the last good checkpoint."""

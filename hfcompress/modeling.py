@@ -93,3 +93,14 @@ def load_model(
         )
     except (OSError, ValueError) as e:
         raise _describe_load_error(name_or_path, e) from e
+
+
+def load_checkpoint(name_or_path: str, task: Optional[str] = None, trust_remote_code: bool = False):
+    """``(model, tokenizer, task)`` of a checkpoint; the task is inferred from its config when not given."""
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code)
+    if task is None:
+        try:
+            task = infer_task(AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
+        except (OSError, ValueError) as e:
+            raise _describe_load_error(name_or_path, e) from e
+    return load_model(name_or_path, task, trust_remote_code=trust_remote_code), tokenizer, task

@@ -12,13 +12,14 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from ..utils.io import make_temp_dir_beside
 
 INDEX_COLUMN = "hfc_example_index"
 _FORMAT_VERSION = 1
@@ -84,8 +85,7 @@ class TeacherLogitCache:
             return cls(directory)
         if directory.exists():  # incomplete or corrupt: rebuild rather than trust it
             shutil.rmtree(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        tmp = make_temp_dir_beside(directory)  # also removes those of builds killed on this host
         try:
             cls._build(tmp, teacher, dataset, collator, task, batch_size, dtype, disable_progress)
             os.replace(tmp, directory)

@@ -5,6 +5,7 @@ Every field has help text, so ``HfArgumentParser(DistillationTrainingArguments)`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -31,6 +32,18 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[tuple[in
     """Student layer i learns from teacher layer (i + 1) * k - 1, k = teacher/student ("every k-th")."""
     k = max(teacher_layers // student_layers, 1)
     return [(i, min((i + 1) * k - 1, teacher_layers - 1)) for i in range(student_layers)]
+
+
+def resolve_layer_map(spec: Optional[str], student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """The layer pairs of ``spec`` (or the uniform map), checked against both models' layer counts."""
+    pairs = parse_layer_map(spec) if spec else uniform_layer_map(student_layers, teacher_layers)
+    for s, t in pairs:
+        if not (0 <= s < student_layers and 0 <= t < teacher_layers):
+            raise ConfigError(
+                f"layer_map pair {s}:{t} names a layer that does not exist (student has {student_layers} layers, "
+                f"teacher {teacher_layers}): use indices 0..{student_layers - 1} and 0..{teacher_layers - 1}"
+            )
+    return pairs
 
 
 @dataclass
@@ -71,8 +84,8 @@ class DistillationTrainingArguments(TrainingArguments):
         super().__post_init__()
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"alpha={self.alpha} is outside [0, 1]: it weights the hard-label loss, e.g. 0.5")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature={self.temperature} must be > 0: typical values are 1 to 8, e.g. 2.0")
+        if not 0 < self.temperature < math.inf:  # also rejects NaN
+            raise ConfigError(f"temperature={self.temperature} must be > 0 and finite: typical values are 1 to 8, e.g. 2.0")
         for name in ("hidden_distill_weight", "attention_distill_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (0 turns it off)")

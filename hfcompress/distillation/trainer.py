@@ -14,7 +14,7 @@ from transformers.utils import logging
 from ..errors import ConfigError
 from ..modeling import infer_task
 from .cache import INDEX_COLUMN, TeacherLogitCache
-from .config import DistillationTrainingArguments, parse_layer_map, uniform_layer_map
+from .config import DistillationTrainingArguments, resolve_layer_map
 from .losses import attention_loss, combine, count_items, distillation_loss_sums, hidden_state_loss
 
 PROJECTIONS_FILE = "distillation_projections.safetensors"
@@ -61,7 +61,7 @@ class DistillationTrainer(Trainer):
             logger.warning("attention_distill_weight > 0: switching student and teacher to eager attention (slower, returns attention maps)")
             model.set_attn_implementation("eager")
             teacher_model.set_attn_implementation("eager")
-        self.layer_map = self._resolve_layer_map(args, teacher_model, model)
+        self.layer_map = resolve_layer_map(args.layer_map, model.config.num_hidden_layers, teacher_model.config.num_hidden_layers)
         if args.hidden_distill_weight > 0:
             s_width, t_width = model.config.hidden_size, teacher_model.config.hidden_size
             if s_width != t_width:
@@ -80,18 +80,6 @@ class DistillationTrainer(Trainer):
         self.teacher_cache: Optional[TeacherLogitCache] = None
         if args.teacher_cache_dir and self.train_dataset is not None:
             self._attach_teacher_cache()
-
-    @staticmethod
-    def _resolve_layer_map(args, teacher, student) -> list[tuple[int, int]]:
-        ns, nt = student.config.num_hidden_layers, teacher.config.num_hidden_layers
-        pairs = parse_layer_map(args.layer_map) if args.layer_map else uniform_layer_map(ns, nt)
-        for s, t in pairs:
-            if not (0 <= s < ns and 0 <= t < nt):
-                raise ConfigError(
-                    f"layer_map pair {s}:{t} names a layer that does not exist (student has {ns} layers, teacher {nt}): "
-                    f"use indices 0..{ns - 1} and 0..{nt - 1}"
-                )
-        return pairs
 
     # --- teacher logit cache -------------------------------------------------------------------
 

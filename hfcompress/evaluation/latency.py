@@ -10,9 +10,11 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
+
+from ..errors import ConfigError
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni", "fma", "asimd", "asimddp")
 
@@ -74,3 +76,76 @@ def _batch_len(batch) -> int:
         first = next(iter(batch.values()))
         return len(first)
     return len(batch)
+
+
+def latency_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int = 128, max_batches: Optional[int] = None) -> list[dict]:
+    """Consecutive batches of ``texts`` (cycled when there are fewer than ``batch_size``), each padded to its own longest sentence.
+
+    The batches depend only on the texts, the tokenizer and the batch size, so every variant of a
+    model that shares a tokenizer is timed on identical inputs.
+    """
+    if not texts:
+        raise ConfigError("measure_latency needs at least one text: pass real sentences, e.g. from the evaluation split")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2-style tokenizers have no pad token
+    texts = list(texts) * -(-batch_size // len(texts)) if len(texts) < batch_size else list(texts)
+    starts = range(0, len(texts) - batch_size + 1, batch_size)
+    if max_batches is not None:
+        starts = starts[:max_batches]
+    return [
+        dict(tokenizer(texts[s : s + batch_size], padding="longest", truncation=True, max_length=max_length, return_tensors="pt"))
+        for s in starts
+    ]
+
+
+def measure_latency(
+    model,
+    tokenizer_or_path,
+    texts: Sequence[str],
+    batch_sizes: Sequence[int] = (1, 32),
+    threads: int = 2,
+    backend: str = "auto",
+    warmup: int = 5,
+    repeats: int = 3,
+    onnx_file: Optional[str] = None,
+    max_length: int = 128,
+    max_batches: Optional[int] = None,
+) -> dict:
+    """p50/p95 latency (ms per call) and throughput (examples/s) of ``model`` at each batch size.
+
+    ``model`` is a checkpoint directory or Hub id, a directory with an ONNX model (ONNX Runtime with
+    ``threads`` intra-op threads), or a loaded PreTrainedModel/ORTModel. PyTorch runs under
+    ``inference_mode`` with ``torch.set_num_threads(threads)`` (restored afterwards). Returns
+    ``{"b1": {"p50_ms", "p95_ms", "throughput", "calls", "batches"}, "b32": {...}, "backend", "hardware"}``.
+    """
+    import torch
+
+    from ..modeling import load_tokenizer
+    from .runtime import is_ort_model, load_for_inference
+
+    if threads < 1 or any(b < 1 for b in batch_sizes) or warmup < 0 or repeats < 1:
+        raise ConfigError(f"measure_latency needs threads, batch sizes and repeats >= 1 (got {threads}, {list(batch_sizes)}, {repeats})")
+    if is_ort_model(model):
+        session_threads = model.session.get_session_options().intra_op_num_threads
+        if session_threads != threads:
+            raise ConfigError(
+                f"the ONNX Runtime session uses {session_threads or 'default'} threads, not {threads}: "
+                "pass the model directory instead, or load it with load_ort_model(..., threads=N)"
+            )
+    loaded, backend = load_for_inference(model, None, backend, onnx_file, threads)
+    tokenizer = load_tokenizer(str(tokenizer_or_path)) if isinstance(tokenizer_or_path, (str, os.PathLike)) else tokenizer_or_path
+    input_names = set(loaded.input_names) if backend == "onnx" else None
+    previous_threads = torch.get_num_threads()
+    set_threads(threads)
+    result: dict = {"backend": backend}
+    try:
+        with torch.inference_mode():
+            for size in batch_sizes:
+                batches = latency_batches(tokenizer, texts, size, max_length, max_batches)
+                if input_names is not None:
+                    batches = [{k: v for k, v in b.items() if k in input_names} for b in batches]
+                result[f"b{size}"] = {**time_batches(lambda b: loaded(**b), batches, warmup, repeats), "batches": len(batches)}
+    finally:
+        set_threads(previous_threads)
+    result["hardware"] = cpu_info(threads)
+    return result

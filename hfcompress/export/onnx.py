@@ -1,13 +1,28 @@
-"""ONNX export through Optimum's exporter."""
+"""ONNX export with a parity check: Optimum's exporter, or ``torch.onnx.export`` with the dynamo exporter.
+
+Every export is compared with the PyTorch model on real sentences at several batch sizes and
+sequence lengths (``parity.json``); a model that exports but disagrees beyond the tolerance is a
+:class:`ParityError` and leaves nothing at the output path. The output directory also holds the
+config and tokenizer, so ``optimum.onnxruntime.ORTModelFor<Task>.from_pretrained(dir)`` loads it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, Sequence
 
+import torch
 from transformers import AutoConfig
 
-from ..modeling import infer_task
+from ..errors import ConfigError, ModelError
+from ..lowrank.modeling import is_factorized
+from ..modeling import infer_task, load_model, load_tokenizer
+from ..utils.io import atomic_output_dir, atomic_write_json
+from .optimize import OptimizationLevel, check_level, optimize_onnx
+from .parity import PARITY_FILE, check_parity, raise_on_mismatch
 
 # hfcompress task -> Optimum exporter task
 OPTIMUM_TASKS = {
@@ -15,12 +30,131 @@ OPTIMUM_TASKS = {
     "token-classification": "token-classification",
     "text-generation": "text-generation",
 }
+EXPORT_BACKENDS = ("optimum", "dynamo")
 
 
-def export_onnx(model_dir: str | Path, output_dir: str | Path, task: Optional[str] = None, opset: Optional[int] = None) -> Path:
-    """Export a checkpoint (local directory or Hub id) to ``output_dir/model.onnx``; the task is inferred from its config."""
+@dataclass
+class ExportConfig:
+    """How to export a checkpoint to ONNX and how closely it must match PyTorch."""
+
+    task: Optional[str] = field(default=None, metadata={"help": f"One of {sorted(OPTIMUM_TASKS)}; inferred from the config when not given."})
+    backend: Literal["optimum", "dynamo"] = field(
+        default="optimum",
+        metadata={"help": "'optimum' (optimum.exporters.onnx.main_export) or 'dynamo' (torch.onnx.export(dynamo=True), dynamic batch and sequence)."},
+    )
+    opset: Optional[int] = field(default=None, metadata={"help": "ONNX opset; the exporter's default when not given."})
+    optimize: Optional[OptimizationLevel] = field(
+        default=None, metadata={"help": "Also write model_optimized.onnx through ORTOptimizer at this level (O1-O3 on CPU), checked for parity too."}
+    )
+    atol: float = field(default=1e-4, metadata={"help": "Largest allowed absolute difference between PyTorch and ONNX Runtime outputs."})
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4], metadata={"help": "Batch sizes of the parity check."})
+    sequence_lengths: list[int] = field(
+        default_factory=lambda: [16, 128], metadata={"help": "Sequence lengths of the parity check (capped at the model's maximum)."}
+    )
+
+    def __post_init__(self):
+        if self.task is not None and self.task not in OPTIMUM_TASKS:
+            raise ConfigError(f"task '{self.task}' cannot be exported: use one of {sorted(OPTIMUM_TASKS)}")
+        if self.backend not in EXPORT_BACKENDS:
+            raise ConfigError(f"export backend '{self.backend}' is not one of {EXPORT_BACKENDS}")
+        if self.optimize is not None:
+            check_level(self.optimize)
+        if self.atol <= 0:
+            raise ConfigError(f"atol must be positive, got {self.atol}")
+        if not self.batch_sizes or not self.sequence_lengths or min(*self.batch_sizes, *self.sequence_lengths) < 1:
+            raise ConfigError(f"parity batch sizes and sequence lengths must be positive lists, got {self.batch_sizes} and {self.sequence_lengths}")
+
+
+def export_onnx(
+    model_dir: str | Path,
+    output_dir: str | Path,
+    task: Optional[str] = None,
+    opset: Optional[int] = None,
+    *,
+    parity_texts: Optional[Sequence[str]] = None,
+    overwrite: bool = False,
+    **options,
+) -> Path:
+    """Export a checkpoint (local directory or Hub id) to ``output_dir/model.onnx``, check parity, return the .onnx path.
+
+    ``options`` are :class:`ExportConfig` fields (``backend``, ``optimize``, ``atol``, ``batch_sizes``,
+    ``sequence_lengths``); ``parity_texts`` are the sentences of the parity check (default: a built-in
+    set of real sentences). An existing non-empty ``output_dir`` needs ``overwrite=True``.
+    """
+    try:
+        config = ExportConfig(task=task, opset=opset, **options)
+    except TypeError as e:
+        allowed = [f.name for f in dataclasses.fields(ExportConfig)]
+        raise ConfigError(f"export_onnx: {e}; options are {allowed}") from None
+    output_dir = Path(output_dir)
+    overwrite = overwrite or (output_dir.is_dir() and not any(output_dir.iterdir()))
+    if output_dir.exists() and not overwrite:  # checked here too, before the model is loaded
+        raise ConfigError(f"output directory {output_dir} already exists: pass --overwrite to replace it, or choose another")
+    try:
+        model_config = AutoConfig.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot export '{model_dir}': no readable config.json ({str(e).splitlines()[0][:160]}); give a checkpoint directory or Hub id") from e
+    task = config.task or infer_task(model_config)
+    tokenizer = load_tokenizer(str(model_dir))
+    model = load_model(str(model_dir), task)
+    with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
+        if config.backend == "optimum":
+            _export_optimum(model_dir, staging, task, config.opset)
+        else:
+            _export_dynamo(model, tokenizer, staging, config.opset)
+        if is_factorized(model_config):  # the graph holds the factors; ONNX Runtime needs only the base architecture's config
+            model_config.base_config().save_pretrained(str(staging))
+        parity = {"backend": config.backend, "task": task, "opset": config.opset, "texts": "given" if parity_texts else "built-in", "files": {}}
+        onnx_paths = [staging / "model.onnx"]
+        if config.optimize:
+            onnx_paths.append(optimize_onnx(staging, config.optimize))
+            parity["optimization_level"] = config.optimize
+        for path in onnx_paths:
+            result = check_parity(model, path, tokenizer, parity_texts, config.batch_sizes, config.sequence_lengths, config.atol)
+            raise_on_mismatch(result, f"the {config.backend} export {path.name} of {model_dir}")
+            parity["files"][path.name] = result
+        atomic_write_json(staging / PARITY_FILE, parity)
+    return output_dir / "model.onnx"
+
+
+def _export_optimum(model_dir, out: Path, task: str, opset: Optional[int]) -> None:
     from optimum.exporters.onnx import main_export
 
-    task = task or infer_task(AutoConfig.from_pretrained(str(model_dir)))
-    main_export(str(model_dir), output=str(output_dir), task=OPTIMUM_TASKS[task], opset=opset, do_validation=False)
-    return Path(output_dir) / "model.onnx"
+    # Optimum's own validation uses random inputs at one shape; our parity check replaces it.
+    main_export(str(model_dir), output=str(out), task=OPTIMUM_TASKS[task], opset=opset, do_validation=False, library_name="transformers")
+
+
+class _Logits(torch.nn.Module):
+    """The model with positional tokenizer inputs and the logits as its only output, as ORTModelFor<Task> expects."""
+
+    def __init__(self, model, input_names: Sequence[str]):
+        super().__init__()
+        self.model, self.input_names = model, list(input_names)
+
+    def forward(self, *inputs):
+        return self.model(**dict(zip(self.input_names, inputs))).logits
+
+
+def _export_dynamo(model, tokenizer, out: Path, opset: Optional[int]) -> None:
+    """torch.onnx.export(dynamo=True) with dynamic batch and sequence dimensions, then the config and tokenizer beside it."""
+    from .parity import DEFAULT_PARITY_TEXTS, parity_batch
+
+    accepted = inspect.signature(model.forward).parameters
+    input_names = [n for n in tokenizer.model_input_names if n in accepted]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # a sample of batch 2 and length 16 keeps both dimensions from being specialised to 0/1
+    sample = parity_batch(tokenizer, DEFAULT_PARITY_TEXTS, 2, 16)
+    args = tuple(torch.from_numpy(sample[n]) for n in input_names)
+    model.config.use_cache = False  # no past key values: the graph maps tokens to logits, like Optimum's non-"with-past" tasks
+    dims = {0: "batch_size", 1: "sequence_length"}
+    program = torch.onnx.export(
+        _Logits(model, input_names).eval(), args, dynamo=True, input_names=input_names, output_names=["logits"],
+        dynamic_shapes=(tuple(dims for _ in input_names),), opset_version=opset, verbose=False,
+    )
+    program.save(str(out / "model.onnx"))
+    model.config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(out)
+

@@ -5,12 +5,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ConfigError
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Fail early (before expensive work) when ``path`` exists and may not be replaced."""
+    if Path(path).exists() and not overwrite:
+        raise ConfigError(f"output directory {path} already exists: pass --overwrite to replace it, or choose another")
 
 
 @contextlib.contextmanager
@@ -21,10 +29,8 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     and removes the temporary directory.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise ConfigError(f"output directory {path} already exists: pass --overwrite to replace it, or choose another")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    check_output_dir(path, overwrite)
+    tmp = make_temp_dir_beside(path)
     try:
         yield tmp
         if path.exists():
@@ -37,6 +43,29 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def make_temp_dir_beside(path: Path) -> Path:
+    """A new temporary directory next to ``path`` (same filesystem, so a rename is atomic), named after this
+    host and process; temporary directories for ``path`` left by dead processes of this host are removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname().replace("-", "_")
+    owner = re.compile(rf"^\.{re.escape(path.name)}\.tmp-{re.escape(host)}-(\d+)-")
+    for stale in path.parent.iterdir():
+        m = owner.match(stale.name)
+        if m and not _process_alive(int(m.group(1))):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{host}-{os.getpid()}-", dir=path.parent))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -1,4 +1,3 @@
 """Built-in recipe stages; importing a module registers its stage."""
 
-from . import evaluate, train  # noqa: F401
-from . import card, push  # noqa: F401
+from . import card, evaluate, export, factorize, prune, push, quantize, train, trim_vocab  # noqa: F401

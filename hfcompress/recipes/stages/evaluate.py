@@ -1,20 +1,38 @@
-"""The ``evaluate`` stage: task metrics of several models side by side."""
+"""The ``evaluate`` stage: task metrics of several models (PyTorch or ONNX) side by side, optionally latency and the compression report."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
-from ...evaluation import evaluate_pytorch
-from ...utils.io import atomic_write_json
+from ...errors import ConfigError
+from ...evaluation import compression_row, evaluate_model, evaluation_texts, measure_latency, write_compression_report
+from ...utils.io import atomic_write_json, atomic_write_text
 from ..context import RunContext
 from ..registry import register_stage
 
 
 @dataclass
 class EvaluateStageConfig:
-    models: list[str] = field(metadata={"help": "Models to evaluate: earlier stages' names, local paths or Hub ids.", "model_ref": True})
+    models: list[str] = field(
+        metadata={"help": "Models to evaluate: earlier stages' names (an export stage gives an ONNX model), local paths or Hub ids.", "model_ref": True}
+    )
     name: str = field(default="evaluation", metadata={"help": "Stage name; also its output sub-directory."})
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata={"help": "Batch size for the task metrics."})
+    latency: bool = field(default=False, metadata={"help": "Also time every model (p50/p95 per call, throughput) on evaluation sentences."})
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32], metadata={"help": "Batch sizes to time."})
+    threads: int = field(default=2, metadata={"help": "Intra-op threads of PyTorch and ONNX Runtime while timing."})
+    latency_samples: int = field(default=256, metadata={"help": "Evaluation sentences the latency batches are made of (the same for every model)."})
+    warmup: int = field(default=5, metadata={"help": "Untimed calls before timing."})
+    repeats: int = field(default=3, metadata={"help": "Timed passes over the latency batches."})
+    report: bool = field(default=True, metadata={"help": "Write compression_report.{json,md,png}: one row per model, ratios to the first."})
+    onnx_file: Optional[str] = field(default=None, metadata={"help": "ONNX file to load from ONNX model directories (default model.onnx)."})
+
+    def __post_init__(self):
+        if not self.models:
+            raise ConfigError("models: list at least one model to evaluate")
+        if self.latency and (self.threads < 1 or self.latency_samples < 1 or self.repeats < 1 or not self.latency_batch_sizes):
+            raise ConfigError("threads, latency_samples, repeats and latency_batch_sizes must be positive when latency is on")
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
@@ -25,17 +43,30 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_NOT_METRICS = {"name", "path", "backend", "num_examples", "num_parameters", "size_mb", "zipped_size_mb", "sparsity", "latency"}
+
+
 @register_stage("evaluate", EvaluateStageConfig)
 def run_evaluate(cfg: EvaluateStageConfig, ctx: RunContext):
     staging = ctx.fresh_staging(cfg.name)
     if ctx.state.is_main_process:
-        rows = []
+        texts = evaluation_texts(ctx.data(), cfg.latency_samples) if cfg.latency else []
+        rows, report_rows = [], []
         for ref in cfg.models:
-            result = evaluate_pytorch(ctx.resolve(ref), ctx.data(), cfg.batch_size)
-            rows.append({"name": ref, **result})
+            path = ctx.resolve(ref)
+            result = evaluate_model(path, ctx.data(), cfg.batch_size, onnx_file=cfg.onnx_file)
+            latency = None
+            if cfg.latency:
+                latency = measure_latency(
+                    path, path, texts, cfg.latency_batch_sizes, cfg.threads, warmup=cfg.warmup, repeats=cfg.repeats, onnx_file=cfg.onnx_file
+                )
+            rows.append({"name": ref, **result, **({"latency": latency} if latency else {})})
+            report_rows.append(compression_row(ref, result, latency))
         atomic_write_json(staging / "results.json", rows)
-        metric_columns = [k for k in rows[0] if k not in ("name", "path", "num_parameters", "size_mb", "dir_size_mb")]
-        table = markdown_table(rows, ["name", *metric_columns, "num_parameters", "size_mb"])
-        (staging / "results.md").write_text(table)
+        metric_columns = [k for k in rows[0] if k not in _NOT_METRICS]
+        table = markdown_table(rows, ["name", "backend", *metric_columns, "num_parameters", "size_mb"])
+        atomic_write_text(staging / "results.md", table)
         print(table)
+        if cfg.report:
+            write_compression_report(report_rows, staging, title=f"{ctx.name}: compression report")
     return ctx.publish(staging, cfg.name)

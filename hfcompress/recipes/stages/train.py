@@ -131,6 +131,12 @@ def train_and_publish(ctx: RunContext, cfg, model, tokenizer, trainer_cls, args_
     staging = ctx.fresh_staging(cfg.name)
     trainer.save_model(str(staging))
     if ctx.state.is_main_process:
+        for callback in trainer.callback_handler.callbacks:
+            if hasattr(callback, "write_report"):  # e.g. pruning's sparsity_report.json, next to the model it describes
+                callback.write_report(staging)
+        for callback in trainer.callback_handler.callbacks:  # e.g. QAT ranges, written beside the final model
+            if hasattr(callback, "write_artifacts"):
+                callback.write_artifacts(staging)
         atomic_write_json(staging / "train_results.json", train_result.metrics)
         atomic_write_json(staging / "eval_results.json", eval_metrics)
         trainer.state.save_to_json(str(staging / "trainer_state.json"))

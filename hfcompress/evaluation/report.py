@@ -1,0 +1,195 @@
+"""The compression report: every variant of a run side by side, with ratios to the first (baseline) row.
+
+Writes ``compression_report.json`` (the rows and the hardware), ``compression_report.md`` (a table)
+and ``compression_report.png`` (accuracy against latency and against size).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from ..errors import ConfigError
+from ..utils.io import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "compression_report"
+REQUIRED_KEYS = ("name", "accuracy", "size_mb", "latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_b32")
+# metric used as "accuracy" when a task has no accuracy (text generation reports perplexity)
+_QUALITY_KEYS = ("accuracy", "f1", "matthews_correlation", "perplexity")
+
+
+def compression_row(name: str, evaluation: Optional[dict] = None, latency: Optional[dict] = None, **extra) -> dict:
+    """One report row from :func:`evaluate_model` and :func:`measure_latency` results (either may be missing)."""
+    row: dict = {"name": name}
+    evaluation = evaluation or {}
+    quality = next((k for k in _QUALITY_KEYS if k in evaluation), None)
+    row["accuracy"] = evaluation.get(quality) if quality else None
+    row["quality_metric"] = quality
+    for key, value in evaluation.items():
+        if key not in row and key not in ("path",):
+            row[key] = value
+    row.setdefault("size_mb", None)
+    for key, timing in (latency or {}).items():
+        if key.startswith("b") and key[1:].isdigit():
+            row[f"latency_ms_p50_{key}"] = timing["p50_ms"]
+            row[f"latency_ms_p95_{key}"] = timing["p95_ms"]
+            row[f"throughput_{key}"] = timing["throughput"]
+    for key in REQUIRED_KEYS:
+        row.setdefault(key, None)
+    if latency:
+        row["latency_backend"] = latency.get("backend")
+        row["hardware"] = latency.get("hardware")
+    row.update(extra)
+    return row
+
+
+def _ratio(numerator, denominator) -> Optional[float]:
+    return round(numerator / denominator, 3) if numerator is not None and denominator else None
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """Copies of ``rows`` with ratios to the first row: how many times smaller, faster, higher throughput; accuracy change."""
+    base = rows[0]
+    out = []
+    for row in rows:
+        row = dict(row)
+        row["size_ratio"] = _ratio(base.get("size_mb"), row.get("size_mb"))
+        row["zipped_size_ratio"] = _ratio(base.get("zipped_size_mb"), row.get("zipped_size_mb"))
+        row["parameter_ratio"] = _ratio(base.get("num_parameters"), row.get("num_parameters"))
+        row["speedup_b1"] = _ratio(base.get("latency_ms_p50_b1"), row.get("latency_ms_p50_b1"))
+        row["throughput_ratio_b32"] = _ratio(row.get("throughput_b32"), base.get("throughput_b32"))
+        acc, base_acc = row.get("accuracy"), base.get("accuracy")
+        row["accuracy_delta"] = round(acc - base_acc, 6) if acc is not None and base_acc is not None else None
+        out.append(row)
+    return out
+
+
+def _fmt(value, digits: int = 2, suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{suffix}"
+    return f"{value:,}{suffix}" if isinstance(value, int) else f"{value}{suffix}"
+
+
+def _hardware_line(hw: dict) -> str:
+    return f"{hw.get('cpu')} ({hw.get('machine')}, {hw.get('cores')} cores), ISA: {', '.join(hw.get('isa') or []) or 'none'}, {hw.get('threads')} threads"
+
+
+def render_markdown(report: dict) -> str:
+    rows, metric = report["rows"], report["quality_metric"] or "accuracy"
+    lines = [f"# {report['title']}", ""]
+    lines.append(
+        f"Baseline for the ratios: **{report['baseline']}**. Latency: median (p50) and p95 per call of "
+        "timed runs after warm-up, batch 1 and 32; throughput in examples/s."
+    )
+    lines.append("")
+    header = [
+        "variant", metric, f"Δ {metric}", "size MB", "× smaller", "zipped MB", "× smaller (zip)", "parameters",
+        "sparsity", "p50 b1 ms", "p95 b1 ms", "speed-up b1", "throughput b32", "× b32",
+    ]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [
+            r["name"], _fmt(r.get("accuracy"), 4), _fmt(r.get("accuracy_delta"), 4), _fmt(r.get("size_mb")),
+            _fmt(r.get("size_ratio"), 2, "×"), _fmt(r.get("zipped_size_mb")), _fmt(r.get("zipped_size_ratio"), 2, "×"),
+            _fmt(r.get("num_parameters")), _fmt(r.get("sparsity"), 3), _fmt(r.get("latency_ms_p50_b1")),
+            _fmt(r.get("latency_ms_p95_b1")), _fmt(r.get("speedup_b1"), 2, "×"), _fmt(r.get("throughput_b32"), 1),
+            _fmt(r.get("throughput_ratio_b32"), 2, "×"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    hardware = report["hardware"]
+    if hardware:
+        lines.append("Measured on: " + "; ".join(_hardware_line(hw) for hw in hardware) + ".")
+    else:
+        lines.append("No latency was measured.")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(report: dict, path: Path) -> bool:
+    """Accuracy against p50 latency (batch 1) and against size; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed, so %s is not drawn: pip install 'hfcompress[plots]'", path.name)
+        return False
+    metric = report["quality_metric"] or "accuracy"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "latency_ms_p50_b1", "p50 latency, batch 1 (ms)"), (axes[1], "size_mb", "size on disk (MB)")):
+        points = [(r[key], r["accuracy"], r["name"]) for r in report["rows"] if r.get(key) is not None and r.get("accuracy") is not None]
+        for x, y, name in points:
+            ax.scatter(x, y, s=40)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        if not points:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    hardware = report["hardware"]
+    fig.suptitle(report["title"] + (f"\n{_hardware_line(hardware[0])}" if len(hardware) == 1 else ""), fontsize=10)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return True
+
+
+def write_compression_report(
+    rows: list[dict],
+    out_dir,
+    title: str = "Compression report",
+    *,
+    file_stem: str = REPORT_NAME,
+    notes: str = "",
+    metadata: Optional[dict] = None,
+) -> dict:
+    """Write ``<file_stem>.{json,md,png}`` (default compression_report) to ``out_dir`` and return the report.
+
+    Each row needs at least ``name`` and may carry ``accuracy``, ``size_mb``, ``latency_ms_p50_b1``,
+    ``latency_ms_p95_b1``, ``throughput_b32`` and ``hardware`` (as :func:`compression_row` builds
+    them); the first row is the baseline of the ratios. ``notes`` (Markdown) is appended to the
+    table, ``metadata`` is stored in the JSON (e.g. settings, the command that reproduces it).
+    """
+    if not rows:
+        raise ConfigError("write_compression_report needs at least one row: evaluate the baseline model first")
+    missing = [i for i, r in enumerate(rows) if not r.get("name")]
+    if missing:
+        raise ConfigError(f"report rows {missing} have no 'name': give every variant a name (e.g. teacher, student, int8)")
+    names = [r["name"] for r in rows]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"report rows have repeated names {names}: give every variant a distinct name")
+    rows = add_ratios([{**{k: None for k in REQUIRED_KEYS}, **r} for r in rows])
+    hardware = []
+    for r in rows:
+        if r.get("hardware") and r["hardware"] not in hardware:
+            hardware.append(r["hardware"])
+    metrics = {r.get("quality_metric") for r in rows if r.get("quality_metric")}
+    report = {
+        "title": title,
+        "baseline": rows[0]["name"],
+        "quality_metric": metrics.pop() if len(metrics) == 1 else None,
+        "hardware": hardware,
+        "rows": rows,
+        **(metadata or {}),
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / f"{file_stem}.json", report)
+    atomic_write_text(out_dir / f"{file_stem}.md", render_markdown(report) + (f"\n{notes.strip()}\n" if notes else ""))
+    report["chart"] = str(out_dir / f"{file_stem}.png") if _plot(report, out_dir / f"{file_stem}.png") else None
+    return report

@@ -1,0 +1,126 @@
+"""Loading a model for inference in PyTorch or ONNX Runtime, by path, Hub id or as an object.
+
+A directory holding an ``.onnx`` file (as written by ``hfcompress export`` or Optimum) runs through
+``optimum.onnxruntime``'s ORTModelFor<Task> classes; anything else through Transformers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+from ..errors import ConfigError, ModelError
+from ..modeling import AUTO_CLASSES, infer_task, load_model
+
+Backend = Literal["auto", "pytorch", "onnx"]
+BACKENDS = ("auto", "pytorch", "onnx")
+
+ORT_CLASS_NAMES = {
+    "text-classification": "ORTModelForSequenceClassification",
+    "token-classification": "ORTModelForTokenClassification",
+    "text-generation": "ORTModelForCausalLM",
+}
+
+
+def is_ort_model(model) -> bool:
+    from optimum.onnxruntime import ORTModel
+
+    return isinstance(model, ORTModel)
+
+
+def onnx_files(directory: str | os.PathLike) -> list[Path]:
+    directory = Path(directory)
+    return sorted(directory.glob("*.onnx")) if directory.is_dir() else []
+
+
+def resolve_backend(model, backend: str = "auto", onnx_file: Optional[str] = None) -> str:
+    """``pytorch`` or ``onnx`` for a model reference (path, Hub id or loaded model)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend '{backend}' is not one of {BACKENDS}: use 'auto' to choose from the model directory")
+    if not isinstance(model, (str, os.PathLike)):
+        found = "onnx" if is_ort_model(model) else "pytorch"
+        if backend not in ("auto", found):
+            raise ConfigError(f"backend '{backend}' was asked for a loaded {found} model: pass backend='{found}' or 'auto'")
+        return found
+    has_onnx = bool(onnx_files(model)) or (onnx_file is not None and (Path(model) / onnx_file).is_file())
+    if backend == "auto":
+        return "onnx" if has_onnx else "pytorch"
+    if backend == "onnx" and not has_onnx:
+        raise ModelError(f"no .onnx file in '{model}': export it first (hfcompress export {model} --output DIR) or use backend='pytorch'")
+    return backend
+
+
+def onnx_file_name(directory: str | os.PathLike, onnx_file: Optional[str] = None) -> str:
+    """The ONNX file to load from ``directory``: ``onnx_file``, else ``model.onnx``, else the only one there."""
+    files = onnx_files(directory)
+    names = [f.name for f in files]
+    if onnx_file is not None:
+        if onnx_file not in names:
+            raise ModelError(f"ONNX file '{onnx_file}' is not in '{directory}': files there are {names}")
+        return onnx_file
+    if "model.onnx" in names:
+        return "model.onnx"
+    if len(names) == 1:
+        return names[0]
+    raise ModelError(f"'{directory}' holds several ONNX files {names}: choose one with onnx_file=/--onnx-file")
+
+
+def ort_session_options(threads: Optional[int] = None):
+    """Session options with a fixed intra-op thread count and sequential execution (None: ORT's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return options
+
+
+def load_ort_model(directory: str | os.PathLike, task: Optional[str] = None, onnx_file: Optional[str] = None, threads: Optional[int] = None):
+    """ORTModelFor<Task> for an exported directory (it needs the config.json that export writes beside the .onnx)."""
+    import optimum.onnxruntime as ort_models
+    from transformers import AutoConfig
+
+    directory = Path(directory)
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"'{directory}' has an ONNX file but no readable config.json: re-export it with hfcompress export") from e
+    task = task or infer_task(config)
+    if task not in ORT_CLASS_NAMES:
+        raise ModelError(f"task '{task}' has no ONNX Runtime model class: use one of {sorted(ORT_CLASS_NAMES)}")
+    cls = getattr(ort_models, ORT_CLASS_NAMES[task])
+    kwargs = {"use_cache": False, "use_io_binding": False} if task == "text-generation" else {}
+    return cls.from_pretrained(
+        directory, file_name=onnx_file_name(directory, onnx_file), session_options=ort_session_options(threads), **kwargs
+    )
+
+
+def load_for_inference(model, task: Optional[str] = None, backend: str = "auto", onnx_file: Optional[str] = None, threads: Optional[int] = None):
+    """(model object, backend name) ready to be called with tokenized torch batches."""
+    backend = resolve_backend(model, backend, onnx_file)
+    if not isinstance(model, (str, os.PathLike)):
+        if backend == "pytorch":
+            model.eval()
+        return model, backend
+    if backend == "onnx":
+        return load_ort_model(model, task, onnx_file, threads), backend
+    if task is None:
+        from transformers import AutoConfig
+
+        task = infer_task(AutoConfig.from_pretrained(str(model)))
+    if task not in AUTO_CLASSES:
+        raise ModelError(f"task '{task}' is not supported: use one of {sorted(AUTO_CLASSES)}")
+    return load_model(str(model), task).eval(), backend
+
+
+def model_source_path(model) -> Optional[Path]:
+    """The directory (or .onnx file) a model object or reference was loaded from, if it is local."""
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model) if Path(model).exists() else None
+    if is_ort_model(model):
+        return Path(model.path)
+    name = getattr(getattr(model, "config", None), "_name_or_path", "")
+    return Path(name) if name and Path(name).exists() else None

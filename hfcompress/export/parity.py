@@ -1,0 +1,124 @@
+"""Parity of an exported ONNX model with its PyTorch original, on real sentences.
+
+Each check feeds the same batch to PyTorch and to ONNX Runtime and takes the largest absolute
+difference over every output the two share (logits). A batch of size B at length L holds one
+row of real text filling all L tokens and B-1 single sentences padded to L, so both full-length
+attention and padding masks are exercised.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import HFCompressError
+
+PARITY_FILE = "parity.json"
+
+# Real sentences of different lengths and styles, used when no texts or dataset are given.
+DEFAULT_PARITY_TEXTS = (
+    "The film is a charming, funny and often moving portrait of a family that refuses to fall apart.",
+    "Terrible.",
+    "I expected very little from this sequel and was still disappointed by its lazy, recycled plot.",
+    "The quarterly report shows revenue growing by 4.2 percent, mostly from the new subscription service.",
+    "Please restart the router, wait thirty seconds, and then check whether the green light stays on.",
+    "What a delight!",
+    "Although the acting is uneven, the last twenty minutes are among the most suspenseful I have seen in years.",
+    "The committee will meet on Tuesday to review the proposal and vote on the revised budget.",
+    "It's not bad, but it isn't good either - just forgettable.",
+    "Rain is expected across the north of the country tomorrow, with strong winds along the coast.",
+    "The soundtrack, by contrast, is gorgeous.",
+    "My order arrived two weeks late and the box was crushed, yet the support team never replied.",
+)
+
+
+class ParityError(HFCompressError):
+    """An exported model whose outputs disagree with the PyTorch model beyond the tolerance."""
+
+
+def parity_batch(tokenizer, texts: Sequence[str], batch_size: int, length: int) -> dict[str, np.ndarray]:
+    """``batch_size`` rows of exactly ``length`` tokens: one full row of running text, the others single padded sentences."""
+    texts = list(texts)
+    running = " ".join(texts)
+    while len(tokenizer(running)["input_ids"]) < length:
+        running = f"{running} {running}"
+    rows = [running] + [texts[i % len(texts)] for i in range(batch_size - 1)]
+    encoded = tokenizer(rows, padding="max_length", truncation=True, max_length=length, return_tensors="np")
+    return {name: np.asarray(value) for name, value in encoded.items()}
+
+
+def onnx_feeds(batch: dict[str, np.ndarray], input_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The inputs an ONNX graph asks for, from a tokenized batch (zeros for absent token types, positions from the mask)."""
+    feeds = {}
+    for name in input_names:
+        if name in batch:
+            feeds[name] = batch[name].astype(np.int64)
+        elif name == "token_type_ids":
+            feeds[name] = np.zeros_like(batch["input_ids"], dtype=np.int64)
+        elif name == "position_ids":
+            feeds[name] = np.clip(np.cumsum(batch["attention_mask"], -1) - 1, 0, None).astype(np.int64)
+        else:
+            raise ParityError(f"the ONNX model needs an input '{name}' that a tokenizer does not give: check the exported task")
+    return feeds
+
+
+def check_parity(
+    model,
+    onnx_path: str | os.PathLike,
+    tokenizer,
+    texts: Optional[Sequence[str]] = None,
+    batch_sizes: Sequence[int] = (1, 4),
+    sequence_lengths: Sequence[int] = (16, 128),
+    atol: float = 1e-4,
+) -> dict:
+    """Compare ``model`` (PyTorch) with ``onnx_path`` (ONNX Runtime, CPU) at every batch size x length.
+
+    Returns ``{"max_abs_diff", "tolerance", "passed", "checks": [{"batch_size", "sequence_length", "max_abs_diff"}]}``;
+    lengths beyond the model's maximum are capped to it.
+    """
+    import onnxruntime as ort
+    import torch
+
+    texts = list(texts or DEFAULT_PARITY_TEXTS)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2-style tokenizers have no pad token
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_names = [i.name for i in session.get_inputs()]
+    output_names = [o.name for o in session.get_outputs()]
+    max_length = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) or 512
+    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        max_length -= 2  # RoBERTa positions start after the padding index
+    model.eval()
+    checks = []
+    for length in sorted({min(length, max_length) for length in sequence_lengths}):
+        for batch_size in batch_sizes:
+            feeds = onnx_feeds(parity_batch(tokenizer, texts, batch_size, length), input_names)
+            onnx_outputs = dict(zip(output_names, session.run(None, feeds)))
+            with torch.no_grad():
+                torch_outputs = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+            shared = [name for name in output_names if isinstance(torch_outputs.get(name), torch.Tensor)]
+            if not shared:
+                raise ParityError(f"the ONNX outputs {output_names} match none of the PyTorch outputs {list(torch_outputs)}")
+            diff = max(float(np.abs(torch_outputs[n].float().numpy() - onnx_outputs[n]).max()) for n in shared)
+            checks.append({"batch_size": batch_size, "sequence_length": length, "max_abs_diff": diff})
+    worst = max(checks, key=lambda c: c["max_abs_diff"])
+    return {
+        "onnx_file": Path(onnx_path).name,
+        "max_abs_diff": worst["max_abs_diff"],
+        "tolerance": atol,
+        "passed": bool(worst["max_abs_diff"] <= atol),
+        "checks": checks,
+    }
+
+
+def raise_on_mismatch(result: dict, what: str) -> None:
+    if not result["passed"]:
+        worst = max(result["checks"], key=lambda c: c["max_abs_diff"])
+        raise ParityError(
+            f"{what} disagrees with PyTorch: max abs diff {worst['max_abs_diff']:.3g} at batch {worst['batch_size']}, "
+            f"length {worst['sequence_length']} exceeds atol {result['tolerance']:g}; nothing was written. Try the other "
+            "backend or a lower optimization level, or raise --atol if this difference is expected"
+        )

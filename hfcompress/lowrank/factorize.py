@@ -1,0 +1,154 @@
+"""Truncated-SVD factorisation of a model's Linear (and GPT-2 Conv1D) layers."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+
+from ..errors import ConfigError
+from ..utils.io import atomic_output_dir, atomic_write_json, check_output_dir
+from .config import LowRankConfig
+from .modeling import FactorizedConfig, LowRankLinear, dense_shape, register_factorized_auto_classes
+
+REPORT_FILE = "factorization.json"
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    """'re:<regex>' matches the full name; a plain pattern matches a run of whole dotted components ('pooler', 'output.dense')."""
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            if re.fullmatch(pattern[3:], name):
+                return True
+        elif f".{pattern}." in f".{name}.":
+            return True
+    return False
+
+
+def target_layers(model: nn.Module, config: LowRankConfig) -> list[str]:
+    """Names of the dense layers ``config`` selects, in module order."""
+    # the factors of an already factorised layer are not candidates again
+    inside = {f"{n}.{child}" for n, m in model.named_modules() if isinstance(m, LowRankLinear) for child in ("down", "up")}
+    dense = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D)) and n and n not in inside]
+    chosen = [n for n in dense if (config.target_modules is None or _matches(n, config.target_modules))]
+    chosen = [n for n in chosen if not _matches(n, config.exclude_modules)]
+    if config.target_modules is not None and not chosen:
+        raise ConfigError(
+            f"target_modules {config.target_modules} match no Linear layer of {type(model).__name__} "
+            f"(after exclude_modules): its Linear layers include {dense[:6]}"
+        )
+    return chosen
+
+
+def select_rank(singular_values: torch.Tensor, in_features: int, out_features: int, config: LowRankConfig) -> int:
+    """The rank for one layer: by retained energy or by target compression, floored and rounded up."""
+    full = min(in_features, out_features)
+    if config.energy is not None:
+        energy = singular_values.double().pow(2)
+        cumulative = energy.cumsum(0) / energy.sum().clamp_min(1e-30)
+        # the smallest r with cumulative[r - 1] >= energy; the tolerance absorbs float round-off at energy=1
+        rank = int(torch.searchsorted(cumulative, torch.tensor(config.energy - 1e-12, dtype=cumulative.dtype)).item()) + 1
+    else:
+        rank = int(config.compression * in_features * out_features / (in_features + out_features))
+    rank = max(rank, config.min_rank)
+    rank = math.ceil(rank / config.rank_multiple) * config.rank_multiple
+    return min(rank, full)
+
+
+def _weight_out_in(module: nn.Module) -> torch.Tensor:
+    """The weight as (out_features, in_features): nn.Linear stores it so, Conv1D transposed."""
+    return module.weight if isinstance(module, nn.Linear) else module.weight.t()
+
+
+def low_rank_from_dense(module: nn.Module, rank: int, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> LowRankLinear:
+    """``LowRankLinear`` holding ``U_r sqrt(S_r)`` and ``sqrt(S_r) V_r^T``; the split keeps both factors on one scale for fine-tuning."""
+    in_features, out_features, has_bias = dense_shape(module)
+    weight = module.weight
+    layer = LowRankLinear(in_features, out_features, rank, has_bias).to(device=weight.device, dtype=weight.dtype)
+    root = s[:rank].sqrt()
+    with torch.no_grad():
+        layer.up.weight.copy_(u[:, :rank] * root)
+        layer.down.weight.copy_(root[:, None] * vh[:rank])
+        if has_bias:
+            layer.up.bias.copy_(module.bias)
+    return layer
+
+
+def factorize(model: PreTrainedModel, config: LowRankConfig) -> dict:
+    """Replace the selected layers of ``model`` (in place) by truncated-SVD factors; return the report.
+
+    A layer whose two factors would hold at least as many parameters as its dense weight stays dense.
+    ``model.config`` becomes a :class:`FactorizedConfig`, so ``save_pretrained`` writes a checkpoint
+    that the Auto classes reload as this factorised model (after ``import hfcompress``).
+    """
+    register_factorized_auto_classes()
+    names = target_layers(model, config)
+    if not names:
+        raise ConfigError(f"{type(model).__name__} has no Linear layer outside exclude_modules {config.exclude_modules}")
+    params_before = model.num_parameters()
+    ranks, layers = {}, {}
+    for name in tqdm(names, desc="Factorising", leave=False):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        dense = getattr(parent, child)
+        in_features, out_features, _ = dense_shape(dense)
+        weight = _weight_out_in(dense).detach().float()
+        u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+        rank = select_rank(s, in_features, out_features, config)
+        energy = s.double().pow(2)
+        retained = float(energy[:rank].sum() / energy.sum().clamp_min(1e-30))
+        entry = {"shape": [out_features, in_features], "rank": rank, "retained_energy": round(retained, 6)}
+        if rank * (in_features + out_features) >= in_features * out_features:
+            entry.update(rank=None, skipped=f"rank {rank} would not save parameters (full rank {min(in_features, out_features)})")
+        else:
+            setattr(parent, child, low_rank_from_dense(dense, rank, u.to(dense.weight.dtype), s.to(dense.weight.dtype), vh.to(dense.weight.dtype)))
+            ranks[name] = rank
+        layers[name] = entry
+    model.config = FactorizedConfig.from_base(model.config, ranks)
+    params_after = model.num_parameters()
+    return {
+        "method": "truncated-svd",
+        "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        "num_parameters_before": params_before,
+        "num_parameters_after": params_after,
+        "factorized_layers": len(ranks),
+        "ranks": ranks,
+        "layers": layers,
+    }
+
+
+def save_factorized(model: PreTrainedModel, output_dir: str | Path, report: dict, tokenizer=None, overwrite: bool = False) -> Path:
+    """Write the factorised model, its tokenizer and ``factorization.json`` atomically."""
+    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        atomic_write_json(Path(tmp) / REPORT_FILE, report)
+    return Path(output_dir)
+
+
+def factorize_checkpoint(
+    model_path: str,
+    output_dir: str | Path,
+    config: LowRankConfig,
+    task: Optional[str] = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Load ``model_path`` (directory or Hub id), factorise it and save it with its tokenizer to ``output_dir``."""
+    from ..modeling import load_checkpoint
+
+    check_output_dir(output_dir, overwrite)
+    register_factorized_auto_classes()
+    model, tokenizer, _ = load_checkpoint(model_path, task, trust_remote_code)
+    report = factorize(model, config)
+    report["source"] = str(model_path)
+    save_factorized(model, output_dir, report, tokenizer, overwrite=overwrite)
+    return report

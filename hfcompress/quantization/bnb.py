@@ -1,0 +1,85 @@
+"""bitsandbytes: load a model with 8-bit (LLM.int8) or 4-bit (NF4/FP4, optional double quantization) Linear layers.
+
+This is for memory, not CPU speed: bitsandbytes stores the weights compactly and dequantizes them
+inside every matmul, so on a CPU it is usually slower than fp32, and its layers cannot be exported
+to ONNX. For fast CPU int8 use ONNX Runtime (:func:`~hfcompress.quantization.quantize_onnx`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+
+from ..errors import ConfigError
+from ..modeling import infer_task, load_model, load_tokenizer
+from ..utils.io import atomic_output_dir, atomic_write_json
+from .qat import QUANTIZATION_FILE
+
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class BnbConfig:
+    """How bitsandbytes quantizes the Linear layers at load time."""
+
+    bits: Literal[8, 4] = field(default=8, metadata={"help": "8 (LLM.int8 with outlier columns in fp16) or 4 (NF4/FP4 blocks)."})
+    quant_type: Literal["nf4", "fp4"] = field(default="nf4", metadata={"help": "4-bit only: NormalFloat4 (for normally distributed weights) or FP4."})
+    double_quant: bool = field(default=True, metadata={"help": "4-bit only: also quantize the per-block scales (saves ~0.4 bit per weight)."})
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={"help": "dtype of the matmuls and of the layers left unquantized."})
+    skip_modules: Optional[list[str]] = field(default=None, metadata={"help": "Module names kept in full precision; default: transformers' choice (the output head)."})
+
+    def __post_init__(self):
+        if self.bits not in (4, 8):
+            raise ConfigError(f"bits must be 8 or 4, got {self.bits}")
+        if self.quant_type not in ("nf4", "fp4"):
+            raise ConfigError(f"quant_type must be 'nf4' or 'fp4', got '{self.quant_type}'")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got '{self.compute_dtype}'")
+
+    def transformers_config(self):
+        from transformers import BitsAndBytesConfig
+
+        if self.bits == 8:
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=self.skip_modules)
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=self.quant_type, bnb_4bit_use_double_quant=self.double_quant,
+            bnb_4bit_compute_dtype=COMPUTE_DTYPES[self.compute_dtype], llm_int8_skip_modules=self.skip_modules,
+        )
+
+    def describe(self) -> dict:
+        if self.bits == 8:
+            return {"method": "bnb-8bit", "weights": "int8 per-row absmax (LLM.int8, outlier columns in fp16)", "activations": self.compute_dtype}
+        dq = ", double-quantized scales" if self.double_quant else ""
+        return {"method": "bnb-4bit", "weights": f"{self.quant_type} blocks of 64{dq}", "activations": self.compute_dtype}
+
+
+def load_bnb(model: str | Path, config: Optional[BnbConfig] = None, task: Optional[str] = None):
+    """Load ``model`` (local path or Hub id, fp32 or already bitsandbytes-quantized) with bitsandbytes Linear layers on CPU."""
+    from transformers import AutoConfig
+
+    config = config or BnbConfig()
+    model_config = AutoConfig.from_pretrained(str(model))
+    # a checkpoint saved by quantize_bnb carries its own quantization_config, which from_pretrained applies
+    quantization = {} if getattr(model_config, "quantization_config", None) else {"quantization_config": config.transformers_config()}
+    return load_model(str(model), task or infer_task(model_config), device_map="cpu", dtype=COMPUTE_DTYPES[config.compute_dtype], **quantization)
+
+
+def quantize_bnb(model: str | Path, output_dir: str | Path, config: Optional[BnbConfig] = None, overwrite: bool = False) -> Path:
+    """Load ``model`` in 8 or 4 bits and save it (weights, config with its quantization_config, tokenizer, quantization.json).
+
+    The saved directory reloads with ``from_pretrained`` (bitsandbytes must be installed there too).
+    """
+    config = config or BnbConfig()
+    output_dir = Path(output_dir)
+    with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
+        quantized = load_bnb(model, config)
+        quantized.save_pretrained(staging)
+        load_tokenizer(str(model)).save_pretrained(staging)
+        atomic_write_json(
+            staging / QUANTIZATION_FILE,
+            {**config.describe(), "memory_footprint_bytes": int(quantized.get_memory_footprint()), "source": str(model), "onnx_exportable": False},
+        )
+    return output_dir

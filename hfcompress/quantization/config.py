@@ -1,0 +1,153 @@
+"""What to quantize and how: the ONNX Runtime int8 schemes, QAT settings and post-training settings.
+
+``ort_scheme(preset, mode)`` is the single description of the arithmetic ONNX Runtime applies for an
+Optimum hardware preset; the QAT fake-quantization and the post-training quantizer both read it, so
+what is simulated during training is what ships.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from ..errors import ConfigError, closest
+
+PRESETS = ("avx2", "avx512", "avx512_vnni", "arm64", "tensorrt")
+Preset = Literal["avx2", "avx512", "avx512_vnni", "arm64", "tensorrt"]
+Mode = Literal["dynamic", "static"]
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer grid: ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``."""
+
+    dtype: str  # "int8" or "uint8"
+    symmetric: bool
+    qmin: int
+    qmax: int
+
+    @property
+    def symmetric_zero_point(self) -> int:
+        # ORT: round((qmin + qmax) / 2) with numpy's half-to-even rounding: 0 for int8, 128 for uint8
+        return int(round((self.qmin + self.qmax) / 2))
+
+    def describe(self) -> str:
+        return f"{self.dtype} {'symmetric' if self.symmetric else 'asymmetric'}"
+
+
+# ONNX Runtime's ranges (onnxruntime.quantization.quant_utils): symmetric int8 drops -128 so that
+# the grid is symmetric around 0; uint8 has no symmetric range, symmetric uint8 is [0, 255] with zero point 128.
+INT8_SYMMETRIC = IntRange("int8", True, -127, 127)
+UINT8_SYMMETRIC = IntRange("uint8", True, 0, 255)
+UINT8_ASYMMETRIC = IntRange("uint8", False, 0, 255)
+
+
+@dataclass(frozen=True)
+class OrtScheme:
+    """How ONNX Runtime quantizes a MatMul/Gemm for a preset and mode."""
+
+    weights: IntRange
+    activations: IntRange
+    per_channel: bool
+    dynamic_activations: bool  # ranges computed per batch at run time (DynamicQuantizeLinear) vs calibrated
+
+    def describe(self) -> dict:
+        granularity = "per-channel" if self.per_channel else "per-tensor"
+        activation_range = "per-tensor, computed per batch at run time" if self.dynamic_activations else "per-tensor, calibrated"
+        return {
+            "weights": f"{self.weights.describe()} {granularity}",
+            "activations": f"{self.activations.describe()} {activation_range}",
+        }
+
+
+def _check_choice(value: str, choices, key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} '{value}' is unknown{closest(value, choices)}: use one of {list(choices)}")
+
+
+def ort_scheme(preset: str, mode: str, per_channel: bool = True) -> OrtScheme:
+    """The arithmetic of Optimum's ``AutoQuantizationConfig.<preset>(is_static=...)`` as ONNX Runtime applies it.
+
+    Dynamic mode always quantizes activations to uint8 asymmetric per tensor at run time
+    (DynamicQuantizeLinear). avx2 stores weights as uint8 symmetric (zero point 128: AVX2's u8*s8
+    kernels can saturate), the other CPU presets as int8 symmetric. TensorRT is static only and
+    symmetric int8 throughout.
+    """
+    _check_choice(preset, PRESETS, "preset")
+    _check_choice(mode, ("dynamic", "static"), "mode")
+    if preset == "tensorrt":
+        if mode != "static":
+            raise ConfigError("preset 'tensorrt' is static only (TensorRT consumes calibrated QDQ graphs): set mode: static")
+        return OrtScheme(INT8_SYMMETRIC, INT8_SYMMETRIC, per_channel, dynamic_activations=False)
+    weights = UINT8_SYMMETRIC if preset == "avx2" else INT8_SYMMETRIC
+    return OrtScheme(weights, UINT8_ASYMMETRIC, per_channel, dynamic_activations=(mode == "dynamic"))
+
+
+class _TargetsOrtScheme:
+    """Mixin for configs with ``preset``, ``mode`` and ``per_channel``: the ONNX Runtime scheme they name."""
+
+    @property
+    def scheme(self) -> OrtScheme:
+        return ort_scheme(self.preset, self.mode, self.per_channel)
+
+
+@dataclass
+class QATConfig(_TargetsOrtScheme):
+    """Quantization-aware training: fake-quantize the targeted Linear layers as ONNX Runtime int8 will."""
+
+    preset: Preset = field(default="avx2", metadata={"help": f"Deployment preset to simulate, one of {PRESETS}; must match the later `quantize` stage."})
+    mode: Mode = field(default="dynamic", metadata={"help": "Deployment mode to simulate: 'dynamic' (activation ranges per batch) or 'static' (calibrated ranges, learned here as moving averages)."})
+    per_channel: bool = field(default=True, metadata={"help": "One weight scale per output channel (as Optimum's presets do) rather than one per tensor."})
+    start_step: int = field(default=0, metadata={"help": "Optimizer step from which fake quantization is on; before it training is plain fp32."})
+    target_modules: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Regexes matched (re.search) against Linear module names; default: every nn.Linear (ONNX Runtime quantizes every MatMul/Gemm)."},
+    )
+    exclude_modules: list[str] = field(default_factory=list, metadata={"help": "Regexes of Linear modules to leave in fp32 (exclude the same nodes from the int8 model with the quantize stage's onnx.exclude_nodes, e.g. '/classifier/Gemm')."})
+    range_momentum: float = field(default=0.01, metadata={"help": "Moving-average weight of each batch's min/max in the observed activation ranges."})
+    freeze_ranges_step: Optional[int] = field(default=None, metadata={"help": "Optimizer step after which the observed activation ranges stop moving (static mode); default: never."})
+
+    def __post_init__(self):
+        self.scheme  # noqa: B018  (validates preset, mode and their combination)
+        if self.start_step < 0:
+            raise ConfigError(f"start_step must be >= 0, got {self.start_step}")
+        if not 0.0 < self.range_momentum <= 1.0:
+            raise ConfigError(f"range_momentum must be in (0, 1], got {self.range_momentum}")
+
+
+@dataclass
+class PTQConfig(_TargetsOrtScheme):
+    """Post-training int8 quantization of an ONNX export with ONNX Runtime, through Optimum's ORTQuantizer."""
+
+    mode: Mode = field(default="dynamic", metadata={"help": "'dynamic' (activations quantized per batch at run time) or 'static' (ranges calibrated on data, QDQ graph)."})
+    preset: Preset = field(default="avx2", metadata={"help": f"Optimum hardware preset, one of {PRESETS}; 'tensorrt' is static, symmetric int8 QDQ for TensorRT."})
+    per_channel: bool = field(default=True, metadata={"help": "One weight scale per output channel."})
+    calibration_method: Literal["minmax", "percentile", "entropy"] = field(default="minmax", metadata={"help": f"Static only: how activation ranges are chosen, one of {CALIBRATION_METHODS}."})
+    calibration_split: Optional[str] = field(default=None, metadata={"help": "Static only: dataset split drawn for calibration; default: the training split."})
+    calibration_samples: int = field(default=256, metadata={"help": "Static only: number of examples (seeded random subset) used for calibration."})
+    percentile: float = field(default=99.999, metadata={"help": "Percentile calibration: the percentile of |activation| kept."})
+    quantize_embeddings: bool = field(default=False, metadata={"help": "Also quantize the embedding tables (Gather); on MiniLM they are half of the weights."})
+    operators: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "ONNX operator types to quantize; default: MatMul and Gemm, i.e. the Linear layers (plus Gather with quantize_embeddings)."},
+    )
+    exclude_nodes: list[str] = field(default_factory=list, metadata={"help": "ONNX node names to keep in fp32."})
+    quantize_attention_matmuls: bool = field(
+        default=False,
+        metadata={"help": "Also quantize the activation-by-activation MatMuls of attention (Q·Kᵀ, softmax·V); off by default: they cost accuracy, save little time, and QAT does not simulate them."},
+    )
+    qat_ranges: bool = field(default=True, metadata={"help": "Static only: when the model has qat_ranges.safetensors (from QATCallback), use its activation ranges for the Linear inputs instead of calibrated ones."})
+
+    def __post_init__(self):
+        self.scheme  # noqa: B018  (validates preset, mode and their combination)
+        _check_choice(self.calibration_method, CALIBRATION_METHODS, "calibration_method")
+        if self.calibration_samples < 1:
+            raise ConfigError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
+
+    def operator_types(self) -> list[str]:
+        if self.operators is not None:
+            return list(self.operators)
+        return ["MatMul", "Gemm"] + (["Gather"] if self.quantize_embeddings else [])

@@ -1,0 +1,203 @@
+"""Post-training int8 quantization of an ONNX export with ONNX Runtime, through Optimum's ORTQuantizer.
+
+Dynamic mode quantizes weights ahead of time and activations per batch at run time (MatMulInteger).
+Static mode calibrates activation ranges on examples drawn from a dataset split (MinMax, Percentile
+or Entropy) and writes a QDQ graph; ranges learned by QAT (``qat_ranges.safetensors`` beside the
+model) replace the calibrated ranges of the Linear layers' inputs, so the shipped model uses the
+ranges it was trained with.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..data import TaskData
+from ..errors import ConfigError, DataError, ModelError
+from ..utils.io import atomic_output_dir, atomic_write_json
+from .config import PTQConfig
+from .qat import QUANTIZATION_FILE, load_qat_ranges
+from .tensorrt import check_tensorrt_qdq, onnx_input_names, restore_float_biases, tensorrt_provider_options, trtexec_command
+
+logger = logging.getLogger("hfcompress")
+
+
+def attention_matmuls(onnx_path: Path) -> list[str]:
+    """MatMul nodes whose inputs are both activations (attention scores and context), not a Linear layer's weight."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def from_weight(name: str) -> bool:  # the exporter may put a Transpose/Identity between the initializer and the MatMul
+        while name not in weights and name in producer and producer[name].op_type in ("Transpose", "Identity", "Cast"):
+            name = producer[name].input[0]
+        return name in weights
+
+    return [node.name for node in graph.node if node.op_type == "MatMul" and not any(from_weight(i) for i in node.input)]
+
+
+def optimum_quantization_config(config: PTQConfig, onnx_path: Optional[Path] = None):
+    """Optimum's ``AutoQuantizationConfig.<preset>`` for ``config`` (``onnx_path`` names the attention MatMuls to leave in fp32)."""
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    exclude = list(config.exclude_nodes)
+    if onnx_path is not None and not config.quantize_attention_matmuls:
+        exclude += attention_matmuls(onnx_path)
+    kwargs = dict(per_channel=config.per_channel, operators_to_quantize=config.operator_types(), nodes_to_exclude=exclude)
+    if config.preset == "tensorrt":
+        return AutoQuantizationConfig.tensorrt(**kwargs)
+    return getattr(AutoQuantizationConfig, config.preset)(is_static=config.mode == "static", **kwargs)
+
+
+def find_onnx_file(directory: Path) -> Optional[Path]:
+    files = sorted(directory.glob("*.onnx"))
+    preferred = [f for f in files if f.name == "model.onnx"]
+    return (preferred or files or [None])[0]
+
+
+def calibration_dataset(data: TaskData, tokenizer, config: PTQConfig, seed: int):
+    """A seeded random subset of ``config.calibration_split`` (default: the training split), tokenized for the ONNX inputs."""
+    split = config.calibration_split or data.cfg.train_split
+    if split not in data.raw:
+        raise DataError(f"calibration split '{split}' is not loaded (splits: {sorted(data.raw)}): set calibration_split to one of them")
+    raw = data.raw[split].shuffle(seed=seed).select(range(min(config.calibration_samples, len(data.raw[split]))))
+    cfg = data.cfg
+
+    def encode(batch):
+        pair = batch[cfg.text_pair_column] if cfg.text_pair_column else None
+        return tokenizer(batch[cfg.text_column], pair, truncation=True, max_length=cfg.max_length, padding="longest")
+
+    # one batch padded to its longest example: the histogram calibrators (entropy, percentile) need equal shapes
+    return raw.map(encode, batched=True, batch_size=None, remove_columns=raw.column_names, desc="Tokenizing calibration set")
+
+
+def calibration_config(dataset, config: PTQConfig):
+    from optimum.onnxruntime.configuration import AutoCalibrationConfig
+
+    if config.calibration_method == "minmax":
+        return AutoCalibrationConfig.minmax(dataset)
+    if config.calibration_method == "percentile":
+        return AutoCalibrationConfig.percentiles(dataset, percentile=config.percentile)
+    return AutoCalibrationConfig.entropy(dataset)
+
+
+def linear_input_tensors(onnx_path: Path) -> dict[str, str]:
+    """Map PyTorch Linear module names to the ONNX tensor feeding their MatMul/Gemm.
+
+    Optimum's exporter names nodes after the module path: ``/bert/encoder/layer.0/attention/self/query/MatMul``
+    is module ``bert.encoder.layer.0.attention.self.query``.
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    inputs = {}
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm") and node.name.startswith("/"):
+            module = node.name.strip("/").rsplit("/", 1)[0].replace("/", ".")
+            inputs[module] = node.input[0]
+    return inputs
+
+
+def apply_qat_ranges(ranges, qat: dict[str, tuple[float, float]], tensor_of_module: dict[str, str]) -> int:
+    """Replace calibrated ranges by QAT ranges for the tensors feeding QAT layers; returns how many were replaced."""
+    from onnxruntime.quantization.calibrate import TensorData
+
+    per_tensor: dict[str, tuple[float, float]] = {}
+    for module, (lo, hi) in qat.items():
+        tensor = tensor_of_module.get(module)
+        if tensor is None:
+            continue
+        old = per_tensor.get(tensor, (lo, hi))
+        per_tensor[tensor] = (min(lo, old[0]), max(hi, old[1]))  # q/k/v share their input: cover all three
+    for tensor, (lo, hi) in per_tensor.items():
+        ranges.data[tensor] = TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
+    return len(per_tensor)
+
+
+def quantize_onnx(
+    model: str | Path,
+    output_dir: str | Path,
+    config: Optional[PTQConfig] = None,
+    data: Optional[TaskData] = None,
+    seed: int = 42,
+    overwrite: bool = False,
+) -> Path:
+    """Quantize ``model`` (a directory with an ``.onnx`` file, or a PyTorch checkpoint directory/Hub id, exported first) to int8.
+
+    Writes ``output_dir/model_quantized.onnx`` with the config, tokenizer, Optimum's ``ort_config.json``
+    and ``quantization.json``; returns the path of the ``.onnx`` file. Static mode needs ``data``.
+    """
+    from optimum.onnxruntime import ORTQuantizer
+    from transformers import AutoTokenizer
+
+    config = config or PTQConfig()
+    model = Path(str(model))
+    if config.mode == "static" and data is None:
+        raise ConfigError("static quantization needs calibration data: pass data=TaskData(...) (a recipe's data), or use mode='dynamic'")
+    output_dir = Path(output_dir)
+    with tempfile.TemporaryDirectory(prefix="hfc-ptq-") as work, atomic_output_dir(output_dir, overwrite=overwrite) as staging:
+        onnx_file = find_onnx_file(model) if model.is_dir() else None
+        source = model
+        if onnx_file is None:
+            from ..export import export_onnx
+
+            onnx_file = export_onnx(model, Path(work) / "onnx")
+        onnx_dir = onnx_file.parent
+        quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name=onnx_file.name)
+        ort_config = optimum_quantization_config(config, onnx_file)
+        ranges, calibration, qat_used = None, None, 0
+        if config.mode == "static":
+            tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
+            dataset = calibration_dataset(data, tokenizer, config, seed)
+            ranges = quantizer.fit(
+                dataset, calibration_config(dataset, config), onnx_augmented_model_name=Path(work) / "augmented.onnx",
+                operators_to_quantize=ort_config.operators_to_quantize,
+            )
+            qat = load_qat_ranges(source) if config.qat_ranges and source.is_dir() else None
+            if qat:
+                qat_used = apply_qat_ranges(ranges, qat, linear_input_tensors(onnx_file))
+                logger.info("hfcompress: %d activation ranges taken from QAT (%s)", qat_used, source)
+            calibration = {
+                "method": config.calibration_method,
+                "split": config.calibration_split or data.cfg.train_split,
+                "samples": len(dataset),
+                "seed": seed,
+                **({"percentile": config.percentile} if config.calibration_method == "percentile" else {}),
+                "qat_ranges_used": qat_used,
+            }
+        quantizer.quantize(ort_config, save_dir=staging, calibration_tensors_range=ranges)
+        quantized = staging / f"{onnx_file.stem}_quantized.onnx"
+        if not quantized.is_file():
+            raise ModelError(f"ONNX Runtime wrote no quantized model for {onnx_file}: check the export")
+        tensorrt = None
+        if config.preset == "tensorrt":
+            restore_float_biases(quantized)
+            tensorrt = {
+                **check_tensorrt_qdq(quantized),
+                "trtexec": trtexec_command(
+                    output_dir / quantized.name, max_length=data.cfg.max_length, input_names=onnx_input_names(quantized)
+                ),
+                "onnxruntime_provider_options": tensorrt_provider_options(),
+            }
+        atomic_write_json(
+            staging / QUANTIZATION_FILE,
+            {
+                "method": config.mode,
+                **config.scheme.describe(),
+                "preset": config.preset,
+                "calibration": calibration,
+                "operators": list(ort_config.operators_to_quantize),
+                "embeddings_quantized": "Gather" in ort_config.operators_to_quantize,
+                "attention_matmuls_quantized": config.quantize_attention_matmuls,
+                "onnx_file": quantized.name,
+                "source": str(source),
+                **({"tensorrt": tensorrt} if tensorrt else {}),
+            },
+        )
+    return output_dir / quantized.name

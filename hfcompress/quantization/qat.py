@@ -1,0 +1,275 @@
+"""Quantization-aware training: fake quantization of Linear layers with straight-through gradients.
+
+Why our own fake-quant modules rather than torchao's QAT: the model that ships is ONNX Runtime int8
+(through Optimum), and torchao 0.18's ``IntxFakeQuantizeConfig`` cannot express it. Its activation
+fake quantization is per token only (ORT quantizes each activation tensor with one scale), and its
+symmetric int8 grid is [-128, 127] with scale absmax/127.5 where ORT uses [-127, 127] with absmax/127
+(and uint8 with zero point 128 for the avx2 preset). The modules below reproduce ORT's formulas
+(``onnxruntime.quantization.quant_utils.compute_scale_zp`` for weights, ``DynamicQuantizeLinear`` or
+calibrated QDQ ranges for activations) for the scheme in :func:`~hfcompress.quantization.config.ort_scheme`.
+
+A targeted ``nn.Linear`` is swapped for :class:`FakeQuantLinear`, a subclass with the same parameters
+(the optimizer and DDP keep working on the same tensors) and only non-persistent buffers, so every
+checkpoint written while QAT is on is a plain Transformers checkpoint. At the end of training the
+modules are swapped back (:func:`fold_qat`); the observed activation ranges are written beside the
+model as ``qat_ranges.safetensors`` with a ``quantization.json`` describing the scheme.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from ..distillation.trainer import _PROJECTIONS_ATTR
+from ..errors import ConfigError
+from ..utils.io import atomic_write_json
+from .config import IntRange, OrtScheme, QATConfig
+
+RANGES_FILE = "qat_ranges.safetensors"
+QUANTIZATION_FILE = "quantization.json"
+
+
+def weight_qparams(weight: torch.Tensor, grid: IntRange, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of a symmetric weight quantization, per output channel (row of a Linear weight) or per tensor."""
+    w = weight.detach()
+    absmax = w.abs().amax(dim=1) if per_channel else w.abs().amax().reshape(1)
+    scale = 2 * absmax.float() / (grid.qmax - grid.qmin)
+    # ORT replaces a zero range by scale 1 so that an all-zero channel (a pruned row) stays exactly zero
+    scale = torch.where(scale < torch.finfo(torch.float32).tiny, torch.ones_like(scale), scale)
+    zero_point = torch.full_like(scale, grid.symmetric_zero_point)
+    return scale, zero_point
+
+
+def activation_qparams(lo: torch.Tensor, hi: torch.Tensor, grid: IntRange) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point for the range [lo, hi], widened to contain 0, as ORT computes them."""
+    lo, hi = torch.clamp(lo.float(), max=0.0), torch.clamp(hi.float(), min=0.0)
+    if grid.symmetric:
+        absmax = torch.maximum(-lo, hi)
+        lo, hi = -absmax, absmax
+    scale = (hi - lo) / (grid.qmax - grid.qmin)
+    scale = torch.where(scale < torch.finfo(torch.float32).tiny, torch.ones_like(scale), scale)
+    if grid.symmetric:
+        zero_point = torch.full_like(scale, grid.symmetric_zero_point)
+    else:
+        zero_point = torch.clamp(torch.round(grid.qmin - lo / scale), grid.qmin, grid.qmax)
+    return scale, zero_point
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, grid: IntRange) -> torch.Tensor:
+    """Quantize-dequantize with a straight-through gradient inside the representable range and zero outside.
+
+    ``scale``/``zero_point`` broadcast against ``x`` (shape (out, 1) for per-channel weights).
+    """
+    scale, zero_point = scale.detach(), zero_point.detach()
+    q = torch.clamp(torch.round(x / scale) + zero_point, grid.qmin, grid.qmax)
+    dequantized = (q - zero_point) * scale
+    lo, hi = (grid.qmin - zero_point) * scale, (grid.qmax - zero_point) * scale
+    clipped = torch.minimum(torch.maximum(x, lo), hi)  # gradient 1 inside the range, 0 where x saturates
+    return clipped + (dequantized - clipped).detach()
+
+
+class FakeQuantLinear(nn.Linear):
+    """``nn.Linear`` whose weight and input are fake-quantized as ONNX Runtime's MatMulInteger/QDQ MatMul sees them.
+
+    It shares the original module's parameters; its buffers (observed input range) are not persistent,
+    so ``state_dict()`` is that of a plain ``nn.Linear``.
+    """
+
+    def __init__(self, linear: nn.Linear, scheme: OrtScheme, momentum: float):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.scheme, self.momentum = scheme, momentum
+        self.observe = True
+        self.register_buffer("input_min", torch.zeros((), device=linear.weight.device), persistent=False)
+        self.register_buffer("input_max", torch.zeros((), device=linear.weight.device), persistent=False)
+        self.register_buffer("observed", torch.zeros((), dtype=torch.bool, device=linear.weight.device), persistent=False)
+
+    def quantized_weight(self) -> torch.Tensor:
+        scale, zero_point = weight_qparams(self.weight, self.scheme.weights, self.scheme.per_channel)
+        shape = (-1, 1) if self.scheme.per_channel else (1, 1)
+        return fake_quantize(self.weight, scale.reshape(shape), zero_point.reshape(shape), self.scheme.weights)
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        lo, hi = x.detach().amin().float(), x.detach().amax().float()
+        if not self.observed:
+            self.input_min.copy_(lo)
+            self.input_max.copy_(hi)
+            self.observed.fill_(True)
+        else:  # moving average, as ORT's MinMax calibrator with moving_average=True
+            self.input_min.lerp_(lo, self.momentum)
+            self.input_max.lerp_(hi, self.momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.observe:
+            self._observe(x)
+        grid = self.scheme.activations
+        if self.scheme.dynamic_activations:  # DynamicQuantizeLinear: one range over the whole tensor, every call
+            scale, zero_point = activation_qparams(x.detach().amin(), x.detach().amax(), grid)
+        else:
+            if not self.observed:
+                self._observe(x)
+            scale, zero_point = activation_qparams(self.input_min, self.input_max, grid)
+        return nn.functional.linear(fake_quantize(x, scale, zero_point, grid), self.quantized_weight(), self.bias)
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(re.search(p, name) for p in patterns)
+
+
+def target_linears(model: nn.Module, config: QATConfig) -> list[str]:
+    """Names of the Linear modules the config targets (every nn.Linear unless target_modules says otherwise)."""
+    names = [
+        name for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and not name.startswith(_PROJECTIONS_ATTR)  # distillation-only projections are not part of the shipped model
+        and (config.target_modules is None or _matches(name, config.target_modules))
+        and not _matches(name, config.exclude_modules)
+    ]
+    if not names:
+        raise ConfigError(
+            f"QAT targets no Linear layer (target_modules={config.target_modules}, exclude_modules={config.exclude_modules}): "
+            "fix the patterns, which are regexes searched in module names such as 'bert.encoder.layer.0.attention.self.query'"
+        )
+    return names
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def prepare_qat(model: nn.Module, config: QATConfig) -> list[str]:
+    """Swap the targeted Linear layers for :class:`FakeQuantLinear` in place; returns their names."""
+    names = target_linears(model, config)
+    for name in names:
+        _set_submodule(model, name, FakeQuantLinear(model.get_submodule(name), config.scheme, config.range_momentum))
+    return names
+
+
+def fake_quant_modules(model: nn.Module) -> dict[str, FakeQuantLinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, FakeQuantLinear)}
+
+
+def qat_ranges(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Observed input ranges and current weight scales of every fake-quantized layer, keyed ``<module>.<what>``."""
+    tensors = {}
+    for name, m in fake_quant_modules(model).items():
+        scale, zero_point = weight_qparams(m.weight, m.scheme.weights, m.scheme.per_channel)
+        tensors[f"{name}.input_min"] = m.input_min.detach().cpu().reshape(1)
+        tensors[f"{name}.input_max"] = m.input_max.detach().cpu().reshape(1)
+        tensors[f"{name}.weight_scale"] = scale.cpu()
+        tensors[f"{name}.weight_zero_point"] = zero_point.cpu()
+    return tensors
+
+
+def fold_qat(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Swap every FakeQuantLinear back for a plain nn.Linear (same parameters); returns the ranges it held."""
+    ranges = qat_ranges(model)
+    for name, m in fake_quant_modules(model).items():
+        linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        linear.weight, linear.bias = m.weight, m.bias
+        _set_submodule(model, name, linear)
+    return ranges
+
+
+def save_qat_ranges(directory: str | Path, ranges: dict[str, torch.Tensor], config: QATConfig, step: Optional[int] = None) -> None:
+    """Write ``qat_ranges.safetensors`` and ``quantization.json`` into a checkpoint directory."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{RANGES_FILE}.tmp"
+    save_file({k: v.contiguous() for k, v in ranges.items()}, str(tmp), metadata={"format": "pt"})
+    tmp.replace(directory / RANGES_FILE)
+    scheme = config.scheme
+    atomic_write_json(
+        directory / QUANTIZATION_FILE,
+        {
+            "method": "qat",
+            **scheme.describe(),
+            "preset": config.preset,
+            "mode": config.mode,
+            "calibration": f"moving-average min/max of each Linear input during training (momentum {config.range_momentum})",
+            "ranges_file": RANGES_FILE,
+            "layers": sorted({k.rsplit(".", 1)[0] for k in ranges}),
+            "start_step": config.start_step,
+            "step": step,
+        },
+    )
+
+
+def load_qat_ranges(directory: str | Path) -> Optional[dict[str, tuple[float, float]]]:
+    """Observed input range (min, max) of each QAT layer saved beside a model, or None if it has none."""
+    path = Path(directory) / RANGES_FILE
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    layers = {k[: -len(".input_min")] for k in tensors if k.endswith(".input_min")}
+    return {name: (float(tensors[f"{name}.input_min"]), float(tensors[f"{name}.input_max"])) for name in layers}
+
+
+def read_quantization_json(directory: str | Path) -> Optional[dict]:
+    path = Path(directory) / QUANTIZATION_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class QATCallback(TrainerCallback):
+    """Turns on ONNX Runtime-matched fake quantization from ``config.start_step``; works with ``Trainer`` and ``DistillationTrainer``.
+
+    Checkpoints stay plain Transformers checkpoints, each with ``qat_ranges.safetensors`` and
+    ``quantization.json`` beside it; at the end of training the fake-quant modules are folded away so
+    ``trainer.save_model`` writes a plain model. Call :meth:`write_artifacts` on the final directory.
+    Pruning masks stay zero: a zero weight quantizes to exactly zero under a symmetric scheme.
+    """
+
+    def __init__(self, config: Optional[QATConfig] = None):
+        self.config = config or QATConfig()
+        self.model: Optional[nn.Module] = None
+        self.ranges: dict[str, torch.Tensor] = {}
+        self.step: Optional[int] = None
+
+    @property
+    def active(self) -> bool:
+        return self.model is not None and bool(fake_quant_modules(self.model))
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            raise ConfigError("QATCallback needs the trainer to pass the model to callbacks (transformers.Trainer does)")
+        self.model = model
+        target_linears(model, self.config)  # fail before the first step when the patterns match nothing
+        self._maybe_enable(state.global_step)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._maybe_enable(state.global_step)
+        if self.config.freeze_ranges_step is not None and state.global_step >= self.config.freeze_ranges_step:
+            for m in fake_quant_modules(self.model).values():
+                m.observe = False
+
+    def _maybe_enable(self, step: int) -> None:
+        if step >= self.config.start_step and not self.active:
+            prepare_qat(self.model, self.config)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.active and state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            save_qat_ranges(checkpoint, qat_ranges(self.model), self.config, state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.active:
+            self.ranges = fold_qat(self.model)
+            self.step = state.global_step
+
+    def write_artifacts(self, directory: str | Path) -> None:
+        """Write the ranges learned by the finished run beside the final model (nothing if QAT never started)."""
+        if self.ranges:
+            save_qat_ranges(directory, self.ranges, self.config, self.step)

@@ -1,0 +1,248 @@
+#!/usr/bin/env python
+"""int8 and 4/8-bit variants of the distilled SST-2 student, side by side: accuracy, size on disk, latency.
+
+Variants, all measured in one run on the same dev sentences and batches at a fixed thread count:
+fp32 (PyTorch and ONNX Runtime); ONNX Runtime dynamic int8 (embeddings fp32 or int8); static int8
+(QDQ, MinMax / Percentile / Entropy calibration on a seeded train subset); the TensorRT QDQ graph run
+on ONNX Runtime's CPU provider; bitsandbytes 8-bit and 4-bit NF4; and a short QAT distillation from the
+teacher against a plain continued distillation with the same seed, data subset and budget, each then
+quantized to dynamic int8.
+
+    flock /tmp/hfc-cpu.lock python scripts/bench_quantization.py \\
+        --student outputs/sst2-minilm-full/student --teacher outputs/sst2-minilm-full/teacher \\
+        --data ../shared/assets/data/sst2
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hfcompress.data import DataConfig, TaskData  # noqa: E402
+from hfcompress.distillation import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
+from hfcompress.evaluation import compression_row, cpu_info, evaluate_model, measure_latency  # noqa: E402
+from hfcompress.evaluation.latency import set_threads  # noqa: E402
+from hfcompress.export import export_onnx  # noqa: E402
+from hfcompress.modeling import load_model, load_tokenizer  # noqa: E402
+from hfcompress.quantization import BnbConfig, PTQConfig, QATCallback, QATConfig, load_bnb, quantize_bnb, quantize_onnx  # noqa: E402
+from hfcompress.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--student", default="outputs/sst2-minilm-full/student", help="Distilled student: directory or Hub id.")
+    p.add_argument("--teacher", default="outputs/sst2-minilm-full/teacher", help="Teacher for the QAT / continued distillation runs.")
+    p.add_argument("--data", default="../shared/assets/data/sst2", help="Dataset: local directory or Hub id.")
+    p.add_argument("--data-config", default=None, help="Hub dataset config (e.g. sst2 for glue).")
+    p.add_argument("--eval-split", default="dev")
+    p.add_argument("--max-eval-samples", type=int, default=None, help="Evaluate on the first N dev sentences (default: all).")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--qat-train-samples", type=int, default=8000, help="Seeded training subset for QAT and its baseline.")
+    p.add_argument("--qat-epochs", type=float, default=1.0)
+    p.add_argument("--qat-learning-rate", type=float, default=2e-5)
+    p.add_argument("--qat-max-steps", type=int, default=-1, help="Cap the QAT/baseline steps (smoke tests).")
+    p.add_argument("--preset", default="avx2", help="ONNX Runtime preset for the int8 variants and the QAT simulation.")
+    p.add_argument("--calibration-samples", type=int, default=256)
+    p.add_argument("--calibration-methods", nargs="+", default=["minmax", "percentile", "entropy"])
+    p.add_argument("--teacher-cache-dir", default="outputs/cache/teacher-logits")
+    p.add_argument("--skip-bnb", action="store_true", help="Leave out the bitsandbytes variants.")
+    p.add_argument("--skip-qat", action="store_true", help="Leave out the QAT and continued-distillation variants.")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--latency-sentences", type=int, default=256, help="Dev sentences timed one at a time (b1) and in batches of 32.")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--work-dir", default="outputs/bench-quantization", help="Where the exported and quantized models are written.")
+    p.add_argument("--output", default="benchmarks/results/quantization_sst2", help="Output path without extension.")
+    return p.parse_args(argv)
+
+
+def measure(name: str, model, data: TaskData, tokenizer, texts: list[str], args, onnx_file=None, **extra) -> dict:
+    """Accuracy and footprint (evaluate_model) and latency (measure_latency) of one variant, as one report row."""
+    evaluation = evaluate_model(model, data, batch_size=64, onnx_file=onnx_file, tokenizer=tokenizer)
+    latency = measure_latency(
+        model, tokenizer, texts, batch_sizes=(1, 32), threads=args.threads, warmup=5, repeats=args.repeats,
+        onnx_file=onnx_file, max_length=args.max_length,
+    )
+    row = compression_row(name, evaluation, latency, **extra)
+    print(f"  {name}: acc {row['accuracy']:.4f}  size {row['size_mb']} MB  b1 p50 {row['latency_ms_p50_b1']} ms  "
+          f"b32 {row['throughput_b32']} /s", flush=True)
+    return row
+
+
+def weights_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.suffix in (".safetensors", ".bin"))
+
+
+def continue_distillation(student_dir, teacher_dir, data: TaskData, out_dir: Path, args, qat: bool) -> tuple[Path, dict]:
+    """Distil the student further from the teacher on the seeded subset, with or without QAT; same seed and budget either way."""
+    from hfcompress.quantization.qat import QUANTIZATION_FILE
+
+    tokenizer = load_tokenizer(str(student_dir))
+    student = load_model(str(student_dir), "text-classification")
+    teacher = load_model(str(teacher_dir), "text-classification")
+    callbacks = [QATCallback(QATConfig(preset=args.preset, mode="dynamic"))] if qat else []
+    training = DistillationTrainingArguments(
+        output_dir=str(out_dir / "checkpoints"), num_train_epochs=args.qat_epochs, max_steps=args.qat_max_steps,
+        per_device_train_batch_size=32, learning_rate=args.qat_learning_rate, warmup_ratio=0.06, seed=args.seed,
+        alpha=0.5, temperature=2.0, teacher_cache_dir=args.teacher_cache_dir, save_strategy="no", report_to="none",
+        logging_steps=50, group_by_length=True, disable_tqdm=False, use_cpu=True,
+    )
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=training, train_dataset=data.tokenize(tokenizer, data.cfg.train_split),
+        data_collator=data.collator(tokenizer), processing_class=tokenizer, callbacks=callbacks,
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    trainer.save_model(str(out_dir / "model"))
+    for cb in callbacks:
+        cb.write_artifacts(out_dir / "model")
+    assert not qat or (out_dir / "model" / QUANTIZATION_FILE).exists()
+    return out_dir / "model", {"train_seconds": round(seconds, 1), "steps": trainer.state.global_step}
+
+
+def markdown(result: dict, command: str) -> str:
+    rows = result["variants"]
+    base = next(r for r in rows if r["name"] == "fp32 ONNX Runtime")
+    s = result["settings"]
+    lines = [
+        f"# int8 quantization of the distilled 3-layer SST-2 student\n",
+        f"SST-2 dev ({s['eval_examples']} sentences; accuracy through `hfcompress.evaluation.evaluate_model`). Latency "
+        f"(`measure_latency`): p50/p95 per call of {s['repeats']} timed passes over the first {s['latency_sentences']} dev sentences, "
+        f"one at a time (b1) and in batches of 32 (throughput), after warm-up; each batch padded to its own longest sentence; {result['hardware']['threads']} threads on {result['hardware']['cpu']} (ISA: {', '.join(result['hardware']['isa'])}). "
+        f"The machine is shared with other jobs, so latencies carry some noise; all variants ran in the same process, one after another.\n",
+        "| variant | accuracy | Δ vs fp32 ONNX | size MB | p50 b1 ms | p95 b1 ms | throughput b32 /s | speed-up b1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        speed = base["latency_ms_p50_b1"] / r["latency_ms_p50_b1"] if r.get("latency_ms_p50_b1") else float("nan")
+        lines.append(
+            f"| {r['name']} | {r['accuracy']:.4f} | {100 * (r['accuracy'] - base['accuracy']):+.2f} pt | {r['size_mb']} | "
+            f"{r['latency_ms_p50_b1']} | {r['latency_ms_p95_b1']} | {r['throughput_b32']} | {speed:.2f}x |"
+        )
+    if "qat" in result:
+        q = result["qat"]
+        lines += [
+            "",
+            f"QAT vs plain continued distillation: both start from the student and distil from the teacher on the same seeded "
+            f"{s['qat_train_samples']}-sentence training subset (seed {s['seed']}, {s['qat_epochs']} epoch(s), lr {s['qat_learning_rate']}, "
+            f"batch 32, alpha 0.5, T 2); QAT simulates ONNX Runtime `{s['preset']}` dynamic int8 on every Linear layer. "
+            f"Training time: QAT {q['qat']['train_seconds']} s, baseline {q['baseline']['train_seconds']} s ({q['qat']['steps']} steps each).",
+        ]
+    if result.get("bnb_memory"):
+        lines += ["", "bitsandbytes memory footprint (`get_memory_footprint`, parameters and buffers): "
+                  + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in result["bnb_memory"].items())
+                  + ". bitsandbytes is for memory, not CPU speed, and its layers do not export to ONNX."]
+    lines += ["", "Reproduce:", "", f"    {command}", ""]
+    return "\n".join(lines)
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    for r in rows:
+        ax1.scatter(r["latency_ms_p50_b1"], 100 * r["accuracy"], s=30 + 2 * r["size_mb"], alpha=0.7)
+        ax1.annotate(r["name"], (r["latency_ms_p50_b1"], 100 * r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax1.set_xlabel("latency p50, batch 1 (ms)")
+    ax1.set_ylabel("SST-2 dev accuracy (%)")
+    ax1.set_title("accuracy vs latency (marker area ~ size)")
+    ax2.barh([r["name"] for r in rows], [r["size_mb"] for r in rows])
+    ax2.set_xlabel("size on disk (MB)")
+    ax2.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = TaskData(
+        DataConfig(path=args.data, name=args.data_config, eval_split=args.eval_split, max_length=args.max_length,
+                   max_train_samples=args.qat_train_samples, max_eval_samples=args.max_eval_samples),
+        seed=args.seed,
+    )
+    tokenizer = load_tokenizer(args.student)
+    texts = list(data.raw[args.eval_split][data.cfg.text_column])[: args.latency_sentences]
+    rows, result = [], {"hardware": cpu_info(args.threads)}
+
+    def onnx_row(name: str, onnx_file: Path, **extra):
+        rows.append(measure(name, onnx_file.parent, data, tokenizer, texts, args, onnx_file=onnx_file.name, **extra))
+
+    def ptq(source: Path, out: str, config: PTQConfig) -> Path:
+        return quantize_onnx(source, work / out, config, data, seed=args.seed, overwrite=True)
+
+    print("fp32", flush=True)
+    rows.append(measure("fp32 PyTorch", args.student, data, tokenizer, texts, args))
+    fp32_onnx = export_onnx(args.student, work / "fp32-onnx")
+    onnx_row("fp32 ONNX Runtime", fp32_onnx)
+
+    print("post-training int8", flush=True)
+    onnx_row(f"dynamic int8 ({args.preset})", ptq(fp32_onnx.parent, "dynamic", PTQConfig(preset=args.preset)))
+    onnx_row(f"dynamic int8 ({args.preset}) + int8 embeddings",
+             ptq(fp32_onnx.parent, "dynamic-emb", PTQConfig(preset=args.preset, quantize_embeddings=True)))
+    onnx_row(f"dynamic int8 ({args.preset}) + int8 attention matmuls",
+             ptq(fp32_onnx.parent, "dynamic-att", PTQConfig(preset=args.preset, quantize_attention_matmuls=True)))
+    for method in args.calibration_methods:
+        config = PTQConfig(mode="static", preset=args.preset, calibration_method=method, calibration_samples=args.calibration_samples)
+        onnx_row(f"static int8 ({args.preset}, {method})", ptq(fp32_onnx.parent, f"static-{method}", config))
+    trt = PTQConfig(mode="static", preset="tensorrt", calibration_method="minmax", calibration_samples=args.calibration_samples)
+    onnx_row("TensorRT QDQ int8 (run on ORT CPU)", ptq(fp32_onnx.parent, "tensorrt", trt))
+
+    if not args.skip_bnb:
+        print("bitsandbytes", flush=True)
+        result["bnb_memory"] = {"fp32": int(load_model(args.student, "text-classification").get_memory_footprint())}
+        for label, config in (("bnb 8-bit", BnbConfig(bits=8)), ("bnb 4-bit NF4 double-quant", BnbConfig(bits=4))):
+            out = quantize_bnb(args.student, work / label.split()[1], config, overwrite=True)
+            model = load_bnb(out, config)
+            result["bnb_memory"][label] = int(model.get_memory_footprint())
+            rows.append(measure(label, model, data, tokenizer, texts, args, size_mb=round(weights_bytes(out) / 1e6, 2),
+                                memory_mb=round(model.get_memory_footprint() / 1e6, 2)))
+            del model
+
+    if not args.skip_qat:
+        print("QAT vs continued distillation", flush=True)
+        trained = {}
+        for label, qat in (("baseline", False), ("qat", True)):
+            model_dir, info = continue_distillation(args.student, args.teacher, data, work / f"distill-{label}", args, qat)
+            trained[label] = info
+            name = "QAT" if qat else "continued distillation"
+            onnx_file = export_onnx(model_dir, work / f"distill-{label}-onnx")
+            onnx_row(f"{name}, fp32 ONNX Runtime", onnx_file)
+            onnx_row(f"{name} -> dynamic int8 ({args.preset})", ptq(onnx_file.parent, f"distill-{label}-int8", PTQConfig(preset=args.preset)))
+        result["qat"] = trained
+
+    result["settings"] = {
+        "student": args.student, "teacher": args.teacher, "eval_examples": len(data.raw[args.eval_split]), "preset": args.preset,
+        "calibration_samples": args.calibration_samples, "qat_train_samples": args.qat_train_samples, "qat_epochs": args.qat_epochs,
+        "qat_learning_rate": args.qat_learning_rate, "seed": args.seed, "repeats": args.repeats,
+        "latency_sentences": len(texts),
+    }
+    result["variants"] = rows
+    command = "flock /tmp/hfc-cpu.lock python scripts/bench_quantization.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    result["command"] = command
+    out = Path(args.output)
+    atomic_write_json(out.with_suffix(".json"), result)
+    atomic_write_text(out.with_suffix(".md"), markdown(result, command))
+    chart(rows, out.with_suffix(".png"))
+    print(markdown(result, command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""ONNX export with parity: BERT-, DistilBERT-, RoBERTa- and GPT-2-shaped tiny models, both backends, ORTOptimizer, errors, CLI and recipe stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hfcompress.errors import ConfigError
+from hfcompress.export import ParityError, export_onnx
+from hfcompress.export.parity import DEFAULT_PARITY_TEXTS, PARITY_FILE
+
+
+def _bpe_files(directory: Path) -> tuple[str, str]:
+    """A byte-level BPE vocabulary trained on the parity sentences (RoBERTa and GPT-2 tokenizers need one)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(DEFAULT_PARITY_TEXTS) * 4, vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>", "<|endoftext|>"])
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab, merges = bpe.save_model(str(directory))
+    return vocab, merges
+
+
+def _tiny_checkpoint(arch: str, directory: Path, minilm_tokenizer) -> Path:
+    """A tiny random model of ``arch`` with a matching tokenizer, saved to ``directory``."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=160)
+    if arch == "bert":
+        tokenizer = minilm_tokenizer
+        model = tf.BertForSequenceClassification(tf.BertConfig(vocab_size=tokenizer.vocab_size, **small))
+    elif arch == "distilbert":
+        tokenizer = tf.DistilBertTokenizerFast.from_pretrained(minilm_tokenizer.name_or_path)
+        config = tf.DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=160)
+        model = tf.DistilBertForSequenceClassification(config)
+    elif arch == "roberta":
+        tokenizer = tf.RobertaTokenizerFast(*_bpe_files(directory / "bpe"))
+        config = tf.RobertaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **{**small, "max_position_embeddings": 162})
+        model = tf.RobertaForSequenceClassification(config)
+    else:
+        tokenizer = tf.GPT2TokenizerFast(*_bpe_files(directory / "bpe"))
+        config = tf.GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=160)
+        model = tf.GPT2LMHeadModel(config)
+    out = directory / arch
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+ARCHS = ["bert", "distilbert", "roberta", "gpt2"]
+# The dynamo exporter traces the model with torch.export, which takes tens of seconds per model on 2 cores.
+CASES = [pytest.param(arch, "optimum", id=f"{arch}-optimum") for arch in ARCHS] + [
+    pytest.param(arch, "dynamo", id=f"{arch}-dynamo", marks=[] if arch == "bert" else pytest.mark.slow) for arch in ARCHS
+]
+
+
+@pytest.mark.parametrize("arch, backend", CASES)
+def test_export_matches_pytorch_and_loads_in_ortmodel(arch, backend, tmp_path, tokenizer):
+    import optimum.onnxruntime as ort_models
+
+    from transformers import AutoConfig
+
+    from hfcompress.evaluation.runtime import ORT_CLASS_NAMES
+    from hfcompress.modeling import infer_task, load_model
+
+    checkpoint = _tiny_checkpoint(arch, tmp_path, tokenizer)
+    out = tmp_path / f"{arch}-onnx"
+    onnx_path = export_onnx(checkpoint, out, backend=backend, batch_sizes=[1, 3], sequence_lengths=[8, 200])
+    assert onnx_path == out / "model.onnx" and onnx_path.exists()
+    parity = json.loads((out / PARITY_FILE).read_text())
+    result = parity["files"]["model.onnx"]
+    assert parity["backend"] == backend and result["passed"] and result["max_abs_diff"] < 1e-4
+    # 200 is beyond the model's 160 positions: the check is capped at the maximum, not skipped
+    assert {(c["batch_size"], c["sequence_length"]) for c in result["checks"]} == {(1, 8), (3, 8), (1, 160), (3, 160)}
+
+    task = infer_task(AutoConfig.from_pretrained(checkpoint))
+    model = load_model(str(checkpoint), task)
+    ort_model = getattr(ort_models, ORT_CLASS_NAMES[task]).from_pretrained(out, **({"use_cache": False, "use_io_binding": False} if arch == "gpt2" else {}))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    batch = tok(["a short one", "and a rather longer sentence than the first"], padding=True, return_tensors="pt")
+    batch = {k: v for k, v in batch.items() if k in ort_model.input_names}
+    with torch.no_grad():
+        expected = model(**batch).logits
+    got = ort_model(**batch).logits
+    mask = batch["attention_mask"].bool()
+    if task == "text-generation":  # compare the real (unpadded) positions
+        expected, got = expected[mask], got[mask]
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
+
+
+def test_optimized_graph_is_checked_too(tiny_teacher_dir, tmp_path):
+    out = tmp_path / "onnx"
+    export_onnx(tiny_teacher_dir, out, optimize="O2", sequence_lengths=[12])
+    parity = json.loads((out / PARITY_FILE).read_text())
+    assert set(parity["files"]) == {"model.onnx", "model_optimized.onnx"} and parity["optimization_level"] == "O2"
+    assert all(r["passed"] for r in parity["files"].values())
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "model_optimized.onnx")).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} & ops  # the transformer fusions of O2 happened
+
+
+def test_disagreeing_export_is_an_error_and_leaves_nothing(tiny_teacher_dir, tmp_path, monkeypatch, tokenizer):
+    """An exporter that writes another model's graph (here: other random weights) must fail the parity check."""
+    import hfcompress.export.onnx as onnx_module
+    from transformers import BertForSequenceClassification
+
+    from conftest import tiny_bert_config
+
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    BertForSequenceClassification(tiny_bert_config(tokenizer.vocab_size)).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    real_export = onnx_module._export_optimum
+    monkeypatch.setattr(onnx_module, "_export_optimum", lambda model_dir, out, task, opset: real_export(other, out, task, opset))
+    out = tmp_path / "onnx"
+    with pytest.raises(ParityError, match=r"disagrees with PyTorch: max abs diff .* exceeds atol 0.0001; nothing was written"):
+        export_onnx(tiny_teacher_dir, out, sequence_lengths=[8])
+    assert not out.exists() and not list(tmp_path.glob(".onnx.tmp-*"))
+    # an earlier good export stays in place when a new one fails
+    monkeypatch.setattr(onnx_module, "_export_optimum", real_export)
+    export_onnx(tiny_teacher_dir, out, sequence_lengths=[8])
+    stamp = (out / "model.onnx").stat().st_mtime_ns
+    monkeypatch.setattr(onnx_module, "_export_optimum", lambda model_dir, o, task, opset: real_export(other, o, task, opset))
+    with pytest.raises(ParityError):
+        export_onnx(tiny_teacher_dir, out, sequence_lengths=[8], overwrite=True)
+    assert (out / "model.onnx").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"optimize": "O4"}, "O4 converts to float16, which needs a GPU"),
+        ({"backend": "tensorrt"}, "export backend 'tensorrt' is not one of"),
+        ({"task": "summarization"}, "cannot be exported"),
+        ({"atol": 0.0}, "atol must be positive"),
+        ({"tolerance": 1e-3}, "options are"),
+    ],
+)
+def test_bad_options_fail_before_any_work(kwargs, message, tiny_teacher_dir, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        export_onnx(tiny_teacher_dir, tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_overwrite(tiny_teacher_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(ConfigError, match="already exists"):
+        export_onnx(tiny_teacher_dir, out)
+    assert (out / "keep.txt").exists()
+
+
+def test_cli_export_then_evaluate_the_onnx_model(tiny_teacher_dir, tiny_sst2_dir, tmp_path, capsys):
+    from hfcompress.cli import main
+
+    out = tmp_path / "onnx"
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a fine film .\n\nthe worst of the year .\n")
+    assert main(["export", str(tiny_teacher_dir), "--output", str(out), "--sequence-lengths", "8", "--parity-texts", str(texts)]) == 0
+    assert "parity max abs diff" in capsys.readouterr().out
+    assert json.loads((out / PARITY_FILE).read_text())["texts"] == "given"
+    result_file = tmp_path / "eval.json"
+    args = ["evaluate", str(out), "--data", str(tiny_sst2_dir), "--split", "dev", "--latency", "--latency-batch-sizes", "1", "4",
+            "--latency-samples", "8", "--repeats", "1", "--warmup", "1", "--output", str(result_file)]
+    assert main(args) == 0
+    result = json.loads(result_file.read_text())
+    assert result["backend"] == "onnx" and 0 <= result["accuracy"] <= 1 and result["num_examples"] == 32
+    assert result["latency"]["b4"]["batches"] == 2 and result["latency"]["hardware"]["threads"] == 2
+    assert main(["evaluate", str(tiny_teacher_dir), "--data", str(tiny_sst2_dir), "--split", "dev", "--backend", "onnx"]) == 2
+    assert "no .onnx file" in capsys.readouterr().err
+
+
+def test_recipe_exports_and_reports(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
+    from hfcompress.recipes import parse_recipe, run_recipe
+
+    recipe = {
+        "name": "tiny-export",
+        "output_dir": str(tmp_path / "run"),
+        "data": {"path": str(tiny_sst2_dir), "eval_split": "dev", "max_length": 32},
+        "stages": [
+            {"stage": "export", "model": str(tiny_teacher_dir), "optimize": "O1", "sequence_lengths": [8], "parity_samples": 4},
+            {
+                "stage": "evaluate", "models": [str(tiny_teacher_dir), "onnx"], "latency": True, "latency_batch_sizes": [1, 4],
+                "latency_samples": 8, "repeats": 1, "warmup": 1,
+            },
+        ],
+    }
+    outputs = run_recipe(parse_recipe(recipe))
+    parity = json.loads((outputs["onnx"] / PARITY_FILE).read_text())
+    assert parity["texts"] == "given" and set(parity["files"]) == {"model.onnx", "model_optimized.onnx"}
+    report = json.loads((outputs["evaluation"] / "compression_report.json").read_text())
+    assert [r["name"] for r in report["rows"]] == [str(tiny_teacher_dir), "onnx"]
+    onnx_row = report["rows"][1]
+    assert onnx_row["backend"] == "onnx" and onnx_row["accuracy"] == report["rows"][0]["accuracy"]
+    assert onnx_row["latency_ms_p50_b1"] > 0 and onnx_row["speedup_b1"] is not None and report["hardware"][0]["threads"] == 2
+    assert (outputs["evaluation"] / "compression_report.png").exists() and (outputs["evaluation"] / "compression_report.md").exists()
+
+
+def test_bench_export_script_smoke(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_export", Path(__file__).resolve().parents[1] / "scripts" / "bench_export.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "results" / "export_smoke"
+    args = ["--teacher", str(tiny_teacher_dir), "--student", "", "--data", str(tiny_sst2_dir), "--backends", "optimum",
+            "--optimize", "none", "--latency-samples", "4", "--batch-sizes", "1", "2", "--repeats", "1", "--warmup", "1",
+            "--work-dir", str(tmp_path / "work"), "--output", str(out)]
+    assert bench.main(args) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert [r["name"] for r in report["rows"]] == ["teacher PyTorch", "teacher ONNX optimum"]
+    assert report["rows"][1]["accuracy"] == report["rows"][0]["accuracy"] and report["parity"][0]["passed"]
+    markdown = out.with_suffix(".md").read_text()
+    assert "## Parity" in markdown and "scripts/bench_export.py --teacher" in markdown
