@@ -30,11 +30,16 @@ RECIPE = {
 SPARSITY = {"method": "magnitude", "target_sparsity": 0.5, "global_sparsity": 0.49, "pattern": "unstructured",
             "layers": {"bert.encoder.layer.0.attention.self.query": 0.5, "bert.encoder.layer.1.output.dense": 0.48},
             "schedule": {"start_step": 0, "end_step": 100}}
-REPORT = {
-    "title": "tiny", "hardware": {"cpu": "Test CPU", "isa": ["avx2", "fma"], "threads": 2},
+REPORT = {  # as hfcompress.evaluation.write_compression_report writes it
+    "title": "tiny", "baseline": "teacher", "quality_metric": "accuracy",
+    "hardware": [{"cpu": "Test CPU", "isa": ["avx2", "fma"], "cores": 2, "threads": 2, "machine": "x86_64"}],
     "rows": [
-        {"name": "teacher", "accuracy": 0.9, "size_mb": 1.5, "latency_ms_p50_b1": 3.2, "latency_ms_p95_b1": 4.0, "throughput_b32": 900.0},
-        {"name": "student-int8", "accuracy": 0.88, "size_mb": 0.4, "latency_ms_p50_b1": 1.1, "latency_ms_p95_b1": 1.3, "throughput_b32": 2500.0},
+        {"name": "teacher", "accuracy": 0.9, "size_mb": 1.5, "num_parameters": 42722, "latency_ms_p50_b1": 3.2,
+         "latency_ms_p95_b1": 4.0, "throughput_b32": 900.0, "speedup_b1": 1.0},
+        {"name": "student-int8", "accuracy": 0.88, "size_mb": 0.4, "num_parameters": 25634, "latency_ms_p50_b1": 1.1,
+         "latency_ms_p95_b1": 1.3, "throughput_b32": 2500.0, "speedup_b1": 2.909},
+        {"name": "student-onnx", "accuracy": 0.88, "size_mb": 0.11, "num_parameters": None, "latency_ms_p50_b1": None,
+         "latency_ms_p95_b1": None, "throughput_b32": None, "speedup_b1": None},
     ],
 }
 
@@ -70,8 +75,10 @@ def run_dir(tmp_path_factory) -> Path:
     (export / "model.onnx").write_bytes(b"\x08\x07" * 1000)
     (export / "model_quantized.onnx").write_bytes(b"\x08\x07" * 300)
     (export / "config.json").write_text((root / "student" / "config.json").read_text())
-    (export / "parity.json").write_text(json.dumps({"backend": "optimum", "tolerance": 1e-4, "max_abs_diff": 2.1e-6,
-                                                    "cases": {"b1_s8": 1.2e-6, "b4_s32": 2.1e-6}}))
+    (export / "parity.json").write_text(json.dumps({  # as hfcompress.export.parity writes it
+        "onnx_file": "model.onnx", "max_abs_diff": 2.1e-6, "tolerance": 1e-4, "passed": True,
+        "checks": [{"batch_size": 1, "sequence_length": 8, "max_abs_diff": 1.2e-6},
+                   {"batch_size": 4, "sequence_length": 32, "max_abs_diff": 2.1e-6}]}))
     (export / "quantization.json").write_text(json.dumps({"method": "static", "weights": "int8 symmetric per-channel",
                                                           "activations": "int8 per-tensor", "preset": "tensorrt"}))
     report = run / "outputs" / "report"
@@ -116,10 +123,11 @@ def test_card_of_distilled_pruned_student(run_dir, tmp_path):
     assert "T = 4.0" in text and "alpha = 0.3" in text
     assert "| `bert.encoder.layer.1.output.dense` | 0.480 |" in text  # sparsity per layer
     assert "int8 symmetric per-channel" in text and "`onnx/quantization.json`" in text
-    assert "| student-int8 | 0.8800 | 0.40 | 1.10 | 1.30 | 2500.00 |" in text
-    assert "Test CPU (avx2, fma), 2 threads" in text
+    assert "| student-int8 | 0.8800 | 0.40 | 25,634 | 1.10 | 1.30 | 2.91× | 2500.0 |" in text
+    assert "| student-onnx | 0.8800 | 0.11 | – | – | – | – | – |" in text
+    assert "Measured on Test CPU (avx2, fma), 2 threads." in text and "relative to `teacher`" in text
     assert 'subfolder="onnx", file_name="model_quantized.onnx"' in text
-    assert "max_abs_diff: 2.10e-06" in text and "a seeded random subset of 64 examples" in text
+    assert "max_abs_diff: 2.10e-06" in text and "| 4 | 32 | 2.10e-06 |" in text and "a seeded random subset of 64 examples" in text
     assert "{{" not in text and "{%" not in text
 
 
@@ -212,3 +220,11 @@ def test_cli_card_writes_readme_and_prints_path(run_dir, tmp_path, capsys):
     assert main([*argv, "--license", "apache"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hfcompress: error: model card metadata 'license'") and err.count("\n") == 1
+
+
+def test_committed_sst2_example_card_loads_and_validates():
+    card = ModelCard.load(REPO / "model_cards" / "examples" / "sst2-minilm-student" / "README.md")
+    validate_card_data(card.data)
+    [accuracy] = [r for r in card.data.eval_results if r.metric_type == "accuracy"]
+    assert accuracy.dataset_type == "nyu-mll/glue" and accuracy.dataset_config == "sst2" and 0.5 < accuracy.metric_value < 1
+    assert "distillation" in card.data.tags and card.data.license == "apache-2.0"

@@ -35,8 +35,9 @@ DEFAULT_TEMPLATE = TEMPLATE_DIR / "compressed_model.md.j2"
 CARD_TAG = "hfcompress"  # marks cards this module wrote, so it never overwrites a hand-written README silently
 METADATA_FILES = (
     "eval_results.json", "sparsity_report.json", "quantization.json", "factorization.json", "vocab_trim.json",
-    "parity.json", "compression_report.json",
+    "parity.json",
 )
+REPORT_FILE = "compression_report.json"  # hfcompress.evaluation.write_compression_report
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # Metric ids (https://hf.co/metrics) that go into the model-index, with their display names.
 METRIC_NAMES = {
@@ -270,8 +271,7 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
                 if d != model_dir:
                     entry = {"file": f"onnx/{name}" if name != "eval_results.json" else name, **entry} if isinstance(entry, dict) else entry
                 files.setdefault(key, []).append(entry)
-    report = _load_report(cfg.report) if cfg.report else (files.pop("compression_report")[0] if "compression_report" in files else None)
-    files.pop("compression_report", None)
+    report = _load_report(cfg.report) if cfg.report else (_load_report(model_dir) if (model_dir / REPORT_FILE).is_file() else None)
 
     stage = _stage_of(recipe, model_dir.name)
     steps = [a.stage for a in reversed(ancestors) if a.stage] + ([stage] if stage else [])
@@ -362,13 +362,16 @@ def _model_summary(anc: Ancestor) -> Optional[dict]:
     }
 
 
-def _load_report(ref: str) -> dict:
+def _load_report(ref: str | Path) -> dict:
     path = Path(ref)
-    path = path / "compression_report.json" if path.is_dir() else path
+    path = path / REPORT_FILE if path.is_dir() else path
     if not path.is_file():
-        raise ConfigError(f"compression report {path} does not exist: give compression_report.json or its directory")
+        raise ConfigError(f"compression report {path} does not exist: give {REPORT_FILE} or its directory")
     report = _read_json(path)
-    return report if isinstance(report, dict) else {"rows": report}
+    report = report if isinstance(report, dict) else {"rows": report}
+    hardware = report.get("hardware") or []
+    report["hardware"] = [hardware] if isinstance(hardware, dict) else hardware  # one machine, or one per row
+    return report
 
 
 def _eval_metrics(results: dict, task: Optional[str]) -> dict[str, float]:
