@@ -16,6 +16,10 @@ class EvaluateStageConfig:
     name: str = field(default="evaluation", metadata={"help": "Stage name; also its output sub-directory."})
     batch_size: int = 64
 
+    def preflight(self, ctx: RunContext) -> None:
+        for ref in self.models:
+            ctx.planned_model(ref)  # a missing local path or Hub id fails here, before earlier stages train
+
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
