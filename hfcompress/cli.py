@@ -15,7 +15,7 @@ from .errors import ConfigError, HFCompressError
 def _cmd_run(args) -> int:
     from .recipes import run_recipe
 
-    outputs = run_recipe(args.recipe, args.overrides, resume=args.resume, overwrite=args.overwrite)
+    outputs = run_recipe(args.recipe, args.overrides, resume=args.resume, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     for name, path in outputs.items():
         print(f"{name}: {path}")
     return 0
@@ -218,17 +218,22 @@ def _add_push_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfcompress", description="Distil, prune, quantize, export and ship Transformers models.")
     parser.add_argument("--debug", action="store_true", help="Show full tracebacks for errors in the input.")
+    # also accepted after the command (hfcompress run recipe.yaml --debug); SUPPRESS keeps the top-level value
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="Show full tracebacks for errors in the input.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="Run a YAML recipe of stages.", description="Run a YAML recipe of stages.")
+    run = sub.add_parser("run", parents=[debug], help="Run a YAML recipe of stages.", description="Run a YAML recipe of stages.")
     run.add_argument("recipe", help="Path to the recipe YAML.")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.student.training.num_train_epochs=1")
     run.add_argument("--resume", action="store_true", help="Skip finished stages and continue training from the last checkpoint.")
     run.add_argument("--overwrite", action="store_true", help="Delete an existing output directory and start again.")
+    run.add_argument("--trust-remote-code", action="store_true",
+                     help="Allow models whose code lives in their repository (runs that code): turns it on for every stage.")
     run.set_defaults(fn=_cmd_run)
 
     ev = sub.add_parser(
-        "evaluate", help="Task metrics, size and optionally latency of a PyTorch checkpoint or an ONNX model.",
+        "evaluate", parents=[debug], help="Task metrics, size and optionally latency of a PyTorch checkpoint or an ONNX model.",
         description="Task metrics, size, sparsity and optionally latency of a PyTorch checkpoint or an exported ONNX directory.",
     )
     ev.add_argument("model", help="Checkpoint directory, Hub id, or a directory with an .onnx model (e.g. from hfcompress export).")
@@ -284,6 +289,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"hfcompress: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = " (continue it with --resume)" if args.command == "run" else ""
+        print(f"hfcompress: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -50,6 +50,24 @@ def _describe_load_error(name: str, error: Exception) -> ModelError:
     return ModelError(f"model '{name}' not found: {why}; {fix}")
 
 
+def load_config(name_or_path: str, trust_remote_code: bool = False):
+    """The model's config (Hub id or directory): a cheap check that the model exists, before any weights load."""
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _describe_load_error(name_or_path, e) from e
+
+
+def check_head_fits_labels(config, num_labels: int, name: str) -> None:
+    """A trained classification head must have as many labels as the data; a base model gets a new head."""
+    has_head = any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in (config.architectures or []))
+    if has_head and config.num_labels != num_labels:
+        raise ModelError(
+            f"model '{name}' has {config.num_labels} labels but the data has {num_labels}: "
+            "use a checkpoint trained on this label set, or fine-tune a base model"
+        )
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -72,17 +90,9 @@ def load_model(
     """
     if task not in AUTO_CLASSES:
         raise ModelError(f"task '{task}' is not supported: use one of {sorted(AUTO_CLASSES)}")
-    try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise _describe_load_error(name_or_path, e) from e
-    has_head = any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in (config.architectures or []))
+    config = load_config(name_or_path, trust_remote_code)
     if task != "text-generation" and num_labels is not None:
-        if has_head and config.num_labels != num_labels:
-            raise ModelError(
-                f"model '{name_or_path}' has {config.num_labels} labels but the data has {num_labels}: "
-                "use a checkpoint trained on this label set, or fine-tune a base model"
-            )
+        check_head_fits_labels(config, num_labels, name_or_path)
         config.num_labels = num_labels
         if id2label:
             config.id2label = dict(id2label)

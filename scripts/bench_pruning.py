@@ -96,7 +96,7 @@ def train_variant(a, make_callback, teacher, data, tokenizer, out_dir: Path) -> 
     with atomic_output_dir(out_dir, overwrite=True) as tmp:
         trainer.save_model(str(tmp))
         if callback:
-            callback.write_report(tmp)
+            callback.write_artifacts(tmp)
     return out_dir, {"train_runtime_s": round(result.metrics["train_runtime"], 1), "steps": trainer.state.global_step,
                      "report": callback.report if callback else None}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -55,9 +56,21 @@ def write_recipe(recipe: dict, path: Path) -> Path:
     return path
 
 
-def cli(*args: str, env=None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hfcompress.cli", *args], capture_output=True, text=True,
-                          env=env or subprocess_env(), timeout=timeout, cwd=REPO)
+def run_process_group(cmd: list[str], env=None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own session; on timeout kill the whole group (accelerate launch's workers too), leaving no orphans."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or subprocess_env(),
+                            cwd=REPO, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def cli(*args: str, env=None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return run_process_group([sys.executable, "-m", "hfcompress.cli", *args], env=env, timeout=timeout)
 
 
 def start_cli(*args: str, log: Path) -> subprocess.Popen:

@@ -10,9 +10,11 @@ from transformers import BertForSequenceClassification, DataCollatorWithPadding,
 
 from hfcompress import DistillationTrainer, DistillationTrainingArguments, build_student_from_teacher
 from hfcompress.checkpoints import last_complete_checkpoint
+from hfcompress.cli import main
 from hfcompress.errors import TrainingDivergedError
 from hfcompress.guards import SaveFinalCheckpoint, StopOnNonFiniteLoss, state_fingerprint
 from tests.conftest import tiny_bert_config
+from tests.run_helpers import write_recipe
 
 SENTENCES = ["a good film", "bad movie", "great fun all along", "awful acting here", "fine", "so dull and long", "yes", "no way"]
 NAN_AT_STEP = 3
@@ -81,6 +83,23 @@ def test_nan_in_logs_stops_too(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
     with pytest.raises(TrainingDivergedError, match="the logged loss became NaN/inf at step 7 .* no checkpoint was saved before it"):
         StopOnNonFiniteLoss().on_log(args, TrainerState(global_step=7, epoch=0.5), TrainerControl(), logs={"loss": float("inf")})
+
+
+def test_recipe_with_diverging_learning_rate_stops_with_one_line(tiny_teacher_dir, tiny_sst2_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    recipe = {
+        "name": "diverge", "output_dir": str(out), "seed": 0,
+        "data": {"path": str(tiny_sst2_dir), "eval_split": "dev", "max_length": 32},
+        "stages": [{"stage": "finetune_teacher", "model": str(tiny_teacher_dir),
+                    "training": {"learning_rate": 1e30, "per_device_train_batch_size": 8, "save_steps": 1, "max_grad_norm": 0,
+                                 "use_cpu": True, "disable_tqdm": True, "num_train_epochs": 1}}],
+    }
+    assert main(["run", str(write_recipe(recipe, tmp_path / "r.yaml"))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("hfcompress: error: training diverged:") and "NaN/inf at step" in err
+    step = int(err.split("at step ")[1].split()[0])
+    assert f"the last good checkpoint is {out / '.work/teacher/checkpoints'}/checkpoint-{step - 1}" in err
+    assert not (out / "teacher").exists()  # nothing published
 
 
 def test_final_step_is_always_checkpointed(tokenizer, tmp_path):

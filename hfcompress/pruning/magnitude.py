@@ -116,7 +116,7 @@ class MagnitudePruningCallback(MaskedPruningCallback):
     unstructured or N:M. Pruned weights are zeroed again after every optimizer step, masks are saved in
     each checkpoint and restored by ``resume_from_checkpoint``, and at the end of training the zeros are
     simply the weights: ``save_model`` writes a plain checkpoint and ``sparsity_report.json`` goes to
-    ``args.output_dir`` (``write_report(dir)`` puts it next to the saved model).
+    ``args.output_dir`` (``write_artifacts(dir)`` puts it next to the saved model).
     """
 
     method = "magnitude"

@@ -139,11 +139,11 @@ class MaskedPruningCallback(TrainerCallback):
                 "load_best_model_at_end loaded an earlier checkpoint", self.report["global_sparsity"], target,
             )
         if state.is_world_process_zero:
-            self.write_report(args.output_dir)
+            self.write_artifacts(args.output_dir)
 
     # --- helpers ----------------------------------------------------------------------------------
 
-    def write_report(self, directory) -> None:
+    def write_artifacts(self, directory) -> None:
         """Write ``sparsity_report.json`` (measured at the end of training) into ``directory``."""
         if self.report is None:
             raise ConfigError(f"{type(self).__name__}: no report yet; it is written at the end of training")

@@ -14,11 +14,31 @@ from accelerate import PartialState
 
 from ..data import DataConfig, TaskData
 from ..errors import ConfigError, closest
+from ..modeling import load_config
 from ..utils.io import atomic_write_text
 
 RECIPE_FILE = "hfcompress_recipe.yaml"
 STAGE_DONE_FILE = ".hfcompress_stage_done"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_SECRET_KEY = re.compile(r"(^|_)(token|secret|password|api_key)($|_)", re.IGNORECASE)  # hub_token, not tokenizer
+REDACTED = "<redacted>"
+
+
+def redact_secrets(obj: Any) -> Any:
+    """A copy of a recipe with the values of token/secret/password keys replaced, for files and logs."""
+    if isinstance(obj, dict):
+        return {k: REDACTED if _SECRET_KEY.search(str(k)) and isinstance(v, str) and v else redact_secrets(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact_secrets(v) for v in obj]
+    return obj
+
+
+@dataclass
+class PlannedModel:
+    """What a stage's output model will be, known before anything runs: its config and where its tokenizer comes from."""
+
+    config: Any
+    tokenizer_ref: str
 
 
 def looks_like_hub_id(ref: str) -> bool:
@@ -34,6 +54,7 @@ class RunContext:
     resolved_recipe: dict[str, Any]
     resume: bool = False
     outputs: dict[str, Path] = field(default_factory=dict)
+    planned: dict[str, PlannedModel] = field(default_factory=dict)
     _data: Optional[TaskData] = None
 
     @property
@@ -51,6 +72,19 @@ class RunContext:
             return str(self.outputs[ref])
         return os.path.expanduser(ref)
 
+    def planned_model(self, ref: str, trust_remote_code: bool = False) -> Optional[PlannedModel]:
+        """For pre-flight checks: an earlier stage's planned model, or the config of a local/Hub model
+        (a ModelError when it cannot be found). None for an earlier stage that does not describe its output."""
+        if ref in self.planned:
+            return self.planned[ref]
+        if ref in self.resolved_stage_names():
+            return None
+        path = self.resolve(ref)
+        return PlannedModel(load_config(path, trust_remote_code), path)
+
+    def resolved_stage_names(self) -> list[str]:
+        return [s["name"] for s in self.resolved_recipe.get("stages", []) if isinstance(s, dict) and "name" in s]
+
     def work_dir(self, stage_name: str) -> Path:
         """Checkpoints and staging for a stage; kept across crashes so that --resume can continue."""
         return self.root / ".work" / stage_name
@@ -59,7 +93,7 @@ class RunContext:
         return self.root / stage_name
 
     def write_recipe(self, directory: Path) -> None:
-        atomic_write_text(directory / RECIPE_FILE, yaml.safe_dump(self.resolved_recipe, sort_keys=False))
+        atomic_write_text(directory / RECIPE_FILE, yaml.safe_dump(redact_secrets(self.resolved_recipe), sort_keys=False))
 
     def publish(self, staging: Path, stage_name: str) -> Path:
         """Move a complete staging directory into place as the stage's output, with the recipe and a done-marker.
@@ -103,10 +137,50 @@ def check_model_ref(ref: str, known_stages, path: str) -> None:
 
 
 def ensure_no_stale_output(root: Path, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: --resume continues the run in place, --overwrite deletes it")
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output_dir {root} is a file: choose a directory path")
     if root.exists() and any(root.iterdir()) and not (resume or overwrite):
         raise ConfigError(
             f"output directory {root} already has results: pass --resume to continue that run, or --overwrite to start again"
         )
-    if overwrite and root.exists() and PartialState().is_main_process:
+
+
+def clear_output(root: Path) -> None:
+    """--overwrite: delete the previous run, only once the new one has passed its pre-flight checks."""
+    if root.exists() and PartialState().is_main_process:
         shutil.rmtree(root)
     PartialState().wait_for_everyone()
+
+
+def check_finished_stage_unchanged(stage: dict, output: Path, data: dict, seed: int) -> None:
+    """--resume skips a finished stage; that is only right if the recipe still asks for what it produced."""
+    try:
+        saved = yaml.safe_load((output / RECIPE_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return  # an output without its recipe (written by an older version): nothing to compare
+    if not isinstance(saved, dict):
+        return
+    previous = next((s for s in saved.get("stages") or [] if isinstance(s, dict) and s.get("name") == stage["name"]), None)
+    now = {"seed": seed, "data": data, "stage": stage}
+    before = {"seed": saved.get("seed"), "data": saved.get("data"), "stage": previous}
+    difference = first_difference(redact_secrets(before), redact_secrets(now))
+    if difference:
+        raise ConfigError(
+            f"--resume: stage '{stage['name']}' finished with a different recipe ({difference}): "
+            "resume with the recipe and overrides it ran with, or pass --overwrite to start again"
+        )
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> Optional[str]:
+    """'key.path: old -> new' for the first difference between two nested values, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            found = first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := first_difference(x, y, f"{path}[{i}]"))), None)
+    return None if a == b else f"{path}: {a!r} -> {b!r}"

@@ -42,19 +42,25 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line, whatever the YAML error
+        raise ConfigError(f"recipe {path} is not valid YAML{where}: {problem}; fix the file (a YAML mapping)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping with name, output_dir, data and stages")
     return data
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
+    # {text!r} keeps the message on one line whatever the override contains
     if "=" not in text:
-        raise ConfigError(f"override '{text}' is not key=value: write e.g. stages.student.training.learning_rate=3e-5")
+        raise ConfigError(f"override {text!r} is not key=value: write e.g. stages.student.training.learning_rate=3e-5")
     key, value = text.split("=", 1)
     if not key:
-        raise ConfigError(f"override '{text}' has an empty key")
-    return key.split("."), yaml.safe_load(value) if value != "" else None
+        raise ConfigError(f"override {text!r} has an empty key: write e.g. seed=1")
+    try:
+        return key.split("."), yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError as e:
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem}): quote it or fix it") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -68,10 +74,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 node = _stage_by_name(node, key, ".".join(keys[: i + 1]))
             else:
                 if not isinstance(node, dict):
-                    raise ConfigError(f"override '{text}': '{'.'.join(keys[:i])}' is not a mapping")
+                    raise ConfigError(f"override {text!r}: '{'.'.join(keys[:i])}' is not a mapping")
                 node = node.setdefault(key, {})
         if isinstance(node, list):
-            raise ConfigError(f"override '{text}' must name a key inside a stage, e.g. stages.student.training.num_train_epochs=1")
+            raise ConfigError(f"override {text!r} must name a key inside a stage, e.g. stages.student.training.num_train_epochs=1")
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {text!r}: '{'.'.join(keys[:-1])}' is a value, not a mapping: override it whole")
         node[keys[-1]] = value
     return data
 

@@ -34,6 +34,10 @@ class EvaluateStageConfig:
         if self.latency and (self.threads < 1 or self.latency_samples < 1 or self.repeats < 1 or not self.latency_batch_sizes):
             raise ConfigError("threads, latency_samples, repeats and latency_batch_sizes must be positive when latency is on")
 
+    def preflight(self, ctx: RunContext) -> None:
+        for ref in self.models:
+            ctx.planned_model(ref)  # a missing local path or Hub id fails here, before earlier stages train
+
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINING_ARGS_NAME
 
+from ...checkpoints import discard_incomplete_checkpoints, last_complete_checkpoint
 from ...distillation import DistillationTrainer, DistillationTrainingArguments, build_student_from_teacher
+from ...distillation.config import resolve_layer_map
 from ...errors import ConfigError
+from ...guards import CheckRanksInSync, NonFiniteLossConfig, SaveFinalCheckpoint, StopOnNonFiniteLoss
 from ...metrics import trainer_compute_metrics
-from ...modeling import load_model, load_tokenizer
-from ...utils.io import atomic_write_json
-from ..context import RunContext
-from ..registry import CALLBACKS, register_stage
+from ...modeling import check_head_fits_labels, load_model, load_tokenizer
+from ...utils.io import atomic_write_json, atomic_write_text
+from ..context import PlannedModel, RunContext
+from ..registry import CALLBACKS, register_callback, register_stage
 from ..schema import check_keys, check_value, from_dict
 
 # Recipe defaults where Trainer's own would surprise a recipe user: no experiment trackers unless asked,
@@ -30,6 +34,17 @@ TRAINING_DEFAULTS = {
     "eval_strategy": "no",
     "per_device_eval_batch_size": 64,
 }
+# Callbacks every training stage gets unless its ``callbacks:`` list configures them itself.
+DEFAULT_CALLBACKS = ({"type": "stop_on_nonfinite_loss"}, {"type": "check_ranks_in_sync"})
+
+
+@dataclass
+class CheckRanksInSyncConfig:
+    """No options: the check runs before every checkpoint and at the end of training under DDP."""
+
+
+register_callback("stop_on_nonfinite_loss", NonFiniteLossConfig)(StopOnNonFiniteLoss)
+register_callback("check_ranks_in_sync", CheckRanksInSyncConfig)(lambda config: CheckRanksInSync())
 
 
 def validate_training(training: dict, args_cls: type[TrainingArguments]) -> dict:
@@ -39,6 +54,11 @@ def validate_training(training: dict, args_cls: type[TrainingArguments]) -> dict
     hints = typing.get_type_hints(args_cls)
     allowed = {f.name for f in dataclasses.fields(args_cls) if f.init} - {"output_dir"}
     check_keys(training, allowed, "training")
+    if training.get("hub_token"):
+        raise ConfigError(
+            "training.hub_token: a token in a recipe ends up in saved recipes and version control; "
+            "remove it and log in with `huggingface-cli login` or set HF_TOKEN"
+        )
     training = {key: check_value(value, hints[key], f"training.{key}") for key, value in training.items()}
     try:
         args_cls(output_dir="unused", **{**TRAINING_DEFAULTS, **training})
@@ -47,6 +67,11 @@ def validate_training(training: dict, args_cls: type[TrainingArguments]) -> dict
     except (ValueError, TypeError) as e:
         raise ConfigError(f"training: {str(e).splitlines()[0]}") from None
     return training
+
+
+def with_default_callbacks(specs: list[dict]) -> list[dict]:
+    configured = {spec.get("type") for spec in specs if isinstance(spec, dict)}
+    return [*specs, *(d for d in DEFAULT_CALLBACKS if d["type"] not in configured)]
 
 
 def build_callbacks(specs: list[dict]) -> list:
@@ -78,6 +103,11 @@ class FinetuneStageConfig:
         self.training = validate_training(self.training, TrainingArguments)
         build_callbacks(self.callbacks)
 
+    def preflight(self, ctx: RunContext) -> None:
+        model = ctx.planned_model(self.model, self.trust_remote_code)
+        if model is not None:
+            ctx.planned[self.name] = plan_task_model(ctx, model, self.model, self.layers, f"{self.name}.layers")
+
 
 @dataclass
 class FinetuneTeacherStageConfig(FinetuneStageConfig):
@@ -106,6 +136,59 @@ class DistillStageConfig:
         self.training = validate_training(self.training, DistillationTrainingArguments)
         build_callbacks(self.callbacks)
 
+    def preflight(self, ctx: RunContext) -> None:
+        teacher = ctx.planned_model(self.teacher, self.trust_remote_code)
+        if teacher is None:
+            return
+        teacher = plan_task_model(ctx, teacher, self.teacher, None, "")
+        if self.student is None:
+            student = plan_task_model(ctx, teacher, self.teacher, self.student_layers, f"{self.name}.student_layers")
+        else:
+            student = ctx.planned_model(self.student, self.trust_remote_code)
+            if student is None:
+                return
+            student = plan_task_model(ctx, student, self.student, self.student_layers, f"{self.name}.student_layers")
+            check_same_vocabulary(
+                load_tokenizer(teacher.tokenizer_ref, self.trust_remote_code),
+                load_tokenizer(student.tokenizer_ref, self.trust_remote_code),
+                self.student,
+            )
+        t_cfg, s_cfg = teacher.config, student.config
+        if t_cfg.vocab_size != s_cfg.vocab_size:
+            raise ConfigError(
+                f"teacher and student vocabularies differ ({t_cfg.vocab_size} vs {s_cfg.vocab_size} tokens): "
+                "distil between models that share a tokenizer"
+            )
+        try:
+            resolve_layer_map(self.training.get("layer_map"), s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
+        except ConfigError as e:
+            raise ConfigError(f"{self.name}.training.{e}") from None
+        ctx.planned[self.name] = PlannedModel(student.config, teacher.tokenizer_ref)
+
+
+def check_same_vocabulary(teacher_tokenizer, student_tokenizer, student_ref: str) -> None:
+    if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+        raise ConfigError(
+            f"student '{student_ref}' and teacher use different tokenizers: distil between models that share a vocabulary"
+        )
+
+
+def plan_task_model(ctx: RunContext, model: PlannedModel, ref: str, layers: Optional[list[int]], layers_path: str) -> PlannedModel:
+    """The model a training stage will train: its head must fit the data's labels; ``layers`` must exist in it."""
+    config = copy.deepcopy(model.config)
+    data = ctx.data()
+    if data.cfg.task != "text-generation":
+        check_head_fits_labels(config, data.num_labels, ref)
+        config.num_labels = data.num_labels
+    if layers is not None:
+        total = config.num_hidden_layers
+        if not layers or any(not 0 <= i < total for i in layers) or len(set(layers)) != len(layers):
+            raise ConfigError(
+                f"{layers_path}: {layers} must be distinct layer indices of '{ref}', which has {total} layers (0..{total - 1})"
+            )
+        config.num_hidden_layers = len(layers)
+    return PlannedModel(config, model.tokenizer_ref)
+
 
 def train_and_publish(ctx: RunContext, cfg, model, tokenizer, trainer_cls, args_cls, **trainer_kwargs):
     """Train with checkpoints in the stage's work directory, evaluate, and publish the final model atomically."""
@@ -122,21 +205,28 @@ def train_and_publish(ctx: RunContext, cfg, model, tokenizer, trainer_cls, args_
         data_collator=data.collator(tokenizer),
         processing_class=tokenizer,
         compute_metrics=trainer_compute_metrics(data.cfg.task, num_labels=data.num_labels),
-        callbacks=build_callbacks(cfg.callbacks),
+        callbacks=[*build_callbacks(with_default_callbacks(cfg.callbacks)), SaveFinalCheckpoint()],
         **trainer_kwargs,
     )
-    last = get_last_checkpoint(str(checkpoints)) if ctx.resume and checkpoints.is_dir() else None
-    train_result = trainer.train(resume_from_checkpoint=last)
+    last = None
+    if ctx.resume:
+        if ctx.state.is_main_process:
+            discard_incomplete_checkpoints(checkpoints)
+        ctx.state.wait_for_everyone()
+        last = last_complete_checkpoint(checkpoints)
+        if last is not None and ctx.state.is_main_process:
+            print(f"hfcompress: '{cfg.name}' resumes from {last}", flush=True)
+    train_result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     eval_metrics = trainer.evaluate()
     staging = ctx.fresh_staging(cfg.name)
     trainer.save_model(str(staging))
     if ctx.state.is_main_process:
-        for callback in trainer.callback_handler.callbacks:
-            if hasattr(callback, "write_report"):  # e.g. pruning's sparsity_report.json, next to the model it describes
-                callback.write_report(staging)
-        for callback in trainer.callback_handler.callbacks:  # e.g. QAT ranges, written beside the final model
+        for callback in trainer.callback_handler.callbacks:  # e.g. pruning's sparsity report or QAT ranges, beside the final model
             if hasattr(callback, "write_artifacts"):
                 callback.write_artifacts(staging)
+        # the pickled TrainingArguments are replaced by their JSON form (tokens masked): no pickle in published outputs
+        (staging / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+        atomic_write_text(staging / "training_args.json", trainer.args.to_json_string())
         atomic_write_json(staging / "train_results.json", train_result.metrics)
         atomic_write_json(staging / "eval_results.json", eval_metrics)
         trainer.state.save_to_json(str(staging / "trainer_state.json"))
@@ -166,10 +256,7 @@ def run_distill(cfg: DistillStageConfig, ctx: RunContext):
         student = build_student_from_teacher(teacher, cfg.student_layers)
     else:
         student, student_tokenizer, student_path = _load_for_task(ctx, cfg.student, cfg.trust_remote_code)
-        if student_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise ConfigError(
-                f"student '{student_path}' and teacher use different tokenizers: distil between models that share a vocabulary"
-            )
+        check_same_vocabulary(tokenizer, student_tokenizer, student_path)
         if cfg.student_layers is not None:
             student = build_student_from_teacher(student, cfg.student_layers)
     return train_and_publish(
