@@ -69,8 +69,17 @@ def check_head_fits_labels(config, num_labels: int, name: str) -> None:
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    from .lowrank.modeling import is_factorized
+
+    kwargs = {}
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        if is_factorized(config):  # AutoTokenizer maps config types to tokenizers; this one tokenizes as its base architecture
+            kwargs["config"] = config.base_config()
+    except (OSError, ValueError):
+        pass  # a tokenizer-only directory or repo has no config
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
         raise _describe_load_error(name_or_path, e) from e
 

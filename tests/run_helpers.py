@@ -20,7 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 # joins every one of those tests with one line here, e.g.
 #   pytest.param([{"type": "magnitude_pruning", "target_sparsity": 0.5}], id="magnitude_pruning"),
 TRAINING_CALLBACK_CASES = [
-    pytest.param([], id="distill"),
+    # one run covers distillation with gradual pruning (masks, schedule position) and QAT (fake-quant from step 4) together
+    pytest.param(
+        [{"type": "magnitude_pruning", "target_sparsity": 0.5, "schedule": "cubic", "end_step": 0.6, "frequency": 2},
+         {"type": "qat", "start_step": 4}],
+        id="distill+pruning+qat",
+    ),
 ]
 
 
