@@ -208,6 +208,7 @@ def test_quantize_stage_after_qat_training_in_a_recipe(tiny_teacher_dir, tiny_ss
         load_recipe(path)
 
 
+@pytest.mark.slow
 def test_bench_quantization_smoke(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
     """The benchmark's code path end to end on a tiny model and a few sentences."""
     import importlib.util
