@@ -172,6 +172,27 @@ def test_qat_callback_with_distillation_trainer_writes_plain_checkpoints_with_ra
     torch.testing.assert_close(reloaded.state_dict()["classifier.weight"], student.state_dict()["classifier.weight"])
 
 
+
+def test_resumed_qat_takes_observed_ranges_back_from_the_checkpoint(tmp_path, tokenizer):
+    from types import SimpleNamespace
+
+    from transformers import BertForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerControl, TrainingArguments
+
+    def model():
+        torch.manual_seed(0)
+        return BertForSequenceClassification(tiny_bert_config(tokenizer.vocab_size, num_hidden_layers=1))
+
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=8, save_strategy="steps",
+                             save_steps=3, report_to="none", disable_tqdm=True, use_cpu=True)
+    Trainer(model=model(), args=args, train_dataset=_tiny_train_set(tokenizer), data_collator=DataCollatorWithPadding(tokenizer),
+            callbacks=[QATCallback(QATConfig(start_step=1, mode="static"))]).train()
+    saved = load_qat_ranges(tmp_path / "out" / "checkpoint-3")
+
+    resumed, callback = model(), QATCallback(QATConfig(start_step=1, mode="static"))
+    callback.on_train_begin(args, SimpleNamespace(global_step=3), TrainerControl(), model=resumed)
+    restored = {name: (float(m.input_min), float(m.input_max)) for name, m in fake_quant_modules(resumed).items()}
+    assert restored == pytest.approx(saved) and all(bool(m.observed) for m in fake_quant_modules(resumed).values())
+
 def test_qat_callback_not_started_leaves_no_ranges(tmp_path, tokenizer):
     from transformers import BertForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 

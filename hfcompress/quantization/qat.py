@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 from torch import nn
 from transformers import TrainerCallback
+from transformers.utils import logging
 
 from ..distillation.trainer import _PROJECTIONS_ATTR
 from ..errors import ConfigError
@@ -33,6 +34,8 @@ from .config import IntRange, OrtScheme, QATConfig
 
 RANGES_FILE = "qat_ranges.safetensors"
 QUANTIZATION_FILE = "quantization.json"
+
+logger = logging.get_logger(__name__)
 
 
 def weight_qparams(weight: torch.Tensor, grid: IntRange, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,6 +251,20 @@ class QATCallback(TrainerCallback):
         self.model = model
         target_linears(model, self.config)  # fail before the first step when the patterns match nothing
         self._maybe_enable(state.global_step)
+        if state.global_step > 0 and self.active:
+            self._restore_ranges(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    def _restore_ranges(self, checkpoint: Path) -> None:
+        """On resume, the observed activation ranges come back from the checkpoint (static mode depends on them)."""
+        ranges = load_qat_ranges(checkpoint)
+        if ranges is None:
+            logger.warning("QATCallback: %s has no %s; activation ranges are observed afresh", checkpoint, RANGES_FILE)
+            return
+        for name, module in fake_quant_modules(self.model).items():
+            if name in ranges:
+                module.input_min.fill_(ranges[name][0])
+                module.input_max.fill_(ranges[name][1])
+                module.observed.fill_(True)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._maybe_enable(state.global_step)
