@@ -73,11 +73,13 @@ def trusting_remote_code(recipe: Recipe) -> Recipe:
 def preflight(recipe: Recipe, ctx: RunContext) -> set[str]:
     """Cheap checks of the whole run before any stage starts; returns the stages --resume will skip.
 
-    Loads the data (columns, label set, empty splits) and calls each stage config's optional
+    Loads the data (columns, label set, empty splits) when a stage reads it (a stage config says it
+    does not with ``uses_data = False``), and calls each stage config's optional
     ``preflight(ctx)``, which checks the models it will load and records what it will produce in
     ``ctx.planned`` for the stages after it.
     """
-    ctx.data()
+    if any(getattr(stage_cfg, "uses_data", True) for _, stage_cfg in recipe.stages):
+        ctx.data()
     finished = set()
     for kind, stage_cfg in recipe.stages:
         out = ctx.output_dir(stage_cfg.name)

@@ -14,6 +14,8 @@ from ..registry import register_stage
 class CardStageConfig(CardConfig):
     """Model card options (see ``hfcompress card --help``); model, onnx and report are stage names or paths."""
 
+    uses_data = False  # not a field: tells the runner's pre-flight this stage reads no dataset
+
     model: str = field(metadata={"help": "Model the card describes: an earlier stage's name or a local path.", "model_ref": True})
     name: str = field(default="card", metadata={"help": "Stage name; also its output sub-directory (the release folder)."})
     onnx: list[str] = field(default_factory=list, metadata={"help": "Export stages (or directories) whose .onnx files ship in onnx/.", "model_ref": True})

@@ -14,6 +14,8 @@ from ..registry import register_stage
 class PushStageConfig(PushConfig):
     """Hub push options (see ``hfcompress push --help``); the token comes from HF_TOKEN or the saved login."""
 
+    uses_data = False  # not a field: tells the runner's pre-flight this stage reads no dataset
+
     folder: str = field(metadata={"help": "Folder to upload: an earlier stage's name (e.g. the card stage) or a path.", "model_ref": True})
     name: str = field(default="push", metadata={"help": "Stage name; its output directory records what was pushed (push.json)."})
     dry_run: bool = field(default=False, metadata={"help": "Only record and print what would be uploaded."})
