@@ -50,6 +50,18 @@ def tiny_bert_config(vocab_size: int, **overrides):
     return BertConfig(**values)
 
 
+def save_tiny_wordpiece_tokenizer(directory: Path, vocab_size: int) -> None:
+    """A WordPiece tokenizer whose ids fit a tiny model's vocabulary, for checkpoints that export (parity tokenizes real text)."""
+    from transformers import BertTokenizerFast
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters), *".,!?'-0123456789"]
+    words += [f"[unused{i}]" for i in range(vocab_size - len(words))]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
+
+
 @pytest.fixture
 def tiny_sst2_dir(tmp_path, sst2_path) -> Path:
     """The first rows of the real SST-2 files: 64 for training, 32 for evaluation."""

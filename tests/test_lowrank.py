@@ -16,7 +16,7 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
-from conftest import tiny_bert_config
+from conftest import save_tiny_wordpiece_tokenizer, tiny_bert_config
 from hfcompress.errors import ConfigError, ModelError
 from hfcompress.lowrank import LowRankConfig, LowRankLinear, factorize, load_factorized, save_factorized, select_rank
 from hfcompress.lowrank.factorize import target_layers
@@ -116,19 +116,6 @@ def test_load_factorized_rejects_a_dense_checkpoint(tmp_path):
         load_factorized(str(tmp_path / "dense"))
 
 
-def save_tiny_tokenizer(directory) -> None:
-    """A WordPiece tokenizer whose ids fit the tiny model's vocabulary (the export's parity check tokenizes real text)."""
-    from transformers import BertTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
-    words = specials + chars + list(".,!?'-0123456789")
-    words += [f"[unused{i}]" for i in range(VOCAB - len(words))]
-    (directory / "vocab.txt").parent.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
-
-
 def test_factorized_model_exports_to_onnx_with_a_plain_config(tmp_path):
     from optimum.onnxruntime import ORTModelForSequenceClassification
 
@@ -137,7 +124,7 @@ def test_factorized_model_exports_to_onnx_with_a_plain_config(tmp_path):
     model = low_rank_bert(rank=4)
     report = factorize(model, LowRankConfig(energy=1.0, min_rank=1, rank_multiple=1))
     save_factorized(model, tmp_path / "f", report)
-    save_tiny_tokenizer(tmp_path / "f")
+    save_tiny_wordpiece_tokenizer(tmp_path / "f", VOCAB)
     onnx_file = export_onnx(tmp_path / "f", tmp_path / "onnx")
     assert AutoConfig.from_pretrained(tmp_path / "onnx").model_type == "bert"  # loadable without hfcompress
     ort_model = ORTModelForSequenceClassification.from_pretrained(tmp_path / "onnx", file_name=onnx_file.name)

@@ -35,7 +35,7 @@ from hfcompress.pruning.magnitude import magnitude_masks, prunable_weights
 from hfcompress.pruning.masks import MASKS_FILE, REPORT_FILE, apply_masks
 from hfcompress.pruning.schedules import Schedule, cubic_sparsity
 from hfcompress.pruning.structured import group_masks, importance_scores, select_removed, slim
-from tests.conftest import tiny_bert_config
+from tests.conftest import save_tiny_wordpiece_tokenizer, tiny_bert_config
 
 VOCAB = 120
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -299,6 +299,7 @@ def test_uneven_heads_reload_and_export_to_onnx(tmp_path):
     assert len(set(report["heads_kept"].values())) > 1, "global ranking should leave layers uneven in this model"
     assert report["intermediate_size"] == 48 and model.config.intermediate_size == 48
     model.save_pretrained(tmp_path / "slim")
+    save_tiny_wordpiece_tokenizer(tmp_path / "slim", VOCAB)
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "slim").eval()
     inputs = _inputs()
     with torch.no_grad():
