@@ -110,6 +110,11 @@ def from_dict(cls, data: Any, path: str = ""):
         raise ConfigError(f"{path or cls.__name__}: {str(e).splitlines()[0]}") from None
 
 
+def fields_of(obj, cls) -> dict[str, Any]:
+    """The values of ``cls``'s fields on ``obj``: a stage config's part that is the method's own config (it subclasses it)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)}
+
+
 def to_dict(obj) -> Any:
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from ...evaluation import evaluation_texts
 from ...export import ExportConfig, export_onnx
 from ..context import RunContext
+from ..schema import fields_of
 from ..registry import register_stage
 
 
@@ -23,7 +23,7 @@ def run_export(cfg: ExportStageConfig, ctx: RunContext):
     staging = ctx.fresh_staging(cfg.name)
     if ctx.state.is_main_process:
         texts = evaluation_texts(ctx.data(), cfg.parity_samples)
-        options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ExportConfig) if f.name not in ("task", "opset")}
+        options = {k: v for k, v in fields_of(cfg, ExportConfig).items() if k not in ("task", "opset")}
         export_onnx(ctx.resolve(cfg.model), staging, cfg.task, cfg.opset, parity_texts=texts, **options)
     return ctx.publish(staging, cfg.name)
 

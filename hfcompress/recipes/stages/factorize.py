@@ -5,11 +5,11 @@ Accuracy is recovered, when wanted, by a following ``distill`` stage whose ``stu
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from ...lowrank import LowRankConfig, factorize_checkpoint
 from ..context import RunContext
+from ..schema import fields_of
 from ..registry import register_stage
 
 
@@ -26,7 +26,7 @@ class FactorizeStageConfig(LowRankConfig):
 def run_factorize(cfg: FactorizeStageConfig, ctx: RunContext):
     staging = ctx.fresh_staging(cfg.name)
     if ctx.state.is_main_process:
-        lowrank = LowRankConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LowRankConfig)})
+        lowrank = LowRankConfig(**fields_of(cfg, LowRankConfig))
         report = factorize_checkpoint(
             ctx.resolve(cfg.model), staging, lowrank, ctx.data_config.task, overwrite=True, trust_remote_code=cfg.trust_remote_code
         )

@@ -5,11 +5,11 @@ Place it after distillation: a trimmed student no longer shares the teacher's vo
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from ...vocab import VocabTrimConfig, trim_checkpoint
 from ..context import RunContext
+from ..schema import fields_of
 from ..registry import register_stage
 
 
@@ -26,7 +26,7 @@ class TrimVocabStageConfig(VocabTrimConfig):
 def run_trim_vocab(cfg: TrimVocabStageConfig, ctx: RunContext):
     staging = ctx.fresh_staging(cfg.name)
     if ctx.state.is_main_process:
-        trim = VocabTrimConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(VocabTrimConfig)})
+        trim = VocabTrimConfig(**fields_of(cfg, VocabTrimConfig))
         report = trim_checkpoint(
             ctx.resolve(cfg.model), staging, ctx.data(), trim, ctx.data_config.task, overwrite=True,
             trust_remote_code=cfg.trust_remote_code,
