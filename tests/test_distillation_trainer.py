@@ -79,6 +79,21 @@ def test_cache_removes_teacher_passes_and_matches_live_teacher(tokenizer, tmp_pa
     assert (entries[0] / "logits.bin").stat().st_mtime_ns == stamp
 
 
+def test_cache_key_follows_weights_not_location(tokenizer, tmp_path):
+    from hfcompress.distillation.cache import model_fingerprint
+
+    teacher = _teacher(tokenizer)
+    teacher.save_pretrained(tmp_path / "a")
+    teacher.save_pretrained(tmp_path / "copied" / "a")
+    reloaded = [BertForSequenceClassification.from_pretrained(tmp_path / p) for p in ("a", "copied/a")]
+    assert reloaded[0].config._name_or_path != reloaded[1].config._name_or_path
+    assert model_fingerprint(reloaded[0]) == model_fingerprint(reloaded[1]) == model_fingerprint(teacher)
+    with torch.no_grad():
+        reloaded[1].classifier.bias += 1e-3
+    assert model_fingerprint(reloaded[1]) != model_fingerprint(teacher)
+    assert model_fingerprint(_teacher(tokenizer, num_hidden_layers=2)) != model_fingerprint(teacher)
+
+
 def test_half_written_cache_is_rebuilt(tokenizer, tmp_path):
     teacher = _teacher(tokenizer)
     _trainer(tokenizer, tmp_path / "a", teacher, teacher_cache_dir=str(tmp_path / "cache"), max_steps=1)

@@ -26,10 +26,14 @@ _FORMAT_VERSION = 1
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of the weights and the architecture; not of where the model was loaded from, so a copied teacher reuses its cache."""
     h = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
-        h.update(config.to_json_string(use_diff=False).encode())
+        described = config.to_dict()
+        for location_key in ("_name_or_path", "transformers_version"):
+            described.pop(location_key, None)
+        h.update(json.dumps(described, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
