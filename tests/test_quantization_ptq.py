@@ -60,6 +60,43 @@ def test_dynamic_int8_quantizes_every_linear_and_embeddings_only_when_asked(tiny
         quantize_onnx(tiny_teacher_dir, tmp_path / "dyn")
 
 
+def test_4bit_embeddings_halve_the_tables_and_keep_the_outputs(tiny_teacher_dir, tokenizer, tmp_path):
+    from hfcompress.export import export_onnx
+
+    texts = ["a good film", "so dull and long", "great fun all along", "no way"]
+    fp32 = export_onnx(tiny_teacher_dir, tmp_path / "fp32")
+    int8 = quantize_onnx(fp32.parent, tmp_path / "emb8", PTQConfig(quantize_embeddings=True))
+    int4 = quantize_onnx(fp32.parent, tmp_path / "emb4", PTQConfig(quantize_embeddings=True, embedding_bits=4, embedding_block_size=32))
+    ops = _ops(int4)
+    assert ops.count("GatherBlockQuantized") == 3 and "Gather" in ops  # word, position, token-type tables; index Gathers stay
+    assert ops.count("MatMulInteger") == _ops(int8).count("MatMulInteger")  # the Linear layers are int8 either way
+    types = {t.name: t.data_type for t in onnx.load(str(int4)).graph.initializer if "word_embeddings" in t.name}
+    assert onnx.TensorProto.INT4 in types.values() and onnx.TensorProto.UINT8 not in types.values()
+    vocab_bytes = tokenizer.vocab_size * 32
+    # a value costs 1 byte in int8 and 0.5 byte + one float32 scale per 32 values (0.625 byte) in int4
+    assert int8.stat().st_size - int4.stat().st_size > 0.35 * vocab_bytes
+    info = json.loads((tmp_path / "emb4" / QUANTIZATION_FILE).read_text())
+    assert info["embedding_bits"] == 4 and info["embedding_block_size"] == 32
+    reference, logits8, logits4 = (_session_logits(p, tokenizer, texts) for p in (fp32, int8, int4))
+    # 4-bit tables add error on top of int8, but stay close to the float model
+    assert np.abs(logits4 - reference).max() < 0.2 * np.abs(reference).max() + 1e-3
+    assert np.abs(logits4 - logits8).max() > 0  # the tables really changed
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(embedding_bits=4), "quantize_embeddings"),
+        (dict(quantize_embeddings=True, embedding_bits=4, preset="tensorrt", mode="static"), "TensorRT"),
+        (dict(quantize_embeddings=True, embedding_bits=4, embedding_block_size=24), "power of 2"),
+        (dict(quantize_embeddings=True, embedding_bits=2), "8 or 4"),
+    ],
+)
+def test_4bit_embedding_settings_are_checked(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        PTQConfig(**kwargs)
+
+
 def test_static_needs_data_before_any_work(tiny_teacher_dir, tmp_path):
     with pytest.raises(ConfigError, match="calibration data"):
         quantize_onnx(tiny_teacher_dir, tmp_path / "s", PTQConfig(mode="static"))

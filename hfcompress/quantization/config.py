@@ -128,6 +128,11 @@ class PTQConfig(_TargetsOrtScheme):
     calibration_samples: int = field(default=256, metadata={"help": "Static only: number of examples (seeded random subset) used for calibration."})
     percentile: float = field(default=99.999, metadata={"help": "Percentile calibration: the percentile of |activation| kept."})
     quantize_embeddings: bool = field(default=False, metadata={"help": "Also quantize the embedding tables (Gather); on MiniLM they are half of the weights."})
+    embedding_bits: Literal[8, 4] = field(
+        default=8,
+        metadata={"help": "With quantize_embeddings: 8 (int8 per tensor, through Optimum) or 4 (blockwise int4 weight-only, ONNX Runtime's GatherBlockQuantized; half the bytes of int8)."},
+    )
+    embedding_block_size: int = field(default=128, metadata={"help": "4-bit embeddings: values sharing one scale, along the hidden dimension (power of 2, >= 16)."})
     operators: Optional[list[str]] = field(
         default=None,
         metadata={"help": "ONNX operator types to quantize; default: MatMul and Gemm, i.e. the Linear layers (plus Gather with quantize_embeddings)."},
@@ -146,8 +151,18 @@ class PTQConfig(_TargetsOrtScheme):
             raise ConfigError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
         if not 0.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.embedding_bits not in (8, 4):
+            raise ConfigError(f"embedding_bits must be 8 or 4, got {self.embedding_bits}")
+        if self.embedding_bits == 4:
+            if not self.quantize_embeddings:
+                raise ConfigError("embedding_bits 4 applies to the embedding tables: set quantize_embeddings: true as well")
+            if self.preset == "tensorrt":
+                raise ConfigError("4-bit embeddings use ONNX Runtime's GatherBlockQuantized, which TensorRT cannot run: use embedding_bits 8 with preset tensorrt")
+            if self.embedding_block_size < 16 or self.embedding_block_size & (self.embedding_block_size - 1):
+                raise ConfigError(f"embedding_block_size must be a power of 2 of at least 16, got {self.embedding_block_size}")
 
     def operator_types(self) -> list[str]:
         if self.operators is not None:
             return list(self.operators)
-        return ["MatMul", "Gemm"] + (["Gather"] if self.quantize_embeddings else [])
+        # 4-bit embeddings are quantized after Optimum's int8 pass, by ONNX Runtime's block quantizer
+        return ["MatMul", "Gemm"] + (["Gather"] if self.quantize_embeddings and self.embedding_bits == 8 else [])
