@@ -120,6 +120,24 @@ def test_state_dict_of_prepared_model_is_that_of_the_plain_model():
     assert set(model.state_dict()) == keys
 
 
+def test_model_prepared_in_eval_mode_keeps_its_ranges_at_inference():
+    """prepare_qat on an eval-mode model (reloading a QAT checkpoint to simulate it) must not move the restored ranges."""
+    from transformers import BertForSequenceClassification
+
+    from hfcompress.quantization.qat import restore_qat_ranges
+
+    model = BertForSequenceClassification(tiny_bert_config(100)).eval()
+    names = prepare_qat(model, QATConfig(mode="static"))
+    assert restore_qat_ranges(model, {name: (-2.0, 3.0) for name in names}) == len(names)
+    assert not any(m.training for m in fake_quant_modules(model).values())
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 100, (2, 9)))
+    assert all((float(m.input_min), float(m.input_max)) == (-2.0, 3.0) for m in fake_quant_modules(model).values())
+    model.train()  # and training mode still observes
+    model(input_ids=torch.randint(0, 100, (2, 9)))
+    assert any(float(m.input_min) != -2.0 for m in fake_quant_modules(model).values())
+
+
 def test_config_errors_are_one_line_and_name_the_fix():
     with pytest.raises(ConfigError, match="did you mean 'avx2'"):
         QATConfig(preset="avx")

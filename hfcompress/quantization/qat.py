@@ -90,6 +90,7 @@ class FakeQuantLinear(nn.Linear):
         self.weight, self.bias = linear.weight, linear.bias
         self.scheme, self.momentum = scheme, momentum
         self.observe = True
+        self.train(linear.training)  # a model prepared in eval mode must not observe (move its ranges) at inference
         self.register_buffer("input_min", torch.zeros((), device=linear.weight.device), persistent=False)
         self.register_buffer("input_max", torch.zeros((), device=linear.weight.device), persistent=False)
         self.register_buffer("observed", torch.zeros((), dtype=torch.bool, device=linear.weight.device), persistent=False)
@@ -221,6 +222,18 @@ def load_qat_ranges(directory: str | Path) -> Optional[dict[str, tuple[float, fl
     return {name: (float(tensors[f"{name}.input_min"]), float(tensors[f"{name}.input_max"])) for name in layers}
 
 
+def restore_qat_ranges(model: nn.Module, ranges: dict[str, tuple[float, float]]) -> int:
+    """Give the fake-quant layers of a prepared model their saved input ranges (as observed); returns how many got one."""
+    restored = 0
+    for name, module in fake_quant_modules(model).items():
+        if name in ranges:
+            module.input_min.fill_(ranges[name][0])
+            module.input_max.fill_(ranges[name][1])
+            module.observed.fill_(True)
+            restored += 1
+    return restored
+
+
 def read_quantization_json(directory: str | Path) -> Optional[dict]:
     path = Path(directory) / QUANTIZATION_FILE
     return json.loads(path.read_text()) if path.is_file() else None
@@ -260,11 +273,7 @@ class QATCallback(TrainerCallback):
         if ranges is None:
             logger.warning("QATCallback: %s has no %s; activation ranges are observed afresh", checkpoint, RANGES_FILE)
             return
-        for name, module in fake_quant_modules(self.model).items():
-            if name in ranges:
-                module.input_min.fill_(ranges[name][0])
-                module.input_max.fill_(ranges[name][1])
-                module.observed.fill_(True)
+        restore_qat_ranges(self.model, ranges)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._maybe_enable(state.global_step)
