@@ -52,6 +52,7 @@ DEFAULT_VARIANTS = [
     "slim_more_int8=hfcompress: slimmed harder + int8, int4 embeddings (ONNX)",
     "slim_trimmed_int8=hfcompress: slimmed + trimmed vocabulary + int8, int4 embeddings (ONNX)",
     "student_int8=student int8 (hfcompress, ONNX)",
+    "slim=slimmed student fp32 (PyTorch)",
     "slim_onnx=slimmed student fp32 (ONNX)",
 ]
 # What the headline variant must reach (issue 7), against the teacher (variant 1) and Optimum's int8 teacher (variant 3).

@@ -36,13 +36,14 @@ def test_headline_benchmark_smoke(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
     bench.main(args)
     report = json.loads(out.with_suffix(".json").read_text())
     rows = {r["ref"]: r for r in report["rows"]}
-    assert list(rows)[:5] == ["teacher", "optimum_onnx", "optimum_int8", "student", "slim_int8"] and len(rows) == 9
+    assert list(rows)[:5] == ["teacher", "optimum_onnx", "optimum_int8", "student", "slim_int8"] and len(rows) == 10
     for row in rows.values():
         for key in ("name", "accuracy", "size_mb", "latency_ms_p50_b1", "throughput_b32"):
             assert row[key] is not None, (row["ref"], key)
         assert row["hardware"]["threads"] == 2 and row["hardware"]["cpu"]
     assert rows["teacher"]["latency_backend"] == "pytorch" and rows["optimum_int8"]["latency_backend"] == "onnx"
-    assert rows["slim_onnx"]["num_parameters"] < rows["student"]["num_parameters"] < rows["teacher"]["num_parameters"]  # slimming removed weights
+    assert rows["slim"]["num_parameters"] < rows["student"]["num_parameters"] < rows["teacher"]["num_parameters"]  # slimming removed weights
+    assert rows["slim_onnx"]["num_parameters"] == pytest.approx(rows["slim"]["num_parameters"], rel=0.01)
     assert rows["slim_int8"]["size_mb"] < rows["optimum_int8"]["size_mb"] < rows["teacher"]["size_mb"]
     assert report["goals"]["variant"] == "slim_int8" and len(report["goals"]["goals"]) == 6
     assert report["goals"]["goals"]["smaller_than_teacher"]["value"] == pytest.approx(rows["teacher"]["size_mb"] / rows["slim_int8"]["size_mb"], rel=1e-3)
