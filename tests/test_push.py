@@ -19,6 +19,7 @@ from tests.conftest import tiny_bert_config
 from tests.fake_hub import FakeHub
 
 FAKE_TOKEN = "hf_fakeTOKEN0123456789abcdefghijklmnopq"
+PICKLES = ("training_args.bin", "optimizer.pt", "rng_state_0.pth", "onnx/calibration.pkl")  # Trainer leftovers: pickles
 UPLOADED = {"README.md", "config.json", "model.safetensors", "eval_results.json", "onnx/model.onnx"}
 
 
@@ -37,6 +38,8 @@ def model_folder(tmp_path_factory) -> Path:
     (folder / "checkpoint-5" / "optimizer.pt").write_bytes(b"\x00" * 16)
     (folder / "runs").mkdir()
     (folder / "runs" / "events.out").write_text("log")
+    for name in PICKLES:
+        (folder / name).write_bytes(b"\x80\x04pickle")
     write_model_card(folder, cfg=CardConfig(license="mit"))
     return folder
 
@@ -84,6 +87,15 @@ def test_push_creates_repo_and_uploads_one_commit(hub, model_folder, capsys, cap
     seen = [out.out, out.err, caplog.text, json.dumps(result)]
     seen += [p.read_bytes().decode("utf-8", "replace") for p in model_folder.rglob("*") if p.is_file()]
     assert not any(FAKE_TOKEN in text for text in seen)
+
+
+def test_pickles_are_never_uploaded(hub, model_folder):
+    """training_args.bin (written by Trainer.save_model) and other pickles run code when loaded: never pushed."""
+    assert all((model_folder / name).is_file() for name in PICKLES)
+    assert not set(plan_upload(model_folder, PushConfig(repo_id="me/x")).files) & set(PICKLES)
+    push_to_hub(model_folder, PushConfig(repo_id="me/pickles", allow_patterns=["*"]))
+    commit = hub.state.commits[-1]
+    assert set(commit["files"]) | set(commit["lfs_files"]) == UPLOADED
 
 
 def test_push_to_new_branch_as_pull_request(hub, model_folder):

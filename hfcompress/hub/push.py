@@ -9,6 +9,7 @@ mode) is checked before the first request.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Optional
 
@@ -19,9 +20,18 @@ from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS as HUB_IGNORE_P
 from ..errors import ConfigError, HFCompressError
 from .validation import validate_card_data
 
+# Pickles the Trainer leaves beside a model (training_args.bin from save_model; optimizer.pt, scheduler.pt,
+# rng_state*.pth in checkpoints): loading one runs arbitrary code, so they are never published.
+# (fnmatch's * also matches "/", so "*.pt" covers every folder.) pytorch_model.bin weights are not matched.
+PICKLE_PATTERNS = ["training_args.bin", "*/training_args.bin", "*.pt", "*.pth", "*.pkl", "*.pickle"]
 # Training leftovers that never belong in a model repo: Trainer checkpoints, hidden files and
-# directories (stage markers, .work, caches), TensorBoard runs and lock files.
-DEFAULT_IGNORE_PATTERNS = ["checkpoint-*", "*/checkpoint-*", ".*", "*/.*", "runs/*", "*.lock"]
+# directories (stage markers, .work, caches), TensorBoard runs, lock files and the pickles above.
+DEFAULT_IGNORE_PATTERNS = ["checkpoint-*", "*/checkpoint-*", ".*", "*/.*", "runs/*", "*.lock", *PICKLE_PATTERNS]
+
+
+def is_pickle(path: str) -> bool:
+    """Whether a repo path (``a/b.pt``) is one of the pickles that are never published."""
+    return any(fnmatch(path, pattern) for pattern in PICKLE_PATTERNS)
 
 
 class PushError(HFCompressError):
