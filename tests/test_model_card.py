@@ -10,10 +10,11 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hfcompress.errors import ConfigError
+from hfcompress.export import export_onnx
 from hfcompress.hub import CardConfig, render_model_card, validate_card_data, write_model_card
 from hfcompress.hub.card import DEFAULT_TEMPLATE, lineage
 
-from tests.conftest import REPO, tiny_bert_config
+from tests.conftest import REPO, save_tiny_wordpiece_tokenizer, tiny_bert_config
 
 RECIPE = {
     "name": "tiny-run",
@@ -27,6 +28,7 @@ RECIPE = {
          "training": {"num_train_epochs": 2, "alpha": 0.3, "temperature": 4.0, "learning_rate": 1e-4}},
     ],
 }
+PICKLES = ("training_args.bin", "optimizer.pt", "rng_state_0.pth", "extra.pkl")
 SPARSITY = {"method": "magnitude", "target_sparsity": 0.5, "global_sparsity": 0.49, "pattern": "unstructured",
             "layers": {"bert.encoder.layer.0.attention.self.query": 0.5, "bert.encoder.layer.1.output.dense": 0.48},
             "schedule": {"start_step": 0, "end_step": 100}}
@@ -70,15 +72,12 @@ def run_dir(tmp_path_factory) -> Path:
     (root / "student" / "sparsity_report.json").write_text(json.dumps(SPARSITY))
     (root / "student" / "checkpoint-10").mkdir()
     (root / "student" / "checkpoint-10" / "optimizer.pt").write_bytes(b"x")
+    save_tiny_wordpiece_tokenizer(root / "student", 100)
     export = run / "outputs" / "export"
-    export.mkdir(parents=True)
-    (export / "model.onnx").write_bytes(b"\x08\x07" * 1000)
+    export_onnx(root / "student", export, batch_sizes=[1, 4], sequence_lengths=[8, 32])  # the real model.onnx and parity.json
+    for name in PICKLES:  # what Trainer.save_model and checkpoints leave: never copied into a release
+        (root / "student" / name).write_bytes(b"\x80\x04pickle")
     (export / "model_quantized.onnx").write_bytes(b"\x08\x07" * 300)
-    (export / "config.json").write_text((root / "student" / "config.json").read_text())
-    (export / "parity.json").write_text(json.dumps({  # as hfcompress.export.parity writes it
-        "onnx_file": "model.onnx", "max_abs_diff": 2.1e-6, "tolerance": 1e-4, "passed": True,
-        "checks": [{"batch_size": 1, "sequence_length": 8, "max_abs_diff": 1.2e-6},
-                   {"batch_size": 4, "sequence_length": 32, "max_abs_diff": 2.1e-6}]}))
     (export / "quantization.json").write_text(json.dumps({"method": "static", "weights": "int8 symmetric per-channel",
                                                           "activations": "int8 per-tensor", "preset": "tensorrt"}))
     report = run / "outputs" / "report"
@@ -127,8 +126,21 @@ def test_card_of_distilled_pruned_student(run_dir, tmp_path):
     assert "| student-onnx | 0.8800 | 0.11 | – | – | – | – | – |" in text
     assert "Measured on Test CPU (avx2, fma), 2 threads." in text and "relative to `teacher`" in text
     assert 'subfolder="onnx", file_name="model_quantized.onnx"' in text
-    assert "max_abs_diff: 2.10e-06" in text and "| 4 | 32 | 2.10e-06 |" in text and "a seeded random subset of 64 examples" in text
+    assert "a seeded random subset of 64 examples" in text
+    assert "{'" not in text and "'checks'" not in text  # no dict printed raw
+    parity = json.loads((run_dir / "outputs" / "export" / "parity.json").read_text())["files"]["model.onnx"]
+    section = text.split("### ONNX export parity: `onnx/model.onnx`\n", 1)[1].split("\n#", 1)[0]
+    assert "with the optimum exporter" in section and "built-in real sentences" in section
+    assert f"- Max abs diff: {_num(parity['max_abs_diff'])} (tolerance 1.00e-04): passed" in section
+    assert [(c["batch_size"], c["sequence_length"]) for c in parity["checks"]] == [(1, 8), (4, 8), (1, 32), (4, 32)]
+    for c in parity["checks"]:  # every shape checked, with its difference
+        assert f"| {c['batch_size']} | {c['sequence_length']} | {_num(c['max_abs_diff'])} |" in section
     assert "{{" not in text and "{%" not in text
+
+
+def _num(x: float) -> str:
+    """A float as the template's num macro writes it."""
+    return f"{x:.2e}" if x != 0 and abs(x) < 0.001 else f"{x:.4f}"
 
 
 def test_release_folder_holds_model_onnx_report_and_card(run_dir, tmp_path):
@@ -136,12 +148,43 @@ def test_release_folder_holds_model_onnx_report_and_card(run_dir, tmp_path):
     cfg = CardConfig(onnx=[str(run_dir / "outputs" / "export")], report=str(run_dir / "outputs" / "report"))
     readme = write_model_card(student, tmp_path / "release", cfg)
     files = sorted(p.relative_to(tmp_path / "release").as_posix() for p in (tmp_path / "release").rglob("*") if p.is_file())
+    tokenizer = ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
     assert files == sorted([
         "README.md", "config.json", "model.safetensors", "eval_results.json", "sparsity_report.json", "hfcompress_recipe.yaml",
+        *tokenizer, *(f"onnx/{name}" for name in tokenizer),
         "onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/config.json", "onnx/parity.json", "onnx/quantization.json",
         "compression_report.json", "compression_report.md",
-    ])  # no checkpoint-*, no stage marker
+    ])  # no checkpoint-*, no stage marker, no pickle
     assert ModelCard.load(readme).data.license == "mit"
+
+
+def test_release_folder_leaves_out_pickles(run_dir, tmp_path):
+    """training_args.bin (Trainer.save_model) and other pickles run code when loaded: a release never carries them."""
+    student = run_dir / "outputs" / "tiny-run" / "student"
+    assert all((student / name).is_file() for name in PICKLES)
+    write_model_card(student, tmp_path / "release", CardConfig())
+    shipped = {p.name for p in (tmp_path / "release").rglob("*")}
+    assert "model.safetensors" in shipped and not shipped & set(PICKLES)
+
+
+def test_qat_scheme_copied_into_an_export_is_described_once(run_dir, tmp_path):
+    """export_onnx copies a QAT checkpoint's quantization.json beside model.onnx: the card must not describe it twice."""
+    import shutil
+
+    model = tmp_path / "qat-student"
+    shutil.copytree(run_dir / "outputs" / "tiny-run" / "student", model)
+    export = tmp_path / "qat-export"
+    shutil.copytree(run_dir / "outputs" / "export", export)
+    qat = {"method": "qat", "weights": "int8 symmetric per-channel", "activations": "uint8 asymmetric per-tensor",
+           "preset": "avx2", "mode": "static", "ranges_file": "qat_ranges.safetensors", "step": 3}
+    for d in (model, export):
+        (d / "quantization.json").write_text(json.dumps(qat))
+    (tmp_path / "static").mkdir()
+    shutil.copy(run_dir / "outputs" / "export" / "model_quantized.onnx", tmp_path / "static")
+    shutil.copy(run_dir / "outputs" / "export" / "quantization.json", tmp_path / "static")
+    text = render_model_card(model, CardConfig(onnx=[str(export), str(tmp_path / "static")])).text
+    assert text.count("- method: qat") == 1 and text.count("- method: static") == 1
+    assert "### Quantization\n" in text and "### Quantization (`onnx/quantization.json`)" in text  # the model's QAT, the int8 file's
 
 
 def test_base_model_is_the_first_hub_id_and_overrides_win(run_dir, tmp_path):

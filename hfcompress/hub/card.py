@@ -26,6 +26,7 @@ from huggingface_hub.repocard import metadata_load
 
 from ..errors import ConfigError
 from ..utils.io import atomic_write_text
+from .push import is_pickle
 from .validation import validate_card_data
 
 logger = logging.getLogger("hfcompress")
@@ -263,14 +264,22 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
     ancestors = lineage(model_dir, cfg.teacher)
 
     files: dict[str, Any] = {}
+    seen: dict[str, list] = {}
     for d in [model_dir, *onnx_dirs]:  # the model's own files first, then what describes its ONNX variants
         for name in METADATA_FILES:
-            if (d / name).is_file():
-                key = name.removesuffix(".json")
-                entry = _read_json(d / name)
-                if d != model_dir:
-                    entry = {"file": f"onnx/{name}" if name != "eval_results.json" else name, **entry} if isinstance(entry, dict) else entry
-                files.setdefault(key, []).append(entry)
+            if not (d / name).is_file():
+                continue
+            key = name.removesuffix(".json")
+            entry = _read_json(d / name)
+            if entry in seen.setdefault(key, []):  # e.g. the QAT quantization.json an export copies beside model.onnx
+                continue
+            seen[key].append(entry)
+            if key == "parity":
+                files.setdefault(key, []).extend(_parity_entries(entry, "" if d == model_dir else "onnx/"))
+                continue
+            if d != model_dir:
+                entry = {"file": f"onnx/{name}" if name != "eval_results.json" else name, **entry} if isinstance(entry, dict) else entry
+            files.setdefault(key, []).append(entry)
     report = _load_report(cfg.report) if cfg.report else (_load_report(model_dir) if (model_dir / REPORT_FILE).is_file() else None)
 
     stage = _stage_of(recipe, model_dir.name)
@@ -345,6 +354,30 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
         "language": cfg.language,
         "extra_tags": cfg.tags,
     }
+
+
+def _parity_entries(parity: Any, prefix: str) -> list[dict]:
+    """One entry per checked .onnx file of a ``parity.json`` as :func:`hfcompress.export.export_onnx` writes it.
+
+    ``prefix`` is where the files sit in the repo ("" for the model directory, "onnx/" for an export shipped there).
+    """
+    if not isinstance(parity, dict) or not isinstance(parity.get("files"), dict):
+        return []
+    return [
+        {
+            "onnx_file": f"{prefix}{name}",
+            "backend": parity.get("backend"),
+            "opset": parity.get("opset"),
+            "texts": parity.get("texts"),
+            "optimization_level": parity.get("optimization_level") if "_optimized" in name else None,
+            "max_abs_diff": result.get("max_abs_diff"),
+            "tolerance": result.get("tolerance"),
+            "passed": result.get("passed"),
+            "checks": result.get("checks") or [],
+        }
+        for name, result in parity["files"].items()
+        if isinstance(result, dict)
+    ]
 
 
 def _model_summary(anc: Ancestor) -> Optional[dict]:
@@ -525,7 +558,7 @@ def _link_tree(src: Path, dst: Path) -> None:
         rel = p.relative_to(src)
         if not p.is_file() or p.name == _recipe_context().STAGE_DONE_FILE or any(part.startswith(".") for part in rel.parts):
             continue
-        if rel.parts[0].startswith("checkpoint-") or p.name == "README.md":
+        if rel.parts[0].startswith("checkpoint-") or p.name == "README.md" or is_pickle(rel.as_posix()):
             continue
         _link(p, dst / rel)
 
