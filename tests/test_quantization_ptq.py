@@ -112,25 +112,58 @@ def test_static_int8_calibrates_on_a_split(tiny_teacher_dir, tiny_data, tmp_path
     assert info["calibration"]["method"] == method and info["calibration"]["samples"] == 16 and info["calibration"]["split"] == "train"
 
 
-def test_static_uses_qat_ranges_for_linear_inputs(tiny_teacher_dir, tiny_data, tmp_path):
-    """Ranges saved by QAT replace the calibrated ones: the QDQ scale of the first layer's input follows them."""
+def _qat_checkpoint(tiny_teacher_dir, model_dir):
+    """A copy of the tiny teacher with the files QAT (avx2, static) saves beside it, every Linear input range [-8, 4]."""
     from transformers import AutoModelForSequenceClassification
 
-    model_dir = tmp_path / "qat-model"
     shutil.copytree(tiny_teacher_dir, model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    config = QATConfig(mode="static")
+    config = QATConfig(preset="avx2", mode="static")
     prepare_qat(model, config)
     for m in model.modules():
         if hasattr(m, "input_min"):
             m.input_min.fill_(-8.0)
             m.input_max.fill_(4.0)
     save_qat_ranges(model_dir, fold_qat(model), config)
-    out = quantize_onnx(model_dir, tmp_path / "static", PTQConfig(mode="static", calibration_samples=8), tiny_data)
+    return model_dir
+
+
+def _check_qat_ranges_used(out, output_dir):
+    """The QDQ scale of the first layer's input follows the QAT range, and quantization.json says QAT ranges were used."""
     scales = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
     scale = scales["/bert/embeddings/LayerNorm/LayerNormalization_output_0_scale"]
     assert float(scale) == pytest.approx(12.0 / 255, rel=1e-6)  # uint8 asymmetric over [-8, 4]
-    assert json.loads((tmp_path / "static" / QUANTIZATION_FILE).read_text())["calibration"]["qat_ranges_used"] > 0
+    assert json.loads((output_dir / QUANTIZATION_FILE).read_text())["calibration"]["qat_ranges_used"] > 0
+
+
+def test_static_uses_qat_ranges_for_linear_inputs(tiny_teacher_dir, tiny_data, tmp_path):
+    """Ranges saved by QAT replace the calibrated ones."""
+    model_dir = _qat_checkpoint(tiny_teacher_dir, tmp_path / "qat-model")
+    out = quantize_onnx(model_dir, tmp_path / "static", PTQConfig(mode="static", calibration_samples=8), tiny_data)
+    _check_qat_ranges_used(out, tmp_path / "static")
+
+
+def test_export_carries_qat_ranges_to_static_int8(tiny_teacher_dir, tiny_data, tmp_path):
+    """finetune(+qat) -> export -> quantize(static): the export holds the QAT files, so int8 uses (and is checked against) them."""
+    from hfcompress.export import export_onnx
+    from hfcompress.quantization.qat import RANGES_FILE
+    from hfcompress.recipes.stages.quantize import check_matches_qat
+
+    model_dir = _qat_checkpoint(tiny_teacher_dir, tmp_path / "qat-model")
+    export_dir = tmp_path / "onnx"
+    export_onnx(model_dir, export_dir, batch_sizes=[2], sequence_lengths=[16])
+    for name in (RANGES_FILE, QUANTIZATION_FILE):
+        assert (export_dir / name).read_bytes() == (model_dir / name).read_bytes()
+    out = quantize_onnx(export_dir, tmp_path / "static", PTQConfig(mode="static", calibration_samples=8), tiny_data)
+    _check_qat_ranges_used(out, tmp_path / "static")
+
+    check_matches_qat(export_dir, PTQConfig(preset="avx2", mode="static"))
+    with pytest.raises(ConfigError, match="trained with QAT for preset 'avx2'"):
+        check_matches_qat(export_dir, PTQConfig(preset="avx512_vnni", mode="static"))
+
+    plain = tmp_path / "plain-onnx"  # a checkpoint without QAT exports without them
+    export_onnx(tiny_teacher_dir, plain, batch_sizes=[1], sequence_lengths=[8])
+    assert not (plain / RANGES_FILE).exists() and not (plain / QUANTIZATION_FILE).exists()
 
 
 def test_tensorrt_qdq_graph_structure(tiny_teacher_dir, tiny_data, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -20,6 +21,7 @@ from transformers import AutoConfig
 from ..errors import ConfigError, ModelError
 from ..lowrank.modeling import is_factorized
 from ..modeling import infer_task, load_model, load_tokenizer
+from ..quantization.qat import QUANTIZATION_FILE, RANGES_FILE, read_quantization_json
 from ..utils.io import atomic_output_dir, atomic_write_json
 from .optimize import OptimizationLevel, check_level, optimize_onnx
 from .parity import PARITY_FILE, check_parity, raise_on_mismatch
@@ -114,7 +116,18 @@ def export_onnx(
             raise_on_mismatch(result, f"the {config.backend} export {path.name} of {model_dir}")
             parity["files"][path.name] = result
         atomic_write_json(staging / PARITY_FILE, parity)
+        _copy_qat_files(Path(str(model_dir)), staging)
     return output_dir / "model.onnx"
+
+
+def _copy_qat_files(model_dir: Path, out: Path) -> None:
+    """A QAT checkpoint's ranges and scheme travel with its export, so static int8 of the .onnx uses them (and is checked against them)."""
+    if not model_dir.is_dir():  # a Hub id
+        return
+    if (model_dir / RANGES_FILE).is_file():
+        shutil.copy2(model_dir / RANGES_FILE, out / RANGES_FILE)
+    if (read_quantization_json(model_dir) or {}).get("method") == "qat":
+        shutil.copy2(model_dir / QUANTIZATION_FILE, out / QUANTIZATION_FILE)
 
 
 def _export_optimum(model_dir, out: Path, task: str, opset: Optional[int]) -> None:
