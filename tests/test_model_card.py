@@ -95,6 +95,16 @@ def test_lineage_follows_recipe_stages_and_relative_paths(run_dir):
     assert chain[1].path == (run_dir.parent / "base-model").resolve()
 
 
+def test_steps_are_listed_in_the_order_the_recipe_ran_them():
+    from hfcompress.hub.card import in_recipe_order
+
+    recipe = {"stages": [{"stage": "finetune_teacher", "name": "teacher"}, {"stage": "distill", "name": "student"}, {"stage": "prune", "name": "slim"}]}
+    # a prune stage distilling from the teacher has parents (teacher, student): the lineage meets the teacher first
+    walked = [{"stage": "distill", "name": "student"}, {"stage": "finetune_teacher", "name": "teacher"}, {"stage": "finetune", "name": "older-run"}]
+    assert [s["name"] for s in in_recipe_order(walked, recipe)] == ["older-run", "teacher", "student"]
+    assert in_recipe_order(walked, None) == walked
+
+
 def test_card_of_distilled_pruned_student(run_dir, tmp_path):
     student = run_dir / "outputs" / "tiny-run" / "student"
     out = tmp_path / "card" / "README.md"

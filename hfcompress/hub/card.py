@@ -128,6 +128,15 @@ def _run_dir(model_dir: Path, recipe: dict) -> Path:
     return Path.cwd()
 
 
+def in_recipe_order(steps: list[dict], recipe: Optional[dict]) -> list[dict]:
+    """Ancestor stages in the order the recipe ran them (the lineage walks teacher before student, not in time order).
+
+    Stages from earlier recipes, not in this one, come first in the order found.
+    """
+    names = [s.get("name") for s in (recipe or {}).get("stages") or [] if isinstance(s, dict)]
+    return sorted(steps, key=lambda step: names.index(step.get("name")) if step.get("name") in names else -1)
+
+
 def _stage_of(recipe: Optional[dict], name: str) -> Optional[dict]:
     for stage in (recipe or {}).get("stages") or []:
         if isinstance(stage, dict) and stage.get("name") == name:
@@ -283,7 +292,7 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
     report = _load_report(cfg.report) if cfg.report else (_load_report(model_dir) if (model_dir / REPORT_FILE).is_file() else None)
 
     stage = _stage_of(recipe, model_dir.name)
-    steps = [a.stage for a in reversed(ancestors) if a.stage] + ([stage] if stage else [])
+    steps = in_recipe_order([a.stage for a in reversed(ancestors) if a.stage], recipe) + ([stage] if stage else [])
     distill = next((s for s in reversed(steps) if s.get("stage") == "distill"), None)
     teacher = ancestors[0].ref if ancestors and (cfg.teacher or (stage or {}).get("stage") == "distill") else None
     if distill and not teacher:
