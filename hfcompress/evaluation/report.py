@@ -136,10 +136,14 @@ def _plot(report: dict, path: Path) -> bool:
         if not points:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
     handles = {h.get_label(): h for ax in axes for h in ax.collections}
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
+    # long variant names get fewer legend columns, so that no name runs off the figure
+    ncol = max(1, min(len(handles), 4, 110 // max((len(name) for name in handles), default=1)))
+    legend_rows = -(-len(handles) // ncol) if handles else 0
+    fig.set_size_inches(11, 4.8 + 0.22 * legend_rows)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     hardware = report["hardware"]
     fig.suptitle(report["title"] + (f"\n{_hardware_line(hardware[0])}" if len(hardware) == 1 else ""), fontsize=10)
-    fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(handles) - 1) // 4), 1, 1))
+    fig.tight_layout(rect=(0, (0.22 * legend_rows + 0.2) / (4.8 + 0.22 * legend_rows), 1, 1))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
