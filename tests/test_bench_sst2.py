@@ -36,7 +36,7 @@ def test_headline_benchmark_smoke(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
     bench.main(args)
     report = json.loads(out.with_suffix(".json").read_text())
     rows = {r["ref"]: r for r in report["rows"]}
-    assert list(rows)[:5] == ["teacher", "optimum_onnx", "optimum_int8", "student", "slim_int8"] and len(rows) == 10
+    assert list(rows)[:5] == ["teacher", "optimum_onnx", "optimum_int8", "student", "slim_more_int8"] and len(rows) == 10
     for row in rows.values():
         for key in ("name", "accuracy", "size_mb", "latency_ms_p50_b1", "throughput_b32"):
             assert row[key] is not None, (row["ref"], key)
@@ -44,13 +44,13 @@ def test_headline_benchmark_smoke(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
     assert rows["teacher"]["latency_backend"] == "pytorch" and rows["optimum_int8"]["latency_backend"] == "onnx"
     assert rows["slim"]["num_parameters"] < rows["student"]["num_parameters"] < rows["teacher"]["num_parameters"]  # slimming removed weights
     assert rows["slim_onnx"]["num_parameters"] == pytest.approx(rows["slim"]["num_parameters"], rel=0.01)
-    assert rows["slim_int8"]["size_mb"] < rows["optimum_int8"]["size_mb"] < rows["teacher"]["size_mb"]
-    assert report["goals"]["variant"] == "slim_int8" and len(report["goals"]["goals"]) == 6
-    assert report["goals"]["goals"]["smaller_than_teacher"]["value"] == pytest.approx(rows["teacher"]["size_mb"] / rows["slim_int8"]["size_mb"], rel=1e-3)
+    assert rows["slim_more_int8"]["size_mb"] < rows["optimum_int8"]["size_mb"] < rows["teacher"]["size_mb"]
+    assert report["goals"]["variant"] == "slim_more_int8" and len(report["goals"]["goals"]) == 6
+    assert report["goals"]["goals"]["smaller_than_teacher"]["value"] == pytest.approx(rows["teacher"]["size_mb"] / rows["slim_more_int8"]["size_mb"], rel=1e-3)
     assert [c["name"] for c in report["training_cost"]][2] == "distillation, cached teacher logits"
     assert report["training_cost"][2]["teacher_forward_passes"] == 0 < report["training_cost"][1]["teacher_forward_passes"]
     markdown = out.with_suffix(".md").read_text()
-    assert "Goals of `slim_int8`" in markdown and "What the framework costs" in markdown and "Reproduce" in markdown
+    assert "Goals of `slim_more_int8`" in markdown and "What the framework costs" in markdown and "Reproduce" in markdown
     assert out.with_suffix(".png").stat().st_size > 0
     # a second run resumes the recipe (nothing retrains) and measures again
     bench.main(args + ["--no-cost", "--rounds", "1"])
