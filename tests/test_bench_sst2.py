@@ -62,3 +62,10 @@ def test_bad_variant_and_headline_fail_before_work(tmp_path):
     with pytest.raises(SystemExit, match="REF=LABEL"):
         bench.parse_variants(["slim_int8"])
     assert bench.check_goals([{"role": "teacher"}], "x") == {}
+    from hfcompress.recipes import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "sst2_minilm.yaml")
+    assert bench.distilled_student_layers(recipe) == [0, 2, 4]
+    recipe.stages[:] = [(kind, stage) for kind, stage in recipe.stages if kind != "distill"]
+    with pytest.raises(SystemExit, match="no distill stage"):
+        bench.distilled_student_layers(recipe)
