@@ -88,11 +88,10 @@ def _dev_logits(model, tokenizer, data):
 def _check_qat_int8(checkpoint, tokenizer, data, out) -> None:
     """The static int8 QDQ model built with the QAT ranges runs in ONNX Runtime and predicts as the fake-quant model does.
 
-    The exact check is that every Linear input of the graph takes its QAT range. Predictions are compared
-    by argmax only, a weak check with this untrained head (most sentences land in one class): the QDQ graph
-    also quantizes what QAT leaves in float (the residual connections read the dequantized Linear inputs,
-    and every MatMul/Gemm output, the logits included, is requantized with calibrated ranges), so its
-    logits are not those of the simulation.
+    Every Linear input of the graph takes its QAT range, and the graph quantizes only what QAT simulates
+    (Linear inputs and weights), so the int8 logits are those of the simulation up to quanta flipped by float
+    rounding: ten times closer to them than the fp32 model is (measured: 1.7e-4 against 1.7e-3 mean absolute
+    difference; ONNX Runtime's untrimmed QDQ graph was 2.9e-3 away).
     """
     from hfcompress.evaluation import load_ort_model
     from hfcompress.modeling import load_model
@@ -106,7 +105,11 @@ def _check_qat_int8(checkpoint, tokenizer, data, out) -> None:
     used = json.loads((out / QUANTIZATION_FILE).read_text())["calibration"]["qat_ranges_used"]
     assert used == len(names) - 2 * fake_quant.config.num_hidden_layers  # q, k and v read one tensor
     int8_logits = _dev_logits(load_ort_model(out, onnx_file=int8.name), tokenizer, data)
-    assert (int8_logits.argmax(-1) == _dev_logits(fake_quant, tokenizer, data).argmax(-1)).float().mean() >= 0.9
+    fake_logits = _dev_logits(fake_quant, tokenizer, data)
+    fp32_logits = _dev_logits(load_model(str(checkpoint), "text-classification").eval(), tokenizer, data)
+    # what is left are single quanta flipped where float rounding differs; fp32 is the scale of the simulated noise
+    assert (int8_logits - fake_logits).abs().mean() < 0.2 * (fp32_logits - fake_logits).abs().mean()
+    assert (int8_logits.argmax(-1) == fake_logits.argmax(-1)).float().mean() >= 0.98
 
 
 @pytest.mark.parametrize("stage", ["teacher", "distilled", "pruned", "heads_pruned", "slimmed", "qat", "lowrank", "trimmed_vocab"])

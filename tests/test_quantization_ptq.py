@@ -112,6 +112,36 @@ def test_static_int8_calibrates_on_a_split(tiny_teacher_dir, tiny_data, tmp_path
     assert info["calibration"]["method"] == method and info["calibration"]["samples"] == 16 and info["calibration"]["split"] == "train"
 
 
+def test_static_qdq_is_only_where_linear_layers_read(tiny_teacher_dir, tiny_data, tmp_path):
+    """By default every activation Q/DQ feeds a MatMul/Gemm: residual additions and Linear outputs (the logits too)
+    stay float, as QAT simulates, and ONNX Runtime runs each Linear as an integer MatMul with a float output.
+    linear_inputs_only=False keeps ONNX Runtime's graph, which requantizes every output."""
+    import onnxruntime as ort
+
+    def graph_facts(path):
+        graph = onnx.load(str(path)).graph
+        producer = {out: node.op_type for node in graph.node for out in node.output}
+        dq_consumers = {node.op_type for node in graph.node for i in node.input if producer.get(i) == "DequantizeLinear"}
+        requantized = [n.name for n in graph.node if n.op_type == "QuantizeLinear" and producer.get(n.input[0]) in ("MatMul", "Gemm")]
+        return dq_consumers, requantized, producer["logits"]
+
+    trimmed = quantize_onnx(tiny_teacher_dir, tmp_path / "trimmed", PTQConfig(mode="static", calibration_samples=8), tiny_data)
+    dq_consumers, requantized, logits_from = graph_facts(trimmed)
+    assert dq_consumers == {"MatMul", "Gemm"} and not requantized and logits_from == "Gemm"
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(trimmed), options, providers=["CPUExecutionProvider"])
+    optimized = _ops(tmp_path / "optimized.onnx")
+    assert optimized.count("MatMulIntegerToFloat") == 4 * 6 and "QLinearMatMul" not in optimized
+    assert json.loads((tmp_path / "trimmed" / QUANTIZATION_FILE).read_text())["qdq"] == "linear inputs only"
+
+    config = PTQConfig(mode="static", calibration_samples=8, linear_inputs_only=False)
+    full = quantize_onnx(tiny_teacher_dir, tmp_path / "full", config, tiny_data)
+    dq_consumers, requantized, logits_from = graph_facts(full)
+    assert {"Add", "LayerNormalization"} & dq_consumers and len(requantized) >= 4 * 6 + 2 and logits_from == "DequantizeLinear"
+    assert json.loads((tmp_path / "full" / QUANTIZATION_FILE).read_text())["qdq"] == "onnxruntime"
+
+
 def _qat_checkpoint(tiny_teacher_dir, model_dir):
     """A copy of the tiny teacher with the files QAT (avx2, static) saves beside it, every Linear input range [-8, 4]."""
     from transformers import AutoModelForSequenceClassification
@@ -292,10 +322,15 @@ def test_bench_quantization_smoke(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
         "--student", str(tiny_teacher_dir), "--teacher", str(tiny_teacher_dir), "--data", str(tiny_sst2_dir), "--max-length", "32",
         "--qat-train-samples", "32", "--qat-max-steps", "2", "--calibration-samples", "8", "--calibration-methods", "minmax",
         "--latency-sentences", "4", "--repeats", "1", "--teacher-cache-dir", str(tmp_path / "cache"),
-        "--work-dir", str(tmp_path / "work"), "--output", str(out),
+        "--work-dir", str(tmp_path / "work"), "--output", str(out), "--qat-seeds", "1", "2",
     ])
     result = json.loads(out.with_suffix(".json").read_text())
     names = [r["name"] for r in result["variants"]]
-    assert "fp32 ONNX Runtime" in names and "QAT -> dynamic int8 (avx2)" in names and "bnb 8-bit" in names
+    assert "fp32 ONNX Runtime" in names and "QAT static (seed 1) -> static int8" in names and "bnb 8-bit" in names
+    assert not any("seed 2" in name for name in names)  # later seeds give accuracies only
+    runs, summary = result["qat"]["runs"], result["qat"]["summary"]
+    assert [r["seed"] for r in runs] == [1, 2] and summary["static"]["student_ptq_int8"] == result["student_ptq"]["static"]
+    assert summary["dynamic"]["qat_int8"] == pytest.approx((runs[0]["qat_dynamic dynamic int8"] + runs[1]["qat_dynamic dynamic int8"]) / 2)
+    assert "QAT against PTQ, 2 training seed(s)" in out.with_suffix(".md").read_text()
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["size_mb"] > 0 for r in result["variants"])
     assert out.with_suffix(".md").read_text().count("|") > 20 and out.with_suffix(".png").stat().st_size > 0

@@ -142,6 +142,10 @@ class PTQConfig(_TargetsOrtScheme):
         default=False,
         metadata={"help": "Also quantize the activation-by-activation MatMuls of attention (Q·Kᵀ, softmax·V); off by default: they cost accuracy, save little time, and QAT does not simulate them."},
     )
+    linear_inputs_only: bool = field(
+        default=True,
+        metadata={"help": "Static, CPU presets: keep Q/DQ only where the Linear layers read (inputs and weights), as QAT simulates; ONNX Runtime's own QDQ graph also requantizes every MatMul/Gemm output (the logits too) and feeds residual additions the quantized copy of their input. False keeps that graph. TensorRT graphs are left as written."},
+    )
     qat_ranges: bool = field(default=True, metadata={"help": "Static only: when the model has qat_ranges.safetensors (from QATCallback), use its activation ranges for the Linear inputs instead of calibrated ones."})
 
     def __post_init__(self):

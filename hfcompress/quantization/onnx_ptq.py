@@ -2,7 +2,8 @@
 
 Dynamic mode quantizes weights ahead of time and activations per batch at run time (MatMulInteger).
 Static mode calibrates activation ranges on examples drawn from a dataset split (MinMax, Percentile
-or Entropy) and writes a QDQ graph; ranges learned by QAT (``qat_ranges.safetensors`` beside the
+or Entropy) and writes a QDQ graph, by default trimmed to the Linear layers' inputs and weights (what
+QAT simulates; :func:`keep_linear_input_qdq`); ranges learned by QAT (``qat_ranges.safetensors`` beside the
 model) replace the calibrated ranges of the Linear layers' inputs, so the shipped model uses the
 ranges it was trained with.
 """
@@ -120,6 +121,59 @@ def apply_qat_ranges(ranges, qat: dict[str, tuple[float, float]], tensor_of_modu
     return len(per_tensor)
 
 
+def keep_linear_input_qdq(onnx_path: Path) -> int:
+    """Rewrite a static QDQ graph, in place, to compute what QAT simulates: quantized Linear inputs and weights, float elsewhere.
+
+    ONNX Runtime's QDQ quantizer also requantizes every MatMul/Gemm output (the logits included) and hands
+    the dequantized copy of a Linear input to all of that tensor's consumers, residual additions included.
+    Here every consumer of an activation's DequantizeLinear other than a MatMul/Gemm reads the float tensor
+    again, and the Q/DQ pairs left without a consumer are removed (ONNX Runtime then runs the Linear layers
+    as integer MatMuls with a float output). Quantized embedding lookups (DQ -> Gather) are left as they are.
+    Returns the number of node inputs moved back to float.
+    """
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    graph_outputs = {o.name for o in graph.output}
+    rewired = 0
+    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in initializers:
+            continue  # a weight: stored quantized, dequantized directly
+        float_name = q.input[0]
+        if dq.output[0] in graph_outputs:  # e.g. requantized logits: the float producer takes over the output's name
+            graph.node.remove(dq)
+            source = producer[float_name]
+            source.output[list(source.output).index(float_name)] = dq.output[0]
+            for node in graph.node:
+                for i, name in enumerate(node.input):
+                    if name == float_name:
+                        node.input[i] = dq.output[0]
+            rewired += 1
+            continue  # the Q now has no consumer and is removed below
+        for node in graph.node:
+            if node.op_type in ("MatMul", "Gemm"):
+                continue
+            for i, name in enumerate(node.input):
+                if name == dq.output[0]:
+                    node.input[i] = float_name
+                    rewired += 1
+    # drop Q/DQ nodes (and their scales) that nothing reads any more; DQ first, then the Q that fed it
+    for op_type in ("DequantizeLinear", "QuantizeLinear"):
+        used = {name for node in graph.node for name in node.input} | graph_outputs
+        for node in [n for n in graph.node if n.op_type == op_type and not any(o in used for o in n.output)]:
+            graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(onnx_path))
+    return rewired
+
+
 def quantize_embeddings_4bit(onnx_path: Path, block_size: int) -> int:
     """Rewrite every Gather of a constant table (the embeddings) as blockwise symmetric int4 GatherBlockQuantized, in place.
 
@@ -197,6 +251,9 @@ def quantize_onnx(
         quantized = staging / f"{onnx_file.stem}_quantized.onnx"
         if not quantized.is_file():
             raise ModelError(f"ONNX Runtime wrote no quantized model for {onnx_file}: check the export")
+        linear_inputs_only = config.mode == "static" and config.preset != "tensorrt" and config.linear_inputs_only
+        if linear_inputs_only:
+            keep_linear_input_qdq(quantized)
         if config.quantize_embeddings and config.embedding_bits == 4:
             quantize_embeddings_4bit(quantized, config.embedding_block_size)
         tensorrt = None
@@ -220,6 +277,7 @@ def quantize_onnx(
                 "embeddings_quantized": config.quantize_embeddings,
                 **({"embedding_bits": config.embedding_bits, "embedding_block_size": config.embedding_block_size} if config.quantize_embeddings else {}),
                 "attention_matmuls_quantized": config.quantize_attention_matmuls,
+                **({"qdq": "linear inputs only" if linear_inputs_only else "onnxruntime"} if config.mode == "static" else {}),
                 "onnx_file": quantized.name,
                 "source": str(source),
                 **({"tensorrt": tensorrt} if tensorrt else {}),
