@@ -25,7 +25,7 @@ from hfcompress.data import DataConfig, TaskData  # noqa: E402
 from hfcompress.evaluation.latency import cpu_info, set_threads  # noqa: E402
 from hfcompress.evaluation.training_cost import TrainingVariant, median_timings, time_training  # noqa: E402
 from hfcompress.modeling import load_model, load_tokenizer  # noqa: E402
-from hfcompress.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+from hfcompress.utils.io import write_results  # noqa: E402
 
 VARIANTS = [
     TrainingVariant("finetune (hard labels)", distill=False),
@@ -105,10 +105,7 @@ def main(argv=None) -> int:
         "variants": [median_timings(runs[v.name]) for v in VARIANTS],
         "command": "python scripts/bench_distill_cache.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    out = Path(a.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out.with_suffix(".json"), result)
-    atomic_write_text(out.with_suffix(".md"), markdown(result))
+    write_results(a.output, result, markdown(result))
     print(markdown(result))
     return 0
 

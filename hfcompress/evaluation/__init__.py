@@ -1,19 +1,23 @@
 from .footprint import linear_weight_sparsity, onnx_footprint, pytorch_footprint
 from .harness import evaluate_model, evaluate_pytorch, evaluation_texts
 from .latency import cpu_info, measure_latency
+from .paired import classification_predictions, mcnemar_exact, paired_comparison
 from .report import compression_row, write_compression_report
 from .runtime import load_ort_model
 
 __all__ = [
     "compression_row",
+    "classification_predictions",
     "cpu_info",
     "evaluate_model",
     "evaluate_pytorch",
     "evaluation_texts",
     "linear_weight_sparsity",
     "load_ort_model",
+    "mcnemar_exact",
     "measure_latency",
     "onnx_footprint",
+    "paired_comparison",
     "pytorch_footprint",
     "write_compression_report",
 ]

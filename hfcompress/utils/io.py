@@ -89,6 +89,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def write_results(output: str | os.PathLike, result: dict, markdown: str) -> None:
+    """Write a benchmark's ``<output>.json`` and ``<output>.md`` (``output`` has no extension), each atomically."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(output.with_suffix(".json"), result)
+    atomic_write_text(output.with_suffix(".md"), markdown)
+
+
 def dir_size_bytes(path: str | os.PathLike) -> int:
     path = Path(path)
     if path.is_file():
