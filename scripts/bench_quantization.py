@@ -4,9 +4,10 @@
 Variants, all measured in one run on the same dev sentences and batches at a fixed thread count:
 fp32 (PyTorch and ONNX Runtime); ONNX Runtime dynamic int8 (embeddings fp32 or int8); static int8
 (QDQ, MinMax / Percentile / Entropy calibration on a seeded train subset); the TensorRT QDQ graph run
-on ONNX Runtime's CPU provider; bitsandbytes 8-bit and 4-bit NF4; and a short QAT distillation from the
-teacher against a plain continued distillation with the same seed, data subset and budget, each then
-quantized to dynamic int8.
+on ONNX Runtime's CPU provider; bitsandbytes 8-bit and 4-bit NF4. Then QAT against PTQ over several
+training seeds: a short distillation from the teacher with QAT (simulating dynamic, and static int8)
+against the same continued distillation without QAT, each quantized the way it was trained for; the
+first seed's models also get table rows with latency.
 
     flock /tmp/hfc-cpu.lock python scripts/bench_quantization.py \\
         --student outputs/sst2-minilm-full/student --teacher outputs/sst2-minilm-full/teacher \\
@@ -49,6 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--qat-epochs", type=float, default=1.0)
     p.add_argument("--qat-learning-rate", type=float, default=2e-5)
     p.add_argument("--qat-max-steps", type=int, default=-1, help="Cap the QAT/baseline steps (smoke tests).")
+    p.add_argument("--qat-seeds", type=int, nargs="+", default=[42, 43, 44], help="Training seeds of the QAT and continued-distillation runs.")
     p.add_argument("--preset", default="avx2", help="ONNX Runtime preset for the int8 variants and the QAT simulation.")
     p.add_argument("--calibration-samples", type=int, default=256)
     p.add_argument("--calibration-methods", nargs="+", default=["minmax", "percentile", "entropy"])
@@ -81,17 +83,17 @@ def weights_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).iterdir() if p.suffix in (".safetensors", ".bin"))
 
 
-def continue_distillation(student_dir, teacher_dir, data: TaskData, out_dir: Path, args, qat: bool) -> tuple[Path, dict]:
-    """Distil the student further from the teacher on the seeded subset, with or without QAT; same seed and budget either way."""
+def continue_distillation(student_dir, teacher_dir, data: TaskData, out_dir: Path, args, seed: int, qat_mode=None) -> tuple[Path, dict]:
+    """Distil the student further from the teacher on the seeded subset, with QAT for ``qat_mode`` or without; same seed and budget either way."""
     from hfcompress.quantization.qat import QUANTIZATION_FILE
 
     tokenizer = load_tokenizer(str(student_dir))
     student = load_model(str(student_dir), "text-classification")
     teacher = load_model(str(teacher_dir), "text-classification")
-    callbacks = [QATCallback(QATConfig(preset=args.preset, mode="dynamic"))] if qat else []
+    callbacks = [QATCallback(QATConfig(preset=args.preset, mode=qat_mode))] if qat_mode else []
     training = DistillationTrainingArguments(
         output_dir=str(out_dir / "checkpoints"), num_train_epochs=args.qat_epochs, max_steps=args.qat_max_steps,
-        per_device_train_batch_size=32, learning_rate=args.qat_learning_rate, warmup_ratio=0.06, seed=args.seed,
+        per_device_train_batch_size=32, learning_rate=args.qat_learning_rate, warmup_ratio=0.06, seed=seed,
         alpha=0.5, temperature=2.0, teacher_cache_dir=args.teacher_cache_dir, save_strategy="no", report_to="none",
         logging_steps=50, group_by_length=True, disable_tqdm=False, use_cpu=True,
     )
@@ -105,8 +107,55 @@ def continue_distillation(student_dir, teacher_dir, data: TaskData, out_dir: Pat
     trainer.save_model(str(out_dir / "model"))
     for cb in callbacks:
         cb.write_artifacts(out_dir / "model")
-    assert not qat or (out_dir / "model" / QUANTIZATION_FILE).exists()
+    assert not qat_mode or (out_dir / "model" / QUANTIZATION_FILE).exists()
     return out_dir / "model", {"train_seconds": round(seconds, 1), "steps": trainer.state.global_step}
+
+
+QAT_RUNS = (("continued distillation", None), ("QAT dynamic", "dynamic"), ("QAT static", "static"))
+
+
+def qat_vs_ptq_run(seed: int, with_rows: bool, args, data, tokenizer, work: Path, ptq, onnx_row) -> dict:
+    """One training seed: continued distillation (then dynamic and static PTQ) against QAT for each mode (then that mode's int8).
+
+    Accuracies land in the returned dict; ``with_rows`` also adds table rows with latency.
+    """
+    schemes = {
+        "dynamic": PTQConfig(preset=args.preset),
+        "static": PTQConfig(mode="static", preset=args.preset, calibration_samples=args.calibration_samples),
+    }
+    run = {"seed": seed}
+    for label, qat_mode in QAT_RUNS:
+        key = label.lower().replace(" ", "_")
+        model_dir, info = continue_distillation(args.student, args.teacher, data, work / f"seed{seed}-{key}", args, seed, qat_mode)
+        run[f"{key}_train_seconds"], run["steps"] = info["train_seconds"], info["steps"]
+        onnx_file = export_onnx(model_dir, work / f"seed{seed}-{key}-onnx", overwrite=True)
+        variants = {"fp32": onnx_file}
+        for mode in [qat_mode] if qat_mode else list(schemes):
+            variants[f"{mode} int8"] = ptq(onnx_file.parent, f"seed{seed}-{key}-{mode}", schemes[mode])
+        for variant, path in variants.items():
+            if with_rows:
+                accuracy = onnx_row(f"{label} (seed {seed}) -> {variant}", path)["accuracy"]
+            else:
+                accuracy = evaluate_model(path.parent, data, batch_size=64, onnx_file=path.name, tokenizer=tokenizer)["accuracy"]
+            run[f"{key} {variant}"] = accuracy
+    return run
+
+
+def add_summary(result: dict) -> None:
+    """Mean accuracy over seeds of QAT -> int8 and continued distillation -> PTQ int8, per mode, and the PTQ of the student itself."""
+    runs = result["qat"]["runs"]
+    mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
+    student_ptq = result.get("student_ptq", {})
+    result["qat"]["summary"] = {
+        mode: {
+            "qat_int8": mean(f"qat_{mode} {mode} int8"),
+            "continued_ptq_int8": mean(f"continued_distillation {mode} int8"),
+            "continued_fp32": mean("continued_distillation fp32"),
+            "qat_fp32": mean(f"qat_{mode} fp32"),
+            "student_ptq_int8": student_ptq.get(mode),
+        }
+        for mode in ("dynamic", "static")
+    }
 
 
 def markdown(result: dict, command: str) -> str:
@@ -129,15 +178,33 @@ def markdown(result: dict, command: str) -> str:
             f"| {r['name']} | {r['accuracy']:.4f} | {100 * (r['accuracy'] - base['accuracy']):+.2f} pt | {r['size_mb']} | "
             f"{r['latency_ms_p50_b1']} | {r['latency_ms_p95_b1']} | {r['throughput_b32']} | {speed:.2f}x |"
         )
-    if "qat" in result:
-        q = result["qat"]
+    if result.get("qat", {}).get("summary"):
+        runs, summary = result["qat"]["runs"], result["qat"]["summary"]
         lines += [
             "",
-            f"QAT vs plain continued distillation: both start from the student and distil from the teacher on the same seeded "
-            f"{s['qat_train_samples']}-sentence training subset (seed {s['seed']}, {s['qat_epochs']} epoch(s), lr {s['qat_learning_rate']}, "
-            f"batch 32, alpha 0.5, T 2); QAT simulates ONNX Runtime `{s['preset']}` dynamic int8 on every Linear layer. "
-            f"Training time: QAT {q['qat']['train_seconds']} s, baseline {q['baseline']['train_seconds']} s ({q['qat']['steps']} steps each).",
+            f"## QAT against PTQ, {len(runs)} training seed(s)\n",
+            f"Each seed starts from the student and distils it further from the teacher for {runs[0]['steps']} steps on the same seeded "
+            f"{s['qat_train_samples']}-sentence training subset ({s['qat_epochs']} epoch(s), lr {s['qat_learning_rate']}, batch 32, alpha 0.5, T 2): "
+            f"without QAT (then PTQ, dynamic and static), and with QAT simulating ONNX Runtime `{s['preset']}` int8 on every Linear layer "
+            "in dynamic mode (ranges per batch) or static mode (moving-average ranges, which the static int8 model then uses). "
+            "Static int8 graphs quantize only the Linear layers' inputs and weights (`PTQConfig.linear_inputs_only`, the default).\n",
+            "| seed | continued, fp32 | continued -> dynamic int8 | QAT dynamic -> dynamic int8 | continued -> static int8 | QAT static -> static int8 |",
+            "|---|---|---|---|---|---|",
         ]
+        cells = ("continued_distillation fp32", "continued_distillation dynamic int8", "qat_dynamic dynamic int8",
+                 "continued_distillation static int8", "qat_static static int8")
+        for r in runs:
+            lines.append(f"| {r['seed']} | " + " | ".join(f"{r[c]:.4f}" for c in cells) + " |")
+        lines.append("| **mean** | " + " | ".join(f"{sum(r[c] for r in runs) / len(runs):.4f}" for c in cells) + " |")
+        lines.append("")
+        for mode, m in summary.items():
+            verdict = "at least as accurate" if m["qat_int8"] >= m["continued_ptq_int8"] else "less accurate"
+            student = f"; PTQ of the student itself: {m['student_ptq_int8']:.4f}" if m["student_ptq_int8"] is not None else ""
+            lines.append(f"- {mode}: QAT -> int8 {m['qat_int8']:.4f} against continued distillation -> PTQ int8 "
+                         f"{m['continued_ptq_int8']:.4f} (mean over seeds): QAT is **{verdict}** "
+                         f"({100 * (m['qat_int8'] - m['continued_ptq_int8']):+.2f} points){student}.")
+        seconds = {label: sum(r[f"{label.lower().replace(' ', '_')}_train_seconds"] for r in runs) / len(runs) for label, _ in QAT_RUNS}
+        lines.append("- Mean training time per run: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ".")
     if result.get("bnb_memory"):
         lines += ["", "bitsandbytes memory footprint (`get_memory_footprint`, parameters and buffers): "
                   + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in result["bnb_memory"].items())
@@ -191,39 +258,32 @@ def main(argv=None) -> int:
     result["command"] = command
     out = Path(args.output)
 
-    def add(row: dict) -> None:
-        """Keep the row and rewrite the results, so an interrupted run still leaves every finished variant."""
-        rows.append(row)
-        result["variants"] = rows
+    def save() -> None:
         atomic_write_json(out.with_suffix(".json"), result)
         atomic_write_text(out.with_suffix(".md"), markdown(result, command))
         chart(rows, out.with_suffix(".png"))
 
-    def onnx_row(name: str, onnx_file: Path, **extra):
-        add(measure(name, onnx_file.parent, data, tokenizer, texts, args, onnx_file=onnx_file.name, **extra))
+    def add(row: dict) -> dict:
+        """Keep the row and rewrite the results, so an interrupted run still leaves every finished variant."""
+        rows.append(row)
+        result["variants"] = rows
+        save()
+        return row
+
+    def onnx_row(name: str, onnx_file: Path, **extra) -> dict:
+        return add(measure(name, onnx_file.parent, data, tokenizer, texts, args, onnx_file=onnx_file.name, **extra))
 
     def ptq(source: Path, out: str, config: PTQConfig) -> Path:
         return quantize_onnx(source, work / out, config, data, seed=args.seed, overwrite=True)
 
     print("fp32", flush=True)
     add(measure("fp32 PyTorch", args.student, data, tokenizer, texts, args))
-    fp32_onnx = export_onnx(args.student, work / "fp32-onnx")
+    fp32_onnx = export_onnx(args.student, work / "fp32-onnx", overwrite=True)
     onnx_row("fp32 ONNX Runtime", fp32_onnx)
 
     print("post-training int8", flush=True)
     onnx_row(f"dynamic int8 ({args.preset})", ptq(fp32_onnx.parent, "dynamic", PTQConfig(preset=args.preset)))
-    if not args.skip_qat:
-        print("QAT vs continued distillation", flush=True)
-        trained = {}
-        for label, qat in (("baseline", False), ("qat", True)):
-            model_dir, info = continue_distillation(args.student, args.teacher, data, work / f"distill-{label}", args, qat)
-            trained[label] = info
-            name = "QAT" if qat else "continued distillation"
-            onnx_file = export_onnx(model_dir, work / f"distill-{label}-onnx")
-            onnx_row(f"{name}, fp32 ONNX Runtime", onnx_file)
-            onnx_row(f"{name} -> dynamic int8 ({args.preset})", ptq(onnx_file.parent, f"distill-{label}-int8", PTQConfig(preset=args.preset)))
-        result["qat"] = trained
-
+    result["student_ptq"] = {"dynamic": rows[-1]["accuracy"]}  # the PTQ the QAT runs are compared with (static: minmax, below)
     onnx_row(f"dynamic int8 ({args.preset}) + int8 embeddings",
              ptq(fp32_onnx.parent, "dynamic-emb", PTQConfig(preset=args.preset, quantize_embeddings=True)))
     onnx_row(f"dynamic int8 ({args.preset}) + int8 attention matmuls",
@@ -231,8 +291,20 @@ def main(argv=None) -> int:
     for method in args.calibration_methods:
         config = PTQConfig(mode="static", preset=args.preset, calibration_method=method, calibration_samples=args.calibration_samples)
         onnx_row(f"static int8 ({args.preset}, {method})", ptq(fp32_onnx.parent, f"static-{method}", config))
+        if method == "minmax":
+            result["student_ptq"]["static"] = rows[-1]["accuracy"]
+            config = PTQConfig(mode="static", preset=args.preset, calibration_samples=args.calibration_samples, linear_inputs_only=False)
+            onnx_row(f"static int8 ({args.preset}, minmax), ONNX Runtime's untrimmed QDQ graph", ptq(fp32_onnx.parent, "static-untrimmed", config))
     trt = PTQConfig(mode="static", preset="tensorrt", calibration_method="minmax", calibration_samples=args.calibration_samples)
     onnx_row("TensorRT QDQ int8 (run on ORT CPU)", ptq(fp32_onnx.parent, "tensorrt", trt))
+
+    if not args.skip_qat:
+        print("QAT vs PTQ over seeds", flush=True)
+        result["qat"] = {"runs": []}
+        for seed in args.qat_seeds:
+            result["qat"]["runs"].append(qat_vs_ptq_run(seed, seed == args.qat_seeds[0], args, data, tokenizer, work, ptq, onnx_row))
+            add_summary(result)
+            save()
 
     if not args.skip_bnb:
         print("bitsandbytes", flush=True)
@@ -246,9 +318,7 @@ def main(argv=None) -> int:
             del model
 
     result["complete"] = True
-    atomic_write_json(out.with_suffix(".json"), result)
-    atomic_write_text(out.with_suffix(".md"), markdown(result, command))
-    chart(rows, out.with_suffix(".png"))
+    save()
     print(markdown(result, command))
     return 0
 
