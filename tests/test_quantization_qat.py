@@ -209,7 +209,9 @@ def test_resumed_qat_takes_observed_ranges_back_from_the_checkpoint(tmp_path, to
     resumed, callback = model(), QATCallback(QATConfig(start_step=1, mode="static"))
     callback.on_train_begin(args, SimpleNamespace(global_step=3), TrainerControl(), model=resumed)
     restored = {name: (float(m.input_min), float(m.input_max)) for name, m in fake_quant_modules(resumed).items()}
-    assert restored == pytest.approx(saved) and all(bool(m.observed) for m in fake_quant_modules(resumed).values())
+    # pytest.approx compares flat collections only (pytest 9.2 rejects nested ones): compare module by module
+    assert restored.keys() == saved.keys() and all(restored[name] == pytest.approx(saved[name]) for name in saved)
+    assert all(bool(m.observed) for m in fake_quant_modules(resumed).values())
 
 def test_qat_callback_not_started_leaves_no_ranges(tmp_path, tokenizer):
     from transformers import BertForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
