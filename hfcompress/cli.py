@@ -7,9 +7,10 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .errors import ConfigError, HFCompressError
+from .tasks import DEFAULT_TASK, task_names
 
 
 def _cmd_run(args) -> int:
@@ -31,7 +32,8 @@ def _cmd_evaluate(args) -> int:
     data = TaskData(
         DataConfig(
             path=args.data, name=args.data_config, task=args.task, eval_split=args.split, text_column=args.text_column,
-            label_column=args.label_column, max_length=args.max_length, max_eval_samples=args.max_samples,
+            text_pair_column=args.text_pair_column, label_column=args.label_column, max_length=args.max_length,
+            max_eval_samples=args.max_samples,
         ),
         splits=[args.split],
     )
@@ -68,6 +70,37 @@ def _cmd_export(args) -> int:
     for name, result in parity["files"].items():
         print(f"{path.parent / name}: parity max abs diff {result['max_abs_diff']:.3g} (atol {result['tolerance']:g}) over {len(result['checks'])} shapes")
     return 0
+
+
+class _LazySubParsers(argparse._SubParsersAction):
+    """Subcommands whose arguments are added only when the subcommand is used.
+
+    Some arguments take their help from config dataclasses in modules that import torch or
+    huggingface_hub; filling them in on use keeps ``hfcompress --help`` (and the other
+    subcommands) from importing those.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pending: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+    def add_lazy_parser(self, name: str, fill: Callable[[argparse.ArgumentParser], None], **kwargs) -> argparse.ArgumentParser:
+        """Add subcommand ``name`` now (it shows in ``--help``); ``fill(parser)`` adds its arguments when it is used."""
+        parser = self.add_parser(name, **kwargs)
+        self._pending[name] = fill
+        return parser
+
+    def fill(self, name: str) -> argparse.ArgumentParser:
+        """The parser of subcommand ``name``, with its arguments."""
+        fill = self._pending.pop(name, None)
+        if fill is not None:
+            fill(self._name_parser_map[name])
+        return self._name_parser_map[name]
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values and values[0] in self._name_parser_map:
+            self.fill(values[0])
+        super().__call__(parser, namespace, values, option_string)
 
 
 def _field_help(cls, name: str) -> str:
@@ -107,14 +140,20 @@ def _cmd_trim_vocab(args) -> int:
     return 0
 
 
-def _add_size_reduction_commands(sub) -> None:
-    from .lowrank.config import DEFAULT_EXCLUDE, LowRankConfig
-    from .vocab.config import VocabTrimConfig
-
-    fz = sub.add_parser(
-        "factorize", help="Low-rank factorisation of a model's Linear layers (truncated SVD).",
+def _add_size_reduction_commands(sub: _LazySubParsers) -> None:
+    sub.add_lazy_parser(
+        "factorize", _fill_factorize, help="Low-rank factorisation of a model's Linear layers (truncated SVD).",
         description="Factorise a checkpoint's Linear layers by truncated SVD and save it (reloads with the Auto classes after import hfcompress).",
     )
+    sub.add_lazy_parser(
+        "trim-vocab", _fill_trim_vocab, help="Keep only the vocabulary a dataset uses (embeddings and tokenizer rebuilt).",
+        description="Trim a checkpoint's vocabulary to the tokens of a dataset split, plus special and single-character tokens.",
+    )
+
+
+def _fill_factorize(fz: argparse.ArgumentParser) -> None:
+    from .lowrank.config import DEFAULT_EXCLUDE, LowRankConfig
+
     fz.add_argument("model", help="Model directory or Hub id.")
     fz.add_argument("--output", required=True, help="Directory for the factorised model.")
     rank = fz.add_mutually_exclusive_group(required=True)
@@ -124,20 +163,20 @@ def _add_size_reduction_commands(sub) -> None:
     fz.add_argument("--rank-multiple", type=int, default=8, help=_field_help(LowRankConfig, "rank_multiple"))
     fz.add_argument("--target-modules", nargs="+", default=None, help=_field_help(LowRankConfig, "target_modules"))
     fz.add_argument("--exclude-modules", nargs="*", default=list(DEFAULT_EXCLUDE), help=_field_help(LowRankConfig, "exclude_modules"))
-    fz.add_argument("--task", default=None, help="Task; default: inferred from the checkpoint's architecture.")
+    fz.add_argument("--task", default=None, choices=task_names(), help="The model's task; default: inferred from its architecture.")
     fz.add_argument("--overwrite", action="store_true", help="Replace an existing output directory.")
     fz.set_defaults(fn=_cmd_factorize)
 
-    tv = sub.add_parser(
-        "trim-vocab", help="Keep only the vocabulary a dataset uses (embeddings and tokenizer rebuilt).",
-        description="Trim a checkpoint's vocabulary to the tokens of a dataset split, plus special and single-character tokens.",
-    )
+
+def _fill_trim_vocab(tv: argparse.ArgumentParser) -> None:
+    from .vocab.config import VocabTrimConfig
+
     tv.add_argument("model", help="Model directory or Hub id (with a fast WordPiece or BPE tokenizer).")
     tv.add_argument("--output", required=True, help="Directory for the trimmed model and tokenizer.")
     tv.add_argument("--data", required=True, help="Dataset whose tokens are kept: Hub id or local directory/file.")
     tv.add_argument("--data-config", default=None, help="Hub dataset config name (e.g. sst2 for glue).")
     tv.add_argument("--split", default="train", help="Split whose tokens are kept.")
-    tv.add_argument("--task", default="text-classification", help="text-classification, token-classification or text-generation.")
+    tv.add_argument("--task", default=DEFAULT_TASK, choices=task_names(), help=f"The data's task (default {DEFAULT_TASK}).")
     tv.add_argument("--text-column", default="sentence")
     tv.add_argument("--text-pair-column", default=None)
     tv.add_argument("--label-column", default="label")
@@ -160,12 +199,15 @@ def _cmd_card(args) -> int:
     return 0
 
 
-def _add_card_parser(sub) -> None:
+def _add_card_parser(sub: _LazySubParsers) -> None:
+    sub.add_lazy_parser("card", _fill_card, help="Write the model card (README.md) of a compressed model.",
+                        description="Render a model card from what hfcompress saved next to a model, validate its metadata and write it.")
+
+
+def _fill_card(card: argparse.ArgumentParser) -> None:
     from .hub import CardConfig
 
     helps = {f.name: f.metadata["help"] for f in dataclasses.fields(CardConfig)}
-    card = sub.add_parser("card", help="Write the model card (README.md) of a compressed model.",
-                          description="Render a model card from what hfcompress saved next to a model, validate its metadata and write it.")
     card.add_argument("model_dir", help="Model directory (config.json + weights, or .onnx files).")
     card.add_argument("--output", default=None,
                       help="Default MODEL_DIR/README.md; a path ending in .md writes only the card; any other path becomes a "
@@ -195,13 +237,16 @@ def _cmd_push(args) -> int:
     return 0
 
 
-def _add_push_parser(sub) -> None:
+def _add_push_parser(sub: _LazySubParsers) -> None:
+    sub.add_lazy_parser("push", _fill_push, help="Upload a model folder (model, tokenizer, ONNX, report, card) to the Hub.",
+                        description="Create the Hub repo if needed and upload the folder in one commit. The token comes from "
+                                    "HF_TOKEN or the saved login and is never printed.")
+
+
+def _fill_push(push: argparse.ArgumentParser) -> None:
     from .hub.push import PushConfig
 
     helps = {f.name: f.metadata["help"] for f in dataclasses.fields(PushConfig)}
-    push = sub.add_parser("push", help="Upload a model folder (model, tokenizer, ONNX, report, card) to the Hub.",
-                          description="Create the Hub repo if needed and upload the folder in one commit. The token comes from "
-                                      "HF_TOKEN or the saved login and is never printed.")
     push.add_argument("dir", help="Folder to upload (a model directory, or a `hfcompress card --output` release folder).")
     push.add_argument("--repo-id", required=True, help=helps["repo_id"])
     push.add_argument("--private", action="store_true", help=helps["private"])
@@ -221,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     # also accepted after the command (hfcompress run recipe.yaml --debug); SUPPRESS keeps the top-level value
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="Show full tracebacks for errors in the input.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, action=_LazySubParsers)
 
     run = sub.add_parser("run", parents=[debug], help="Run a YAML recipe of stages.", description="Run a YAML recipe of stages.")
     run.add_argument("recipe", help="Path to the recipe YAML.")
@@ -240,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="Dataset: Hub id or local directory/file.")
     ev.add_argument("--data-config", default=None, help="Hub dataset config name (e.g. sst2 for glue).")
     ev.add_argument("--split", default="validation", help="Split to evaluate (SST-2 TSV: dev).")
-    ev.add_argument("--task", default="text-classification", help="text-classification, token-classification or text-generation.")
+    ev.add_argument("--task", default=DEFAULT_TASK, choices=task_names(), help=f"The data's task (default {DEFAULT_TASK}).")
     ev.add_argument("--text-column", default="sentence", help="Column with the text.")
+    ev.add_argument("--text-pair-column", default=None, help="Column with the second text of sentence-pair tasks (e.g. hypothesis for MNLI); default: none.")
     ev.add_argument("--label-column", default="label", help="Column with the labels.")
     ev.add_argument("--max-length", type=int, default=128, help="Truncate inputs to this many tokens.")
     ev.add_argument("--max-samples", type=int, default=None, help="Evaluate the first N examples only.")
@@ -264,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("model", help="Checkpoint directory or Hub id.")
     ex.add_argument("--output", required=True, help="Output directory (model.onnx, config, tokenizer, parity.json).")
-    ex.add_argument("--task", default=None, help="text-classification, token-classification or text-generation; inferred from the config.")
+    ex.add_argument("--task", default=None, choices=task_names(), help="The model's task; default: inferred from its architecture.")
     ex.add_argument("--backend", default="optimum", choices=["optimum", "dynamo"], help="Exporter: Optimum's main_export or torch.onnx.export(dynamo=True).")
     ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
     ex.add_argument("--optimize", default=None, choices=["O1", "O2", "O3", "O4"], help="Also write model_optimized.onnx with ORTOptimizer at this level (O4 needs a GPU).")

@@ -10,15 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import datasets
 from datasets import ClassLabel, DatasetDict, Sequence
 
-from .errors import DataError, closest
-
-Task = Literal["text-classification", "token-classification", "text-generation"]
-TASKS: tuple[str, ...] = ("text-classification", "token-classification", "text-generation")
+from .errors import ConfigError, DataError, closest
+from .tasks import DEFAULT_TASK, Task, get_task, task_names
 
 _BUILDERS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 
@@ -29,15 +27,21 @@ class DataConfig:
 
     path: str = field(metadata={"help": "Hub dataset id (e.g. 'glue') or a local directory/file."})
     name: Optional[str] = field(default=None, metadata={"help": "Hub config name, e.g. 'sst2' for 'glue'."})
-    task: Task = field(default="text-classification", metadata={"help": f"One of {TASKS}."})
+    task: str = field(default=DEFAULT_TASK, metadata={"help": f"One of {list(task_names())}."})
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
     eval_split: str = field(default="validation", metadata={"help": "Split used for evaluation (SST-2 TSV: 'dev')."})
     text_column: str = field(default="sentence", metadata={"help": "Column with the text (a list of words for token classification)."})
     text_pair_column: Optional[str] = field(default=None, metadata={"help": "Second text column for pair tasks (e.g. MNLI)."})
-    label_column: str = field(default="label", metadata={"help": "Column with the labels; unused for text-generation."})
+    label_column: str = field(default="label", metadata={"help": "Column with the labels; unused by tasks without labels (language modelling)."})
     max_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep a random subset of this size (seeded)."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Keep the first N evaluation examples."})
+
+    def __post_init__(self):
+        try:
+            get_task(self.task)  # a misspelt task fails when the recipe is read, with the closest name
+        except ConfigError as e:
+            raise ConfigError(f"data.{e}") from None
 
 
 def _split_files(directory: Path) -> dict[str, Path]:
@@ -114,8 +118,7 @@ class TaskData:
     """A task's raw splits, its label set and its tokenization."""
 
     def __init__(self, cfg: DataConfig, splits: Optional[list[str]] = None, seed: int = 42):
-        if cfg.task not in TASKS:
-            raise DataError(f"data.task '{cfg.task}' is not supported{closest(cfg.task, TASKS)}: use one of {TASKS}")
+        self.task: Task = get_task(cfg.task)
         self.cfg = cfg
         splits = splits or [cfg.train_split, cfg.eval_split]
         raw = load_raw_splits(cfg, list(dict.fromkeys(splits)))
@@ -126,7 +129,7 @@ class TaskData:
         if cfg.max_eval_samples and cfg.eval_split in raw and cfg.max_eval_samples < len(raw[cfg.eval_split]):
             raw[cfg.eval_split] = raw[cfg.eval_split].select(range(cfg.max_eval_samples))
         self.raw = raw
-        self.label_names = self._label_names() if cfg.task != "text-generation" else []
+        self.label_names = self._label_names() if self.task.has_labels else []
         self.label2id = {name: i for i, name in enumerate(self.label_names)}
 
     @property
@@ -138,12 +141,7 @@ class TaskData:
         return {i: str(n) for i, n in enumerate(self.label_names)}
 
     def _check_columns(self, split: str, ds: datasets.Dataset) -> None:
-        needed = [self.cfg.text_column]
-        if self.cfg.text_pair_column:
-            needed.append(self.cfg.text_pair_column)
-        if self.cfg.task != "text-generation":
-            needed.append(self.cfg.label_column)
-        for col in needed:
+        for col in self.task.required_columns(self.cfg):
             if col not in ds.column_names:
                 raise DataError(
                     f"split '{split}' has no column '{col}'{closest(col, ds.column_names)}: columns are {ds.column_names}; "
@@ -173,10 +171,7 @@ class TaskData:
         return names
 
     def _values(self, ds: datasets.Dataset) -> set:
-        column = ds[self.cfg.label_column]
-        if self.cfg.task == "token-classification":
-            return {v for row in column for v in row}
-        return set(column)
+        return self.task.label_values(ds[self.cfg.label_column])
 
     def label_display_names(self) -> dict[int, str]:
         names = getattr(self, "_class_label_names", None)
@@ -184,41 +179,17 @@ class TaskData:
 
     def tokenize(self, tokenizer, split: str) -> datasets.Dataset:
         """Tokenize one split; label values are mapped to ids 0..num_labels-1."""
-        cfg, ds = self.cfg, self.raw[split]
-        if cfg.task == "text-generation" and tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        label2id = self.label2id
+        ds = self.raw[split]
+        self.task.prepare_tokenizer(tokenizer)
 
         def encode(batch):
-            if cfg.task == "token-classification":
-                enc = tokenizer(batch[cfg.text_column], is_split_into_words=True, truncation=True, max_length=cfg.max_length)
-                enc["labels"] = [
-                    _align_word_labels(enc.word_ids(i), [label2id[t] for t in tags])
-                    for i, tags in enumerate(batch[cfg.label_column])
-                ]
-                return enc
-            pair = batch[cfg.text_pair_column] if cfg.text_pair_column else None
-            enc = tokenizer(batch[cfg.text_column], pair, truncation=True, max_length=cfg.max_length)
-            if cfg.task == "text-classification":
-                enc["labels"] = [label2id[v] for v in batch[cfg.label_column]]
-            return enc
+            return self.task.encode(batch, tokenizer, self.cfg, self.label2id)
 
         return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"Tokenizing {split}")
 
     def collator(self, tokenizer):
-        from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification, DataCollatorWithPadding
+        return self.task.collator(tokenizer)
 
-        if self.cfg.task == "token-classification":
-            return DataCollatorForTokenClassification(tokenizer)
-        if self.cfg.task == "text-generation":
-            return DataCollatorForLanguageModeling(tokenizer, mlm=False)
-        return DataCollatorWithPadding(tokenizer)
-
-
-def _align_word_labels(word_ids: list[Optional[int]], word_labels: list[int]) -> list[int]:
-    """Label the first sub-token of each word; special tokens and continuations get -100."""
-    labels, previous = [], None
-    for wid in word_ids:
-        labels.append(-100 if wid is None or wid == previous else word_labels[wid])
-        previous = wid
-    return labels
+    def inputs(self, split: Optional[str] = None, count: Optional[int] = None):
+        """The first ``count`` raw inputs of a split (default: evaluation), as a user sends them: texts or (text, pair)."""
+        return self.task.inputs(self.raw[split or self.cfg.eval_split], self.cfg, count)

@@ -6,37 +6,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
 from .errors import ModelError
-
-AUTO_CLASSES = {
-    "text-classification": AutoModelForSequenceClassification,
-    "token-classification": AutoModelForTokenClassification,
-    "text-generation": AutoModelForCausalLM,
-}
-
-
-def infer_task(model_or_config) -> str:
-    """The hfcompress task of a model or config, from its architecture name."""
-    if isinstance(model_or_config, PreTrainedModel):
-        arch = type(model_or_config).__name__
-    else:
-        arch = (getattr(model_or_config, "architectures", None) or [""])[0]
-    if arch.endswith("ForSequenceClassification"):
-        return "text-classification"
-    if arch.endswith("ForTokenClassification"):
-        return "token-classification"
-    if arch.endswith("LMHeadModel") or arch.endswith("ForCausalLM"):
-        return "text-generation"
-    raise ModelError(f"cannot infer the task of architecture '{arch or 'unknown'}': pass the task explicitly")
+from .tasks import DEFAULT_TASK, Task, get_task, task_of
 
 
 def _describe_load_error(name: str, error: Exception) -> ModelError:
@@ -86,40 +59,35 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 def load_model(
     name_or_path: str,
-    task: str = "text-classification",
+    task: str | Task = DEFAULT_TASK,
     num_labels: Optional[int] = None,
     id2label: Optional[dict[int, str]] = None,
     trust_remote_code: bool = False,
     **kwargs,
 ) -> PreTrainedModel:
-    """Load ``name_or_path`` (Hub id or directory) with the auto class for ``task``.
+    """Load ``name_or_path`` (Hub id or directory) with the auto class of ``task`` (a name or a :class:`Task`).
 
     For classification, ``num_labels``/``id2label`` set a new head's size; a checkpoint whose
     head already has another size is an error rather than a silent re-initialisation.
     """
-    if task not in AUTO_CLASSES:
-        raise ModelError(f"task '{task}' is not supported: use one of {sorted(AUTO_CLASSES)}")
+    task = get_task(task)
     config = load_config(name_or_path, trust_remote_code)
-    if task != "text-generation" and num_labels is not None:
+    if task.has_labels and num_labels is not None:
         check_head_fits_labels(config, num_labels, name_or_path)
         config.num_labels = num_labels
         if id2label:
             config.id2label = dict(id2label)
             config.label2id = {v: k for k, v in id2label.items()}
     try:
-        return AUTO_CLASSES[task].from_pretrained(
+        return task.auto_class().from_pretrained(
             name_or_path, config=config, trust_remote_code=trust_remote_code, **kwargs
         )
     except (OSError, ValueError) as e:
         raise _describe_load_error(name_or_path, e) from e
 
 
-def load_checkpoint(name_or_path: str, task: Optional[str] = None, trust_remote_code: bool = False):
+def load_checkpoint(name_or_path: str, task: Optional[str | Task] = None, trust_remote_code: bool = False):
     """``(model, tokenizer, task)`` of a checkpoint; the task is inferred from its config when not given."""
     tokenizer = load_tokenizer(name_or_path, trust_remote_code)
-    if task is None:
-        try:
-            task = infer_task(AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
-        except (OSError, ValueError) as e:
-            raise _describe_load_error(name_or_path, e) from e
+    task = get_task(task) if task is not None else task_of(load_config(name_or_path, trust_remote_code))
     return load_model(name_or_path, task, trust_remote_code=trust_remote_code), tokenizer, task

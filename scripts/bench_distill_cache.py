@@ -11,20 +11,18 @@ forward passes. Writes JSON and Markdown.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from hfcompress.data import DataConfig, TaskData  # noqa: E402
 from hfcompress.evaluation.latency import cpu_info, set_threads  # noqa: E402
 from hfcompress.evaluation.training_cost import TrainingVariant, median_timings, time_training  # noqa: E402
 from hfcompress.modeling import load_model, load_tokenizer  # noqa: E402
+from hfcompress.utils.bench import add_data_args, add_output_arg, add_threads_arg, bench_parser, command_line, repo_relative  # noqa: E402
 from hfcompress.utils.io import write_results  # noqa: E402
 
 VARIANTS = [
@@ -35,10 +33,9 @@ VARIANTS = [
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--teacher", required=True, help="Fine-tuned teacher: directory or Hub id.")
-    p.add_argument("--data", required=True, help="Dataset: local directory or Hub id.")
-    p.add_argument("--data-config", default=None, help="Hub dataset config (e.g. sst2 for glue).")
+    add_data_args(p, default=None)
     p.add_argument("--train-split", default="train")
     p.add_argument("--max-train-samples", type=int, default=4000)
     p.add_argument("--max-length", type=int, default=64)
@@ -46,9 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    add_threads_arg(p, help="Intra-op threads of PyTorch (training and teacher forward passes).")
     p.add_argument("--max-steps", type=int, default=-1, help="Cap steps per run (smoke tests).")
-    p.add_argument("--output", default="benchmarks/results/distill_cache_sst2", help="Output path without extension.")
+    add_output_arg(p, "benchmarks/results/distill_cache_sst2")
     return p.parse_args(argv)
 
 
@@ -99,11 +96,11 @@ def main(argv=None) -> int:
     result = {
         "hardware": cpu_info(a.threads),
         "settings": {
-            "teacher": a.teacher, "train_examples": len(train), "max_length": a.max_length, "batch_size": a.batch_size,
+            "teacher": repo_relative(a.teacher), "train_examples": len(train), "max_length": a.max_length, "batch_size": a.batch_size,
             "epochs": a.epochs, "repeats": a.repeats, "student_layers": a.student_layers,
         },
         "variants": [median_timings(runs[v.name]) for v in VARIANTS],
-        "command": "python scripts/bench_distill_cache.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line(__file__, argv),
     }
     write_results(a.output, result, markdown(result))
     print(markdown(result))

@@ -14,20 +14,16 @@ each model (``hfcompress_recipe.yaml``).
 
 from __future__ import annotations
 
-import argparse
-import json
-import shlex
 import sys
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from hfcompress.data import DataConfig, TaskData  # noqa: E402
-from hfcompress.errors import ConfigError  # noqa: E402
 from hfcompress.evaluation import classification_predictions, evaluate_model, paired_comparison  # noqa: E402
+from hfcompress.utils.bench import add_data_args, add_output_arg, bench_parser, command_line, repo_relative  # noqa: E402
 from hfcompress.utils.io import write_results  # noqa: E402
 
 SETTINGS = ("num_train_epochs", "max_steps", "learning_rate", "per_device_train_batch_size", "alpha", "temperature",
@@ -35,18 +31,17 @@ SETTINGS = ("num_train_epochs", "max_steps", "learning_rate", "per_device_train_
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--teacher", required=True, help="Teacher: directory or Hub id.")
     p.add_argument("--baseline", required=True, help="The same student trained on hard labels only: directory or Hub id.")
     p.add_argument("--student", nargs="+", required=True, metavar="LABEL=PATH", help="Distilled students, each LABEL=directory (or Hub id).")
-    p.add_argument("--data", default="../shared/assets/data/sst2", help="Dataset: local directory or Hub id.")
-    p.add_argument("--data-config", default=None, help="Hub dataset config (e.g. sst2 for glue).")
+    add_data_args(p)
     p.add_argument("--eval-split", default="dev")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--min-share-of-teacher", type=float, default=0.98, help="Goal: student accuracy / teacher accuracy.")
     p.add_argument("--min-gain-points", type=float, default=0.5, help="Goal: student accuracy minus baseline accuracy, in points.")
-    p.add_argument("--output", default="benchmarks/results/distillation_sst2", help="Output path without extension.")
+    add_output_arg(p, "benchmarks/results/distillation_sst2")
     args = p.parse_args(argv)
     for spec in args.student:
         if "=" not in spec:
@@ -115,15 +110,13 @@ def describe(settings: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python scripts/bench_distillation.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = command_line(__file__, argv)
     data = TaskData(DataConfig(path=args.data, name=args.data_config, eval_split=args.eval_split, max_length=args.max_length), splits=[args.eval_split])
-    if data.cfg.task != "text-classification":
-        raise ConfigError(f"the dataset's task is {data.cfg.task}: this comparison is for text classification")
 
     def measure(path: str) -> tuple[dict, object]:
         evaluation = evaluate_model(path, data, batch_size=args.batch_size)
         predictions, labels = classification_predictions(path, data, batch_size=args.batch_size)
-        return {"path": path, "accuracy": evaluation["accuracy"], "f1": evaluation.get("f1"), "num_parameters": evaluation["num_parameters"],
+        return {"path": repo_relative(path), "accuracy": evaluation["accuracy"], "f1": evaluation.get("f1"), "num_parameters": evaluation["num_parameters"],
                 "size_mb": evaluation["size_mb"], "settings": training_settings(path)}, (predictions, labels)
 
     teacher, (teacher_predictions, labels) = measure(args.teacher)

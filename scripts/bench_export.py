@@ -11,15 +11,12 @@ ORTOptimizer (O2), every variant checked for parity, evaluated on SST-2 dev and 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from hfcompress.data import DataConfig, TaskData  # noqa: E402
 from hfcompress.evaluation import (  # noqa: E402
@@ -31,14 +28,14 @@ from hfcompress.evaluation import (  # noqa: E402
 )
 from hfcompress.export import export_onnx  # noqa: E402
 from hfcompress.export.parity import PARITY_FILE  # noqa: E402
+from hfcompress.utils.bench import CPU_LOCK, FULL_RUN, add_data_args, add_output_arg, add_threads_arg, bench_parser, command_line, repo_relative  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", default="outputs/sst2-minilm-full/teacher", help="Fine-tuned teacher: directory or Hub id.")
-    p.add_argument("--student", default="outputs/sst2-minilm-full/student", help="Distilled student: directory or Hub id ('' to skip).")
-    p.add_argument("--data", default="../shared/assets/data/sst2", help="Dataset: local directory or Hub id.")
-    p.add_argument("--data-config", default=None, help="Hub dataset config (e.g. sst2 for glue).")
+    p = bench_parser(__doc__)
+    p.add_argument("--teacher", default=f"{FULL_RUN}/teacher", help="Fine-tuned teacher: directory or Hub id.")
+    p.add_argument("--student", default=f"{FULL_RUN}/student", help="Distilled student: directory or Hub id ('' to skip).")
+    add_data_args(p)
     p.add_argument("--split", default="dev", help="Evaluation split.")
     p.add_argument("--max-eval-samples", type=int, default=None, help="Evaluate the first N examples only (default: all).")
     p.add_argument("--backends", nargs="+", default=["optimum", "dynamo"], choices=["optimum", "dynamo"], help="Export backends.")
@@ -46,11 +43,11 @@ def parse_args(argv=None):
     p.add_argument("--atol", type=float, default=1e-4, help="Parity tolerance.")
     p.add_argument("--latency-samples", type=int, default=256, help="Evaluation sentences the latency batches are made of.")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="Batch sizes to time.")
-    p.add_argument("--threads", type=int, default=2, help="Intra-op threads of PyTorch and ONNX Runtime.")
+    add_threads_arg(p)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--work-dir", default="outputs/bench-export", help="Where the exported models are written.")
-    p.add_argument("--output", default="benchmarks/results/export_sst2", help="Output path without extension.")
+    add_output_arg(p, "benchmarks/results/export_sst2")
     return p.parse_args(argv)
 
 
@@ -70,7 +67,7 @@ def main(argv=None) -> int:
         latency = measure_latency(
             path, path, texts, a.batch_sizes, a.threads, warmup=a.warmup, repeats=a.repeats, onnx_file=onnx_file
         )
-        rows.append(compression_row(name, result, latency, path=str(path), onnx_file=onnx_file))
+        rows.append(compression_row(name, result, latency, path=repo_relative(path), onnx_file=onnx_file))
 
     models = [(label, model) for label, model in (("teacher", a.teacher), ("student", a.student)) if model]
     for label, model in models:
@@ -88,7 +85,7 @@ def main(argv=None) -> int:
                 parity_rows.append({"variant": variant, **check})
                 measure(variant, out, onnx_file=file_name)
 
-    command = "flock /tmp/hfc-cpu.lock python " + " ".join(shlex.quote(x) for x in [os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])])
+    command = command_line(__file__, argv, prefix=CPU_LOCK)
     parity_md = [
         "## Parity (PyTorch vs ONNX Runtime, max abs diff of the logits)", "",
         f"Inputs: the last 64 sentences of SST-2 {a.split}, batch sizes 1/8/32 x lengths 16/64/128 "
@@ -99,7 +96,7 @@ def main(argv=None) -> int:
         worst = max(p["checks"], key=lambda c: c["max_abs_diff"])
         parity_md.append(f"| {p['variant']} | {p['max_abs_diff']:.2e} | {p['tolerance']:g} | ({worst['batch_size']}, {worst['sequence_length']}) |")
     settings = {
-        "teacher": a.teacher, "student": a.student, "data": a.data, "split": a.split, "eval_examples": len(sentences),
+        "teacher": repo_relative(a.teacher), "student": repo_relative(a.student), "data": repo_relative(a.data), "split": a.split, "eval_examples": len(sentences),
         "latency_sentences": len(texts), "threads": a.threads, "warmup": a.warmup, "repeats": a.repeats,
         "load_average_at_end": os.getloadavg(),
     }

@@ -13,12 +13,10 @@ run at a fixed thread count: dev accuracy, size and zipped size, and CPU latency
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from hfcompress.data import DataConfig, TaskData  # noqa: E402
 from hfcompress.distillation import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
@@ -29,15 +27,15 @@ from hfcompress.evaluation.report import add_ratios  # noqa: E402
 from hfcompress.export import export_onnx  # noqa: E402
 from hfcompress.modeling import load_model, load_tokenizer  # noqa: E402
 from hfcompress.pruning import MagnitudePruningCallback, StructuredPruningCallback  # noqa: E402
+from hfcompress.utils.bench import CPU_LOCK, FULL_RUN, add_data_args, add_output_arg, add_threads_arg, bench_parser, command_line, repo_relative  # noqa: E402
 from hfcompress.utils.io import atomic_output_dir, atomic_write_json, atomic_write_text  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", default="outputs/sst2-minilm-full/teacher", help="Fine-tuned teacher: directory or Hub id.")
-    p.add_argument("--student", default="outputs/sst2-minilm-full/student", help="Distilled student to prune: directory or Hub id.")
-    p.add_argument("--data", default="../shared/assets/data/sst2", help="Dataset: local directory or Hub id.")
-    p.add_argument("--data-config", default=None, help="Hub dataset config (e.g. sst2 for glue).")
+    p = bench_parser(__doc__)
+    p.add_argument("--teacher", default=f"{FULL_RUN}/teacher", help="Fine-tuned teacher: directory or Hub id.")
+    p.add_argument("--student", default=f"{FULL_RUN}/student", help="Distilled student to prune: directory or Hub id.")
+    add_data_args(p)
     p.add_argument("--train-split", default="train")
     p.add_argument("--eval-split", default="dev")
     p.add_argument("--train-samples", type=int, default=10000, help="Seeded random training subset for every variant.")
@@ -57,9 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--work-dir", default="outputs/bench-pruning", help="Where the pruned models and ONNX files go.")
     p.add_argument("--latency-texts", type=int, default=256, help="Dev sentences timed (batch 1: each; batch 32: consecutive groups).")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    add_threads_arg(p)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--output", default="benchmarks/results/pruning_sst2", help="Output path without extension (.json, .md, .png).")
+    add_output_arg(p, "benchmarks/results/pruning_sst2", help="Output path without extension (.json, .md, .png).")
     p.add_argument("--command", default=None, help="Command line recorded in the report (default: this one).")
     return p.parse_args(argv)
 
@@ -251,14 +249,15 @@ def main(argv=None) -> int:
             r["speedup_b32"] = round(rows[0]["latency_ms_p50_b32"] / r["latency_ms_p50_b32"], 3)
         lat_rows += rows
 
+    options = {k: repo_relative(v) if isinstance(v, str) else v for k, v in vars(a).items() if k != "command"}
     result = {
-        "settings": {**{k: v for k, v in vars(a).items() if k != "command"}, "train_examples": len(data.raw[data.cfg.train_split]),
+        "settings": {**options, "train_examples": len(data.raw[data.cfg.train_split]),
                      "dev_examples": len(data.raw[data.cfg.eval_split])},
         "hardware": cpu_info(a.threads),
         "accuracy": acc_rows,
         "latency": lat_rows,
         "findings": findings(acc_rows, lat_rows),
-        "command": a.command or "flock /tmp/hfc-cpu.lock python " + " ".join(["scripts/bench_pruning.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": a.command or command_line(__file__, argv, prefix=CPU_LOCK),
     }
     out = Path(a.output)
     atomic_write_json(out.with_suffix(".json"), result)

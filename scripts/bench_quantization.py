@@ -16,16 +16,13 @@ first seed's models also get table rows with latency.
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from hfcompress.data import DataConfig, TaskData  # noqa: E402
 from hfcompress.distillation import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
@@ -34,15 +31,15 @@ from hfcompress.evaluation.latency import set_threads  # noqa: E402
 from hfcompress.export import export_onnx  # noqa: E402
 from hfcompress.modeling import load_model, load_tokenizer  # noqa: E402
 from hfcompress.quantization import BnbConfig, PTQConfig, QATCallback, QATConfig, load_bnb, quantize_bnb, quantize_onnx  # noqa: E402
+from hfcompress.utils.bench import CPU_LOCK, FULL_RUN, add_data_args, add_output_arg, add_threads_arg, bench_parser, command_line, repo_relative  # noqa: E402
 from hfcompress.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--student", default="outputs/sst2-minilm-full/student", help="Distilled student: directory or Hub id.")
-    p.add_argument("--teacher", default="outputs/sst2-minilm-full/teacher", help="Teacher for the QAT / continued distillation runs.")
-    p.add_argument("--data", default="../shared/assets/data/sst2", help="Dataset: local directory or Hub id.")
-    p.add_argument("--data-config", default=None, help="Hub dataset config (e.g. sst2 for glue).")
+    p = bench_parser(__doc__)
+    p.add_argument("--student", default=f"{FULL_RUN}/student", help="Distilled student: directory or Hub id.")
+    p.add_argument("--teacher", default=f"{FULL_RUN}/teacher", help="Teacher for the QAT / continued distillation runs.")
+    add_data_args(p)
     p.add_argument("--eval-split", default="dev")
     p.add_argument("--max-eval-samples", type=int, default=None, help="Evaluate on the first N dev sentences (default: all).")
     p.add_argument("--max-length", type=int, default=128)
@@ -57,12 +54,12 @@ def parse_args(argv=None):
     p.add_argument("--teacher-cache-dir", default="outputs/cache/teacher-logits")
     p.add_argument("--skip-bnb", action="store_true", help="Leave out the bitsandbytes variants.")
     p.add_argument("--skip-qat", action="store_true", help="Leave out the QAT and continued-distillation variants.")
-    p.add_argument("--threads", type=int, default=2)
+    add_threads_arg(p)
     p.add_argument("--latency-sentences", type=int, default=256, help="Dev sentences timed one at a time (b1) and in batches of 32.")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--work-dir", default="outputs/bench-quantization", help="Where the exported and quantized models are written.")
-    p.add_argument("--output", default="benchmarks/results/quantization_sst2", help="Output path without extension.")
+    add_output_arg(p, "benchmarks/results/quantization_sst2")
     return p.parse_args(argv)
 
 
@@ -88,8 +85,8 @@ def continue_distillation(student_dir, teacher_dir, data: TaskData, out_dir: Pat
     from hfcompress.quantization.qat import QUANTIZATION_FILE
 
     tokenizer = load_tokenizer(str(student_dir))
-    student = load_model(str(student_dir), "text-classification")
-    teacher = load_model(str(teacher_dir), "text-classification")
+    student = load_model(str(student_dir))
+    teacher = load_model(str(teacher_dir))
     callbacks = [QATCallback(QATConfig(preset=args.preset, mode=qat_mode))] if qat_mode else []
     training = DistillationTrainingArguments(
         output_dir=str(out_dir / "checkpoints"), num_train_epochs=args.qat_epochs, max_steps=args.qat_max_steps,
@@ -249,9 +246,9 @@ def main(argv=None) -> int:
     texts = list(data.raw[args.eval_split][data.cfg.text_column])[: args.latency_sentences]
     rows, result = [], {"hardware": cpu_info(args.threads)}
 
-    command = "flock /tmp/hfc-cpu.lock python scripts/bench_quantization.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = command_line(__file__, argv, prefix=CPU_LOCK)
     result["settings"] = {
-        "student": args.student, "teacher": args.teacher, "eval_examples": len(data.raw[args.eval_split]), "preset": args.preset,
+        "student": repo_relative(args.student), "teacher": repo_relative(args.teacher), "eval_examples": len(data.raw[args.eval_split]), "preset": args.preset,
         "calibration_samples": args.calibration_samples, "qat_train_samples": args.qat_train_samples, "qat_epochs": args.qat_epochs,
         "qat_learning_rate": args.qat_learning_rate, "seed": args.seed, "repeats": args.repeats, "latency_sentences": len(texts),
     }
@@ -308,7 +305,7 @@ def main(argv=None) -> int:
 
     if not args.skip_bnb:
         print("bitsandbytes", flush=True)
-        result["bnb_memory"] = {"fp32": int(load_model(args.student, "text-classification").get_memory_footprint())}
+        result["bnb_memory"] = {"fp32": int(load_model(args.student).get_memory_footprint())}
         for label, config in (("bnb 8-bit", BnbConfig(bits=8)), ("bnb 4-bit NF4 double-quant", BnbConfig(bits=4))):
             bnb_dir = quantize_bnb(args.student, work / label.split()[1], config, overwrite=True)
             model = load_bnb(bnb_dir, config)

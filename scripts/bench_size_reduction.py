@@ -12,7 +12,6 @@ and 32, fixed thread count, the same dev sentences for all). Writes JSON, Markdo
 
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 import sys
@@ -21,8 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from hfcompress.data import DataConfig, TaskData  # noqa: E402
 from hfcompress.distillation import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
@@ -32,18 +30,16 @@ from hfcompress.export import export_onnx  # noqa: E402
 from hfcompress.lowrank import LowRankConfig, factorize_checkpoint  # noqa: E402
 from hfcompress.modeling import load_model, load_tokenizer  # noqa: E402
 from hfcompress.recipes.context import check_model_ref  # noqa: E402
+from hfcompress.utils.bench import FULL_RUN, add_data_args, add_output_arg, add_threads_arg, bench_parser, command_line, repo_relative  # noqa: E402
 from hfcompress.utils.io import atomic_write_json, atomic_write_text, check_output_dir  # noqa: E402
 from hfcompress.vocab import dev_token_changes, trim_checkpoint  # noqa: E402
 
-FULL = "outputs/sst2-minilm-full"
-
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", default=f"{FULL}/teacher", help="Fine-tuned teacher: directory or Hub id.")
-    p.add_argument("--student", default=f"{FULL}/student", help="Distilled student: directory or Hub id.")
-    p.add_argument("--data", default="../shared/assets/data/sst2", help="Dataset: local directory or Hub id.")
-    p.add_argument("--data-config", default=None, help="Hub dataset config (e.g. sst2 for glue).")
+    p = bench_parser(__doc__)
+    p.add_argument("--teacher", default=f"{FULL_RUN}/teacher", help="Fine-tuned teacher: directory or Hub id.")
+    p.add_argument("--student", default=f"{FULL_RUN}/student", help="Distilled student: directory or Hub id.")
+    add_data_args(p)
     p.add_argument("--train-split", default="train", help="Split whose tokens the trimmed vocabulary keeps; recovery data.")
     p.add_argument("--eval-split", default="dev")
     p.add_argument("--max-length", type=int, default=128)
@@ -56,12 +52,12 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-steps", type=int, default=-1, help="Cap recovery steps (smoke tests).")
     p.add_argument("--teacher-cache-dir", default="outputs/cache/teacher-logits", help="Teacher-logit cache shared across runs.")
-    p.add_argument("--threads", type=int, default=2)
+    add_threads_arg(p)
     p.add_argument("--latency-sentences", type=int, default=256, help="Dev sentences timed per variant (batches of 1 and 32).")
     p.add_argument("--latency-repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--work-dir", default="outputs/bench-size-reduction", help="Where the trimmed/factorised models and ONNX files go.")
-    p.add_argument("--output", default="benchmarks/results/size_reduction_sst2", help="Output path without extension.")
+    add_output_arg(p, "benchmarks/results/size_reduction_sst2")
     p.add_argument("--overwrite", action="store_true", help="Replace an existing --work-dir.")
     return p.parse_args(argv)
 
@@ -94,7 +90,7 @@ def trim_rows(bench: Bench, name: str, model: str) -> tuple[list[dict], dict]:
     dev_texts = data.raw[a.eval_split][data.cfg.text_column]
     changes = dev_token_changes(load_tokenizer(model), load_tokenizer(str(out)), dev_texts)
     detail = {
-        "model": name, "source": model, "vocab_size_before": report["vocab_size_before"], "vocab_size_after": report["vocab_size_after"],
+        "model": name, "source": repo_relative(model), "vocab_size_before": report["vocab_size_before"], "vocab_size_after": report["vocab_size_after"],
         "kept_from_corpus": report["kept_from_corpus"], "kept_otherwise": report["kept_otherwise"],
         "num_parameters_before": before["num_parameters"], "num_parameters_after": after["num_parameters"],
         "size_mb_before": before["size_mb"], "size_mb_after": after["size_mb"],
@@ -218,7 +214,7 @@ def main(argv=None) -> int:
         "status": "running",
         "hardware": cpu_info(a.threads),
         "settings": {
-            "teacher": a.teacher, "student": a.student, "data": a.data, "train_split": a.train_split, "eval_split": a.eval_split,
+            "teacher": repo_relative(a.teacher), "student": repo_relative(a.student), "data": repo_relative(a.data), "train_split": a.train_split, "eval_split": a.eval_split,
             "eval_examples": len(data.raw[a.eval_split]), "max_length": a.max_length, "latency_sentences": len(bench.latency_texts),
             "latency_repeats": a.latency_repeats, "energies": a.energies, "min_rank": a.min_rank, "recovery_samples": a.recovery_samples,
             "recovery_epochs": a.recovery_epochs, "recovery_lr": a.recovery_lr, "batch_size": a.batch_size, "seed": a.seed,
@@ -226,7 +222,7 @@ def main(argv=None) -> int:
         "rows": [],
         "vocab_trimming": [],
         "low_rank": [],
-        "command": "python scripts/bench_size_reduction.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line(__file__, argv),
     }
     rows: list[dict] = []  # the student first: the baseline of the ratios
     out = Path(a.output)

@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
@@ -29,8 +28,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from hfcompress.data import TaskData  # noqa: E402
 from hfcompress.evaluation import compression_row, evaluate_model, evaluation_texts, measure_latency, write_compression_report  # noqa: E402
@@ -40,6 +38,7 @@ from hfcompress.modeling import load_model, load_tokenizer  # noqa: E402
 from hfcompress.pruning import MagnitudePruningCallback, StructuredPruningCallback  # noqa: E402
 from hfcompress.quantization import QATCallback, QATConfig  # noqa: E402
 from hfcompress.recipes import load_recipe, run_recipe  # noqa: E402
+from hfcompress.utils.bench import REPO, add_output_arg, add_threads_arg, bench_parser, command_line, repo_relative  # noqa: E402
 from hfcompress.utils.io import atomic_output_dir  # noqa: E402
 
 OPTIMUM_ONNX, OPTIMUM_INT8 = "optimum_onnx", "optimum_int8"
@@ -67,7 +66,7 @@ GOALS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--recipe", default=str(REPO / "recipes" / "sst2_minilm.yaml"), help="The hfcompress pipeline (a recipe file).")
     p.add_argument("--override", action="append", default=[], help="Recipe override key=value (repeatable), e.g. data.path=DIR.")
     p.add_argument(
@@ -77,7 +76,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--teacher", default="teacher", help="Recipe stage (or path) of the fine-tuned teacher the Optimum baselines start from.")
     p.add_argument("--headline", default="slim_more_int8", help="The variant whose goals are checked.")
-    p.add_argument("--threads", type=int, default=2, help="Intra-op threads for PyTorch and ONNX Runtime (fixed for every variant).")
+    add_threads_arg(p, help="Intra-op threads for PyTorch and ONNX Runtime (fixed for every variant).")
     p.add_argument("--latency-samples", type=int, default=256, help="Dev sentences the latency batches are made of.")
     p.add_argument("--rounds", type=int, default=3, help="Latency rounds; each times every variant in turn.")
     p.add_argument("--repeats", type=int, default=2, help="Timed passes over the latency batches per round.")
@@ -85,7 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--no-cost", action="store_true", help="Skip the training-cost section.")
     p.add_argument("--cost-train-samples", type=int, default=4000, help="Training sentences of each training-cost run.")
     p.add_argument("--cost-max-steps", type=int, default=-1, help="Cap the steps of each training-cost run (smoke tests).")
-    p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "sst2_minilm"), help="Output path without extension.")
+    add_output_arg(p, str(REPO / "benchmarks" / "results" / "sst2_minilm"))
     return p.parse_args(argv)
 
 
@@ -214,7 +213,6 @@ def cost_markdown(rows: list[dict], train_examples: int) -> str:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    argv = list(sys.argv[1:] if argv is None else argv)
     recipe = load_recipe(a.recipe, a.override)
     if not a.no_cost:
         distilled_student_layers(recipe)  # fail before hours of training and measurement, not after
@@ -250,7 +248,7 @@ def main(argv=None) -> int:
     goals = check_goals(rows, a.headline)
     cost = [] if a.no_cost else training_cost(a, recipe, resolve(a.teacher))
     out = Path(a.output)
-    command = " ".join(["python scripts/bench_sst2.py", *argv])
+    command = command_line(__file__, argv)
     notes = "\n".join(
         part for part in (
             goals_markdown(goals),
@@ -262,7 +260,7 @@ def main(argv=None) -> int:
     )
     report = write_compression_report(
         rows, out.parent, title="SST-2: hfcompress against plain transformers and Optimum", file_stem=out.name, notes=notes,
-        metadata={"goals": goals, "training_cost": cost, "command": command, "recipe": str(a.recipe),
+        metadata={"goals": goals, "training_cost": cost, "command": command, "recipe": repo_relative(a.recipe),
                   "settings": {"threads": a.threads, "latency_samples": a.latency_samples, "rounds": a.rounds, "repeats": a.repeats}},
     )
     print((out.parent / f"{out.name}.md").read_text())

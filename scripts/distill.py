@@ -19,7 +19,6 @@ from transformers import HfArgumentParser
 from hfcompress import DistillationTrainer, DistillationTrainingArguments, build_student_from_teacher
 from hfcompress.data import DataConfig, TaskData
 from hfcompress.errors import ConfigError, HFCompressError
-from hfcompress.metrics import trainer_compute_metrics
 from hfcompress.modeling import load_model, load_tokenizer
 
 
@@ -70,7 +69,7 @@ def run(argv=None) -> int:
         eval_dataset=data.tokenize(tokenizer, data.cfg.eval_split),
         data_collator=data.collator(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=trainer_compute_metrics(data.cfg.task, num_labels=data.num_labels),
+        compute_metrics=data.task.trainer_compute_metrics(num_labels=data.num_labels),
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics = trainer.evaluate()

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from hfcompress.data import DataConfig, TaskData
-from hfcompress.errors import DataError
+from hfcompress.errors import ConfigError, DataError
 
 
 def test_local_tsv_directory_loads_the_named_splits(tiny_sst2_dir):
@@ -38,13 +38,17 @@ def test_tokenize_maps_labels_and_truncates(tiny_sst2_dir, tokenizer):
     [
         ({"text_column": "sentense"}, "no column 'sentense' (did you mean 'sentence'?)"),
         ({"eval_split": "validation"}, "no file for split 'validation'"),
-        ({"task": "summarization"}, "not supported"),
     ],
 )
 def test_unusable_data_is_refused_with_the_fix(tiny_sst2_dir, change, message):
     config = DataConfig(path=str(tiny_sst2_dir), **{"eval_split": "dev", **change})
     with pytest.raises(DataError, match=re.escape(message)):
         TaskData(config)
+
+
+def test_an_unknown_task_is_refused_when_the_data_config_is_made(tiny_sst2_dir):
+    with pytest.raises(ConfigError, match=re.escape("data.task 'text-clasification' is not supported (did you mean 'text-classification'?)")):
+        DataConfig(path=str(tiny_sst2_dir), task="text-clasification")
 
 
 def test_labels_outside_the_training_label_set_are_refused(tiny_sst2_dir):

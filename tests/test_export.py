@@ -61,12 +61,10 @@ CASES = [pytest.param(arch, "optimum", id=f"{arch}-optimum") for arch in ARCHS] 
 
 @pytest.mark.parametrize("arch, backend", CASES)
 def test_export_matches_pytorch_and_loads_in_ortmodel(arch, backend, tmp_path, tokenizer):
-    import optimum.onnxruntime as ort_models
-
     from transformers import AutoConfig
 
-    from hfcompress.evaluation.runtime import ORT_CLASS_NAMES
-    from hfcompress.modeling import infer_task, load_model
+    from hfcompress.modeling import load_model
+    from hfcompress.tasks import task_of
 
     checkpoint = _tiny_checkpoint(arch, tmp_path, tokenizer)
     out = tmp_path / f"{arch}-onnx"
@@ -78,9 +76,9 @@ def test_export_matches_pytorch_and_loads_in_ortmodel(arch, backend, tmp_path, t
     # 200 is beyond the model's 160 positions: the check is capped at the maximum, not skipped
     assert {(c["batch_size"], c["sequence_length"]) for c in result["checks"]} == {(1, 8), (3, 8), (1, 160), (3, 160)}
 
-    task = infer_task(AutoConfig.from_pretrained(checkpoint))
+    task = task_of(AutoConfig.from_pretrained(checkpoint))
     model = load_model(str(checkpoint), task)
-    ort_model = getattr(ort_models, ORT_CLASS_NAMES[task]).from_pretrained(out, **({"use_cache": False, "use_io_binding": False} if arch == "gpt2" else {}))
+    ort_model = task.ort_class().from_pretrained(out, **task.ort_load_kwargs())
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(out)
@@ -91,7 +89,7 @@ def test_export_matches_pytorch_and_loads_in_ortmodel(arch, backend, tmp_path, t
         expected = model(**batch).logits
     got = ort_model(**batch).logits
     mask = batch["attention_mask"].bool()
-    if task == "text-generation":  # compare the real (unpadded) positions
+    if task.label_shift:  # a causal LM: compare the real (unpadded) positions
         expected, got = expected[mask], got[mask]
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
 

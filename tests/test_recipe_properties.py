@@ -28,7 +28,7 @@ training = st.fixed_dictionaries(
         "per_device_train_batch_size": st.integers(1, 64),
         "warmup_ratio": st.floats(0, 1),
         "save_steps": st.integers(1, 1000),
-        "seed": st.integers(0, 2**31 - 1),
+        "data_seed": st.integers(0, 2**31 - 1),  # not "seed": the recipe's top-level seed owns that one
     },
 )
 distill_training = training.flatmap(

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..tasks import Task, get_task
 from ..utils.io import make_temp_dir_beside
 
 INDEX_COLUMN = "hfc_example_index"
@@ -69,8 +70,8 @@ class TeacherLogitCache:
         self.logits = np.memmap(directory / "logits.bin", dtype=meta["dtype"], mode="r", shape=tuple(meta["shape"]))
 
     @staticmethod
-    def key(teacher: torch.nn.Module, dataset, task: str) -> str:
-        return f"{task}-{model_fingerprint(teacher)}-{dataset_fingerprint(dataset)}"
+    def key(teacher: torch.nn.Module, dataset, task: str | Task) -> str:
+        return f"{get_task(task).name}-{model_fingerprint(teacher)}-{dataset_fingerprint(dataset)}"
 
     @classmethod
     def load_or_build(
@@ -79,7 +80,7 @@ class TeacherLogitCache:
         teacher: torch.nn.Module,
         dataset,
         collator,
-        task: str,
+        task: str | Task,
         batch_size: int,
         dtype: str = "float32",
         disable_progress: bool = False,
@@ -91,7 +92,7 @@ class TeacherLogitCache:
             shutil.rmtree(directory)
         tmp = make_temp_dir_beside(directory)  # also removes those of builds killed on this host
         try:
-            cls._build(tmp, teacher, dataset, collator, task, batch_size, dtype, disable_progress)
+            cls._build(tmp, teacher, dataset, collator, get_task(task), batch_size, dtype, disable_progress)
             os.replace(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -114,11 +115,11 @@ class TeacherLogitCache:
 
     @staticmethod
     @torch.no_grad()
-    def _build(directory: Path, teacher, dataset, collator, task, batch_size, dtype, disable_progress) -> None:
+    def _build(directory: Path, teacher, dataset, collator, task: Task, batch_size, dtype, disable_progress) -> None:
         lengths = np.array([len(ids) for ids in dataset["input_ids"]], dtype=np.int64)
-        rows = np.ones_like(lengths) if task == "text-classification" else lengths
+        rows = lengths if task.per_token else np.ones_like(lengths)
         offsets = np.concatenate([[0], np.cumsum(rows)])
-        num_classes = teacher.config.num_labels if task != "text-generation" else teacher.config.vocab_size
+        num_classes = task.output_size(teacher.config)
         shape = (int(offsets[-1]), int(num_classes))
         logits = np.memmap(directory / "logits.bin", dtype=dtype, mode="w+", shape=shape)
         device = next(teacher.parameters()).device
@@ -132,10 +133,10 @@ class TeacherLogitCache:
             out = teacher(**batch).logits.float().cpu().numpy()
             for j, i in enumerate(idx):
                 n = rows[i]
-                logits[offsets[i] : offsets[i] + n] = out[j] if task == "text-classification" else out[j, :n]
+                logits[offsets[i] : offsets[i] + n] = out[j, :n] if task.per_token else out[j]
         logits.flush()
         np.save(directory / "offsets.npy", offsets)
-        meta = {"version": _FORMAT_VERSION, "task": task, "num_examples": len(dataset), "shape": shape, "dtype": dtype}
+        meta = {"version": _FORMAT_VERSION, "task": task.name, "num_examples": len(dataset), "shape": shape, "dtype": dtype}
         (directory / "meta.json").write_text(json.dumps(meta))
 
     def __len__(self) -> int:
@@ -144,7 +145,7 @@ class TeacherLogitCache:
     def lookup(self, indices: torch.Tensor, seq_len: Optional[int] = None, padding_side: str = "right") -> torch.Tensor:
         """Logits for the examples at ``indices``: [B, C], or [B, seq_len, C] for token-level tasks."""
         idx = indices.detach().cpu().numpy()
-        if self.meta["task"] == "text-classification":
+        if not get_task(self.meta["task"]).per_token:
             return torch.from_numpy(np.asarray(self.logits[self.offsets[idx]], dtype=np.float32))
         out = torch.zeros(len(idx), seq_len, self.logits.shape[1], dtype=torch.float32)
         for j, i in enumerate(idx):

@@ -12,51 +12,16 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from ..tasks import Task, get_task
 
 
-def align_for_task(
-    task: str,
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: Optional[torch.Tensor],
-    attention_mask: Optional[torch.Tensor],
-):
-    """Flatten logits to [items, classes], labels to [items] and pick the items that count."""
-    if task == "text-classification":
-        mask = torch.ones(student_logits.shape[0], dtype=torch.bool, device=student_logits.device)
-        return student_logits, teacher_logits, labels, mask
-    if task == "text-generation":
-        student_logits, teacher_logits = student_logits[:, :-1], teacher_logits[:, :-1]
-        labels = labels[:, 1:] if labels is not None else None
-        attention_mask = attention_mask[:, 1:] if attention_mask is not None else None
-    if labels is not None:
-        mask = labels != IGNORE_INDEX
-    elif attention_mask is not None:
-        mask = attention_mask.bool()
-    else:
-        mask = torch.ones(student_logits.shape[:-1], dtype=torch.bool, device=student_logits.device)
-    classes = student_logits.shape[-1]
-    flat_labels = labels.reshape(-1) if labels is not None else None
-    return student_logits.reshape(-1, classes), teacher_logits.reshape(-1, classes), flat_labels, mask.reshape(-1)
-
-
-def count_items(task: str, labels: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor], batch_size: int) -> int:
+def count_items(task: str | Task, labels: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor], batch_size: int) -> int:
     """How many items a batch contributes; must agree with :func:`distillation_loss_sums`."""
-    if task == "text-classification":
-        return batch_size
-    if task == "text-generation":
-        labels = labels[:, 1:] if labels is not None else None
-        attention_mask = attention_mask[:, 1:] if attention_mask is not None else None
-    if labels is not None:
-        return int((labels != IGNORE_INDEX).sum())
-    if attention_mask is not None:
-        return int(attention_mask.sum())
-    raise ValueError("token-level distillation needs labels or an attention_mask to count positions")
+    return get_task(task).count_items(labels, attention_mask, batch_size)
 
 
 def distillation_loss_sums(
-    task: str,
+    task: str | Task,
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     labels: Optional[torch.Tensor],
@@ -68,7 +33,7 @@ def distillation_loss_sums(
     KL is KL(softmax(t/T) || softmax(s/T)) per item, summed; cross-entropy is on the student's
     un-tempered logits against the hard labels, summed over the same items.
     """
-    s, t, y, mask = align_for_task(task, student_logits.float(), teacher_logits.float(), labels, attention_mask)
+    s, t, y, mask = get_task(task).align_logits(student_logits.float(), teacher_logits.float(), labels, attention_mask)
     s, t = s[mask], t[mask]
     log_p_s = F.log_softmax(s / temperature, dim=-1)
     log_p_t = F.log_softmax(t / temperature, dim=-1)

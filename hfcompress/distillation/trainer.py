@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
 from ..errors import ConfigError
-from ..modeling import infer_task
+from ..tasks import task_of
 from .cache import INDEX_COLUMN, TeacherLogitCache
 from .config import DistillationTrainingArguments, resolve_layer_map
 from .losses import attention_loss, combine, count_items, distillation_loss_sums, hidden_state_loss
@@ -23,22 +23,14 @@ _PROJECTIONS_ATTR = "hfc_distillation_projections"
 logger = logging.get_logger(__name__)
 
 
-def check_compatible(teacher: PreTrainedModel, student: PreTrainedModel, task: str) -> None:
-    """Teacher and student must share a vocabulary and (for classification) a label set."""
+def check_compatible(teacher: PreTrainedModel, student: PreTrainedModel, task) -> None:
+    """Teacher and student must share a vocabulary and (for labelled tasks) a label set."""
     tv, sv = teacher.config.vocab_size, student.config.vocab_size
     if tv != sv:
         raise ConfigError(
             f"teacher and student vocabularies differ ({tv} vs {sv} tokens): distil between models that share a tokenizer"
         )
-    if task != "text-generation":
-        if teacher.config.num_labels != student.config.num_labels:
-            raise ConfigError(
-                f"teacher has {teacher.config.num_labels} labels and student {student.config.num_labels}: "
-                "give the student the teacher's label set (num_labels/id2label)"
-            )
-        t_labels, s_labels = teacher.config.id2label, student.config.id2label
-        if t_labels and s_labels and {int(k): v for k, v in t_labels.items()} != {int(k): v for k, v in s_labels.items()}:
-            raise ConfigError(f"teacher labels {t_labels} differ from student labels {s_labels}: use the same id2label")
+    task.check_compatible(teacher.config, student.config)
 
 
 class DistillationTrainer(Trainer):
@@ -52,7 +44,7 @@ class DistillationTrainer(Trainer):
     def __init__(self, model: PreTrainedModel, teacher_model: PreTrainedModel, args: DistillationTrainingArguments, **kwargs):
         if not isinstance(args, DistillationTrainingArguments):
             raise ConfigError("DistillationTrainer needs DistillationTrainingArguments (it carries alpha and temperature)")
-        self.task = infer_task(model)
+        self.task = task_of(model)
         check_compatible(teacher_model, model, self.task)
         teacher_model.eval()
         teacher_model.requires_grad_(False)

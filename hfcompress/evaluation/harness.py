@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..data import TaskData
-from ..metrics import compute_task_metrics
 from ..modeling import load_tokenizer
+from ..tasks import Task, TextInput
 from .footprint import onnx_footprint, pytorch_footprint
 from .runtime import load_for_inference, model_source_path
 
@@ -33,28 +31,15 @@ def _forward_fn(model, backend: str) -> Callable[[dict], torch.Tensor]:
 
 
 @torch.no_grad()
-def task_metrics(forward: Callable[[dict], torch.Tensor], task: str, dataset, collator, batch_size: int, num_labels: int, desc: str) -> dict:
-    """Metrics of ``forward`` over a tokenized split.
+def task_metrics(forward: Callable[[dict], torch.Tensor], task: Task, dataset, collator, batch_size: int, num_labels: int, desc: str) -> dict:
+    """The task's metrics of ``forward`` over a tokenized split (classification: arg-max predictions; LMs: loss and perplexity)."""
 
-    Classification: ``evaluate`` metrics of the arg-max predictions (token tasks: labelled positions only).
-    Text generation: mean next-token loss and perplexity over the non-padding tokens.
-    """
-    predictions, references, loss_sum, tokens = [], [], 0.0, 0
-    for batch in _batches(dataset, collator, batch_size, desc):
-        labels = batch.pop("labels")
-        logits = forward(batch)
-        if task == "text-generation":
-            shift_logits, shift_labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
-            loss_sum += float(torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum"))
-            tokens += int((shift_labels != -100).sum())
-            continue
-        keep = labels != -100
-        predictions.append(logits.argmax(-1)[keep].numpy())
-        references.append(labels[keep].numpy())
-    if task == "text-generation":
-        loss = loss_sum / max(tokens, 1)
-        return {"loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 50.0)), 4)}
-    return compute_task_metrics(task, np.concatenate(predictions), np.concatenate(references), num_labels=num_labels)
+    def outputs():
+        for batch in _batches(dataset, collator, batch_size, desc):
+            labels = batch.pop("labels")
+            yield forward(batch), labels
+
+    return task.score(outputs(), num_labels)
 
 
 def evaluate_model(
@@ -67,7 +52,7 @@ def evaluate_model(
     ``backend="auto"`` picks ONNX Runtime when the directory holds an ``.onnx`` file. ``tokenizer``
     defaults to the one saved with the model.
     """
-    task = data.cfg.task
+    task = data.task
     loaded, backend = load_for_inference(model, task, backend, onnx_file)
     source = model_source_path(model)
     if tokenizer is None:
@@ -87,10 +72,9 @@ def evaluate_model(
     return result
 
 
-def evaluation_texts(data: TaskData, count: Optional[int] = None) -> list[str]:
-    """The first ``count`` texts of the evaluation split (word lists joined for token tasks): real inputs for timing and parity."""
-    column = data.raw[data.cfg.eval_split][data.cfg.text_column][:count]
-    return [" ".join(t) if isinstance(t, list) else t for t in column]
+def evaluation_texts(data: TaskData, count: Optional[int] = None) -> list[TextInput]:
+    """The first ``count`` inputs of the evaluation split, pairs as (text, text_pair): real inputs for timing and parity."""
+    return data.inputs(data.cfg.eval_split, count)
 
 
 def evaluate_pytorch(path: str | Path, data: TaskData, batch_size: int = 64) -> dict:

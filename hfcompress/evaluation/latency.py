@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from ..tasks import TextInput, tokenize_inputs
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni", "fma", "asimd", "asimddp")
 
@@ -78,7 +79,7 @@ def _batch_len(batch) -> int:
     return len(batch)
 
 
-def latency_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int = 128, max_batches: Optional[int] = None) -> list[dict]:
+def latency_batches(tokenizer, texts: Sequence[TextInput], batch_size: int, max_length: int = 128, max_batches: Optional[int] = None) -> list[dict]:
     """Consecutive batches of ``texts`` (cycled when there are fewer than ``batch_size``), each padded to its own longest sentence.
 
     The batches depend only on the texts, the tokenizer and the batch size, so every variant of a
@@ -93,7 +94,7 @@ def latency_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length
     if max_batches is not None:
         starts = starts[:max_batches]
     return [
-        dict(tokenizer(texts[s : s + batch_size], padding="longest", truncation=True, max_length=max_length, return_tensors="pt"))
+        dict(tokenize_inputs(tokenizer, texts[s : s + batch_size], padding="longest", truncation=True, max_length=max_length, return_tensors="pt"))
         for s in starts
     ]
 
@@ -101,7 +102,7 @@ def latency_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length
 def measure_latency(
     model,
     tokenizer_or_path,
-    texts: Sequence[str],
+    texts: Sequence[TextInput],
     batch_sizes: Sequence[int] = (1, 32),
     threads: int = 2,
     backend: str = "auto",

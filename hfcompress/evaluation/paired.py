@@ -21,7 +21,7 @@ from .runtime import load_for_inference
 @torch.no_grad()
 def classification_predictions(model, data: TaskData, batch_size: int = 64, tokenizer=None, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Arg-max predictions and labels over ``data``'s evaluation split (labelled positions only), in split order."""
-    loaded, backend = load_for_inference(model, data.cfg.task, backend)
+    loaded, backend = load_for_inference(model, data.task, backend)
     tokenizer = tokenizer or load_tokenizer(str(model))
     predictions, labels = [], []
     forward = _forward_fn(loaded, backend)

@@ -11,17 +11,11 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from ..errors import ConfigError, ModelError
-from ..modeling import AUTO_CLASSES, infer_task, load_model
+from ..modeling import load_config, load_model
+from ..tasks import Task, get_task, task_of
 
 Backend = Literal["auto", "pytorch", "onnx"]
 BACKENDS = ("auto", "pytorch", "onnx")
-
-ORT_CLASS_NAMES = {
-    "text-classification": "ORTModelForSequenceClassification",
-    "token-classification": "ORTModelForTokenClassification",
-    "text-generation": "ORTModelForCausalLM",
-}
-
 
 def is_ort_model(model) -> bool:
     from optimum.onnxruntime import ORTModel
@@ -78,9 +72,8 @@ def ort_session_options(threads: Optional[int] = None):
     return options
 
 
-def load_ort_model(directory: str | os.PathLike, task: Optional[str] = None, onnx_file: Optional[str] = None, threads: Optional[int] = None):
+def load_ort_model(directory: str | os.PathLike, task: Optional[str | Task] = None, onnx_file: Optional[str] = None, threads: Optional[int] = None):
     """ORTModelFor<Task> for an exported directory (it needs the config.json that export writes beside the .onnx)."""
-    import optimum.onnxruntime as ort_models
     from transformers import AutoConfig
 
     directory = Path(directory)
@@ -88,17 +81,13 @@ def load_ort_model(directory: str | os.PathLike, task: Optional[str] = None, onn
         config = AutoConfig.from_pretrained(directory)
     except (OSError, ValueError) as e:
         raise ModelError(f"'{directory}' has an ONNX file but no readable config.json: re-export it with hfcompress export") from e
-    task = task or infer_task(config)
-    if task not in ORT_CLASS_NAMES:
-        raise ModelError(f"task '{task}' has no ONNX Runtime model class: use one of {sorted(ORT_CLASS_NAMES)}")
-    cls = getattr(ort_models, ORT_CLASS_NAMES[task])
-    kwargs = {"use_cache": False, "use_io_binding": False} if task == "text-generation" else {}
-    return cls.from_pretrained(
-        directory, file_name=onnx_file_name(directory, onnx_file), session_options=ort_session_options(threads), **kwargs
+    task = get_task(task) if task is not None else task_of(config)
+    return task.ort_class().from_pretrained(
+        directory, file_name=onnx_file_name(directory, onnx_file), session_options=ort_session_options(threads), **task.ort_load_kwargs()
     )
 
 
-def load_for_inference(model, task: Optional[str] = None, backend: str = "auto", onnx_file: Optional[str] = None, threads: Optional[int] = None):
+def load_for_inference(model, task: Optional[str | Task] = None, backend: str = "auto", onnx_file: Optional[str] = None, threads: Optional[int] = None):
     """(model object, backend name) ready to be called with tokenized torch batches."""
     backend = resolve_backend(model, backend, onnx_file)
     if not isinstance(model, (str, os.PathLike)):
@@ -107,12 +96,7 @@ def load_for_inference(model, task: Optional[str] = None, backend: str = "auto",
         return model, backend
     if backend == "onnx":
         return load_ort_model(model, task, onnx_file, threads), backend
-    if task is None:
-        from transformers import AutoConfig
-
-        task = infer_task(AutoConfig.from_pretrained(str(model)))
-    if task not in AUTO_CLASSES:
-        raise ModelError(f"task '{task}' is not supported: use one of {sorted(AUTO_CLASSES)}")
+    task = get_task(task) if task is not None else task_of(load_config(str(model)))
     return load_model(str(model), task).eval(), backend
 
 

@@ -18,20 +18,15 @@ from typing import Literal, Optional, Sequence
 import torch
 from transformers import AutoConfig
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, closest
 from ..lowrank.modeling import is_factorized
-from ..modeling import infer_task, load_model, load_tokenizer
+from ..modeling import load_model, load_tokenizer
 from ..quantization.qat import QUANTIZATION_FILE, RANGES_FILE, read_quantization_json
 from ..utils.io import atomic_output_dir, atomic_write_json
 from .optimize import OptimizationLevel, check_level, optimize_onnx
+from ..tasks import TASKS, get_task, task_names, task_of
 from .parity import PARITY_FILE, check_parity, raise_on_mismatch
 
-# hfcompress task -> Optimum exporter task
-OPTIMUM_TASKS = {
-    "text-classification": "text-classification",
-    "token-classification": "token-classification",
-    "text-generation": "text-generation",
-}
 EXPORT_BACKENDS = ("optimum", "dynamo")
 
 
@@ -39,7 +34,7 @@ EXPORT_BACKENDS = ("optimum", "dynamo")
 class ExportConfig:
     """How to export a checkpoint to ONNX and how closely it must match PyTorch."""
 
-    task: Optional[str] = field(default=None, metadata={"help": f"One of {sorted(OPTIMUM_TASKS)}; inferred from the config when not given."})
+    task: Optional[str] = field(default=None, metadata={"help": f"One of {list(task_names())}; inferred from the config when not given."})
     backend: Literal["optimum", "dynamo"] = field(
         default="optimum",
         metadata={"help": "'optimum' (optimum.exporters.onnx.main_export) or 'dynamo' (torch.onnx.export(dynamo=True), dynamic batch and sequence)."},
@@ -55,8 +50,8 @@ class ExportConfig:
     )
 
     def __post_init__(self):
-        if self.task is not None and self.task not in OPTIMUM_TASKS:
-            raise ConfigError(f"task '{self.task}' cannot be exported: use one of {sorted(OPTIMUM_TASKS)}")
+        if self.task is not None and self.task not in TASKS:
+            raise ConfigError(f"task '{self.task}' cannot be exported{closest(self.task, TASKS)}: use one of {list(TASKS)}")
         if self.backend not in EXPORT_BACKENDS:
             raise ConfigError(f"export backend '{self.backend}' is not one of {EXPORT_BACKENDS}")
         if self.optimize is not None:
@@ -96,17 +91,17 @@ def export_onnx(
         model_config = AutoConfig.from_pretrained(str(model_dir))
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot export '{model_dir}': no readable config.json ({str(e).splitlines()[0][:160]}); give a checkpoint directory or Hub id") from e
-    task = config.task or infer_task(model_config)
+    task = get_task(config.task) if config.task else task_of(model_config)
     tokenizer = load_tokenizer(str(model_dir))
     model = load_model(str(model_dir), task)
     with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
         if config.backend == "optimum":
             _export_optimum(model_dir, staging, task, config.opset)
         else:
-            _export_dynamo(model, tokenizer, staging, config.opset)
+            _export_dynamo(model, tokenizer, task, staging, config.opset)
         if is_factorized(model_config):  # the graph holds the factors; ONNX Runtime needs only the base architecture's config
             model_config.base_config().save_pretrained(str(staging))
-        parity = {"backend": config.backend, "task": task, "opset": config.opset, "texts": "given" if parity_texts else "built-in", "files": {}}
+        parity = {"backend": config.backend, "task": task.name, "opset": config.opset, "texts": "given" if parity_texts else "built-in", "files": {}}
         onnx_paths = [staging / "model.onnx"]
         if config.optimize:
             onnx_paths.append(optimize_onnx(staging, config.optimize))
@@ -130,11 +125,11 @@ def _copy_qat_files(model_dir: Path, out: Path) -> None:
         shutil.copy2(model_dir / QUANTIZATION_FILE, out / QUANTIZATION_FILE)
 
 
-def _export_optimum(model_dir, out: Path, task: str, opset: Optional[int]) -> None:
+def _export_optimum(model_dir, out: Path, task, opset: Optional[int]) -> None:
     from optimum.exporters.onnx import main_export
 
     # Optimum's own validation uses random inputs at one shape; our parity check replaces it.
-    main_export(str(model_dir), output=str(out), task=OPTIMUM_TASKS[task], opset=opset, do_validation=False, library_name="transformers")
+    main_export(str(model_dir), output=str(out), task=task.export_task, opset=opset, do_validation=False, library_name="transformers")
 
 
 class _Logits(torch.nn.Module):
@@ -148,14 +143,13 @@ class _Logits(torch.nn.Module):
         return self.model(**dict(zip(self.input_names, inputs))).logits
 
 
-def _export_dynamo(model, tokenizer, out: Path, opset: Optional[int]) -> None:
+def _export_dynamo(model, tokenizer, task, out: Path, opset: Optional[int]) -> None:
     """torch.onnx.export(dynamo=True) with dynamic batch and sequence dimensions, then the config and tokenizer beside it."""
     from .parity import DEFAULT_PARITY_TEXTS, parity_batch
 
     accepted = inspect.signature(model.forward).parameters
     input_names = [n for n in tokenizer.model_input_names if n in accepted]
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    task.prepare_tokenizer(tokenizer)
     # a sample of batch 2 and length 16 keeps both dimensions from being specialised to 0/1
     sample = parity_batch(tokenizer, DEFAULT_PARITY_TEXTS, 2, 16)
     args = tuple(torch.from_numpy(sample[n]) for n in input_names)

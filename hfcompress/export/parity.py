@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import HFCompressError
+from ..tasks import TextInput, tokenize_inputs
 
 PARITY_FILE = "parity.json"
 
@@ -39,14 +40,22 @@ class ParityError(HFCompressError):
     """An exported model whose outputs disagree with the PyTorch model beyond the tolerance."""
 
 
-def parity_batch(tokenizer, texts: Sequence[str], batch_size: int, length: int) -> dict[str, np.ndarray]:
-    """``batch_size`` rows of exactly ``length`` tokens: one full row of running text, the others single padded sentences."""
+def parity_batch(tokenizer, texts: Sequence[TextInput], batch_size: int, length: int) -> dict[str, np.ndarray]:
+    """``batch_size`` rows of exactly ``length`` tokens: one full row of running text, the others single padded inputs.
+
+    Pairs stay pairs (both segments, as the model was trained), so token type ids are checked too.
+    """
     texts = list(texts)
-    running = " ".join(texts)
-    while len(tokenizer(running)["input_ids"]) < length:
-        running = f"{running} {running}"
+    if isinstance(texts[0], tuple):
+        running: TextInput = (" ".join(a for a, _ in texts), " ".join(b for _, b in texts))
+        while len(tokenize_inputs(tokenizer, [running])["input_ids"][0]) < length:
+            running = (f"{running[0]} {running[0]}", f"{running[1]} {running[1]}")
+    else:
+        running = " ".join(texts)
+        while len(tokenizer(running)["input_ids"]) < length:
+            running = f"{running} {running}"
     rows = [running] + [texts[i % len(texts)] for i in range(batch_size - 1)]
-    encoded = tokenizer(rows, padding="max_length", truncation=True, max_length=length, return_tensors="np")
+    encoded = tokenize_inputs(tokenizer, rows, padding="max_length", truncation=True, max_length=length, return_tensors="np")
     return {name: np.asarray(value) for name, value in encoded.items()}
 
 

@@ -25,6 +25,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 from huggingface_hub.repocard import metadata_load
 
 from ..errors import ConfigError
+from ..tasks import DEFAULT_TASK, TASKS, Task, task_of
 from ..utils.io import atomic_write_text
 from .push import is_pickle
 from .validation import validate_card_data
@@ -45,16 +46,6 @@ METRIC_NAMES = {
     "accuracy": "Accuracy", "f1": "F1", "precision": "Precision", "recall": "Recall",
     "matthews_correlation": "Matthews correlation", "pearson": "Pearson", "spearmanr": "Spearman",
     "exact_match": "Exact match", "perplexity": "Perplexity",
-}
-TASK_NAMES = {
-    "text-classification": "Text Classification",
-    "token-classification": "Token Classification",
-    "text-generation": "Text Generation",
-}
-ORT_CLASSES = {
-    "text-classification": "ORTModelForSequenceClassification",
-    "token-classification": "ORTModelForTokenClassification",
-    "text-generation": "ORTModelForCausalLM",
 }
 _MAX_LINEAGE = 8  # stages followed back from a model to its origin
 
@@ -239,15 +230,15 @@ def _onnx_size(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def _task_of(config: dict, recipe: Optional[dict]) -> Optional[str]:
-    from ..modeling import infer_task
-    from ..errors import ModelError
-    from transformers import PretrainedConfig
+def _task_of(config: dict, recipe: Optional[dict]) -> Optional[Task]:
+    """The model's task from its architecture, else from the recipe that made it; None when neither says."""
+    from ..errors import HFCompressError
 
     try:
-        return infer_task(PretrainedConfig(architectures=config.get("architectures")))
-    except ModelError:
-        return ((recipe or {}).get("data") or {}).get("task")
+        return task_of(config)
+    except HFCompressError:
+        name = ((recipe or {}).get("data") or {}).get("task")
+        return TASKS.get(name) if isinstance(name, str) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,9 +320,9 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
     return {
         "model_name": model_name,
         "repo_id": cfg.repo_id or f"your-namespace/{model_name}",
-        "task": task,
-        "task_name": TASK_NAMES.get(task or "", task),
-        "ort_class": ORT_CLASSES.get(task or ""),
+        "task": task.pipeline_tag if task else None,
+        "task_name": task.display_name if task else None,
+        "ort_class": task.ort_model if task else None,
         "architecture": (config.get("architectures") or [None])[0],
         "model_type": config.get("model_type"),
         "num_layers": config.get("num_hidden_layers") or config.get("n_layer"),
@@ -339,7 +330,7 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
         "num_heads": config.get("num_attention_heads") or config.get("n_head"),
         "intermediate_size": config.get("intermediate_size"),
         "vocab_size": config.get("vocab_size"),
-        "labels": config.get("id2label") if task == "text-classification" else None,
+        "labels": task.card_labels(config) if task else None,
         "num_parameters": _count_parameters(model_dir),
         "weights_mb": round(sum(p.stat().st_size for p in weights) / 1e6, 2) if weights else None,
         "has_weights": bool(weights),
@@ -416,16 +407,14 @@ def _load_report(ref: str | Path) -> dict:
     return report
 
 
-def _eval_metrics(results: dict, task: Optional[str]) -> dict[str, float]:
+def _eval_metrics(results: dict, task: Optional[Task]) -> dict[str, float]:
     """Metric id -> value from a Trainer's eval_results.json (keys like eval_accuracy)."""
     metrics = {}
     for key, value in (results or {}).items():
         name = key.removeprefix("eval_")
         if name in METRIC_NAMES and isinstance(value, (int, float)):
             metrics[name] = float(value)
-    if task == "text-generation" and "perplexity" not in metrics and isinstance(results.get("eval_loss"), (int, float)):
-        metrics["perplexity"] = math.exp(results["eval_loss"])
-    return metrics
+    return task.card_metrics(results or {}, metrics) if task else metrics
 
 
 def _describe_step(stage: dict) -> dict:
@@ -513,7 +502,7 @@ def render_model_card(model_dir: str | Path, cfg: Optional[CardConfig] = None) -
     facts = gather_card_facts(model_dir, cfg)
     card_data = build_card_data(facts)
     validate_card_data(card_data)
-    rendered = ModelCard.from_template(card_data, template_path=str(template), facts=facts)
+    rendered = ModelCard.from_template(card_data, template_path=str(template), facts=facts, default_task=DEFAULT_TASK)
     # Optional sections leave runs of blank lines behind; Markdown needs one at most.
     card = ModelCard(re.sub(r"\n{3,}", "\n\n", rendered.content).strip() + "\n")
     # The rendered text must load back to the same metadata (ModelCard parses the YAML header again).

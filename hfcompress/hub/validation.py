@@ -32,8 +32,12 @@ HUB_LICENSES = (
     "lgpl-lr", "deepfloyd-if-license", "fair-noncommercial-research-license", "llama2", "llama3", "llama3.1",
     "llama3.2", "llama3.3", "llama4", "gemma", "unknown", "other",
 )
-# Pipeline tags of the tasks hfcompress produces (the Hub knows more; these are the ones we write).
-PIPELINE_TAGS = ("text-classification", "token-classification", "text-generation", "fill-mask", "feature-extraction")
+
+def pipeline_tags() -> tuple[str, ...]:
+    """Pipeline tags of the tasks hfcompress produces (the Hub knows more; these are the ones we write)."""
+    from ..tasks import TASKS
+
+    return tuple(t.pipeline_tag for t in TASKS.values())
 _LANGUAGE = re.compile(r"^([a-z]{2,3}(-[A-Za-z0-9]+)*|multilingual|code)$")
 _LIBRARY = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -67,8 +71,8 @@ def validate_card_data(data: ModelCardData) -> None:
         _check_repo_ids("base_model", d["base_model"], "model")
     if d.get("datasets") is not None:
         _check_repo_ids("datasets", d["datasets"], "dataset")
-    if d.get("pipeline_tag") is not None and d["pipeline_tag"] not in PIPELINE_TAGS:
-        raise _fail("pipeline_tag", f"{d['pipeline_tag']!r} is not one of {list(PIPELINE_TAGS)}", "set the model's task")
+    if d.get("pipeline_tag") is not None and d["pipeline_tag"] not in pipeline_tags():
+        raise _fail("pipeline_tag", f"{d['pipeline_tag']!r} is not one of {list(pipeline_tags())}", "set the model's task")
     for lang in _as_list(d.get("language") or []):
         if not isinstance(lang, str) or not _LANGUAGE.match(lang):
             raise _fail("language", f"{lang!r} is not an ISO 639 code", "use codes like 'en' or 'multilingual'")
@@ -97,8 +101,8 @@ def _check_model_index(model_index: Any) -> None:
     if not name:
         raise _fail("model-index", "has no model name", "set model_name")
     for r in results:
-        if r.task_type not in PIPELINE_TAGS:
-            raise _fail("model-index.task.type", f"{r.task_type!r} is not one of {list(PIPELINE_TAGS)}", "set the model's task")
+        if r.task_type not in pipeline_tags():
+            raise _fail("model-index.task.type", f"{r.task_type!r} is not one of {list(pipeline_tags())}", "set the model's task")
         value = r.metric_value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise _fail(f"model-index.metrics.{r.metric_type}", f"value {value!r} is not a finite number", "check eval_results.json")

@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from ..errors import ModelError
+from ..tasks import DEFAULT_TASK
 
 FACTORIZED_MODEL_TYPE = "hfcompress_factorized"
 
@@ -181,7 +182,7 @@ def is_factorized(model_or_config) -> bool:
     return getattr(config, "model_type", None) == FACTORIZED_MODEL_TYPE
 
 
-def load_factorized(path: str, task: str = "text-classification", **kwargs) -> PreTrainedModel:
+def load_factorized(path: str, task: str = DEFAULT_TASK, **kwargs) -> PreTrainedModel:
     """Load a factorised checkpoint (directory or Hub id) for ``task``; the same as the task's Auto class after ``import hfcompress``."""
     from ..modeling import load_model
 

@@ -14,7 +14,8 @@ from typing import Literal, Optional
 import torch
 
 from ..errors import ConfigError
-from ..modeling import infer_task, load_model, load_tokenizer
+from ..modeling import load_model, load_tokenizer
+from ..tasks import task_of
 from ..utils.io import atomic_output_dir, atomic_write_json
 from .qat import QUANTIZATION_FILE
 
@@ -64,7 +65,7 @@ def load_bnb(model: str | Path, config: Optional[BnbConfig] = None, task: Option
     model_config = AutoConfig.from_pretrained(str(model))
     # a checkpoint saved by quantize_bnb carries its own quantization_config, which from_pretrained applies
     quantization = {} if getattr(model_config, "quantization_config", None) else {"quantization_config": config.transformers_config()}
-    return load_model(str(model), task or infer_task(model_config), device_map="cpu", dtype=COMPUTE_DTYPES[config.compute_dtype], **quantization)
+    return load_model(str(model), task or task_of(model_config), device_map="cpu", dtype=COMPUTE_DTYPES[config.compute_dtype], **quantization)
 
 
 def quantize_bnb(model: str | Path, output_dir: str | Path, config: Optional[BnbConfig] = None, overwrite: bool = False) -> Path:

@@ -62,20 +62,19 @@ def find_onnx_file(directory: Path) -> Optional[Path]:
     return (preferred or files or [None])[0]
 
 
-def calibration_dataset(data: TaskData, tokenizer, config: PTQConfig, seed: int):
-    """A seeded random subset of ``config.calibration_split`` (default: the training split), tokenized for the ONNX inputs."""
+def calibration_dataset(data: TaskData, tokenizer, config: PTQConfig, seed: int, input_names: list[str]):
+    """A seeded random subset of ``config.calibration_split`` (default: the training split), as the graph's inputs.
+
+    The task tokenizes it as the model was trained (pairs, pre-split words) and only the inputs the
+    ONNX graph has are kept, padded to the longest row: the histogram calibrators need equal shapes.
+    """
+    import datasets
+
     split = config.calibration_split or data.cfg.train_split
     if split not in data.raw:
         raise DataError(f"calibration split '{split}' is not loaded (splits: {sorted(data.raw)}): set calibration_split to one of them")
     raw = data.raw[split].shuffle(seed=seed).select(range(min(config.calibration_samples, len(data.raw[split]))))
-    cfg = data.cfg
-
-    def encode(batch):
-        pair = batch[cfg.text_pair_column] if cfg.text_pair_column else None
-        return tokenizer(batch[cfg.text_column], pair, truncation=True, max_length=cfg.max_length, padding="longest")
-
-    # one batch padded to its longest example: the histogram calibrators (entropy, percentile) need equal shapes
-    return raw.map(encode, batched=True, batch_size=None, remove_columns=raw.column_names, desc="Tokenizing calibration set")
+    return datasets.Dataset.from_dict(data.task.calibration_features(raw, tokenizer, data.cfg, input_names))
 
 
 def calibration_config(dataset, config: PTQConfig):
@@ -230,7 +229,7 @@ def quantize_onnx(
         ranges, calibration, qat_used = None, None, 0
         if config.mode == "static":
             tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
-            dataset = calibration_dataset(data, tokenizer, config, seed)
+            dataset = calibration_dataset(data, tokenizer, config, seed, onnx_input_names(onnx_file))
             ranges = quantizer.fit(
                 dataset, calibration_config(dataset, config), onnx_augmented_model_name=Path(work) / "augmented.onnx",
                 operators_to_quantize=ort_config.operators_to_quantize,

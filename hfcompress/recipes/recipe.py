@@ -120,7 +120,7 @@ def parse_recipe(data: dict[str, Any]) -> Recipe:
         if not isinstance(raw, dict) or "stage" not in raw:
             raise ConfigError(f"{path}: each stage needs a 'stage' key naming its type, one of {sorted(STAGES)}")
         kind = raw["stage"]
-        if kind not in STAGES:
+        if not isinstance(kind, str) or kind not in STAGES:
             raise ConfigError(f"{path}.stage: unknown stage '{kind}'{closest(str(kind), STAGES)}: use one of {sorted(STAGES)}")
         body = {k: v for k, v in raw.items() if k != "stage"}
         stage_cfg = from_dict(STAGES[kind].config_cls, body, path)

@@ -95,10 +95,3 @@ def write_results(output: str | os.PathLike, result: dict, markdown: str) -> Non
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output.with_suffix(".json"), result)
     atomic_write_text(output.with_suffix(".md"), markdown)
-
-
-def dir_size_bytes(path: str | os.PathLike) -> int:
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -230,7 +230,7 @@ def corpus_texts(data, split: Optional[str] = None) -> tuple[list, Optional[list
     cfg = data.cfg
     ds = data.raw[split or cfg.train_split]
     pairs = ds[cfg.text_pair_column] if cfg.text_pair_column else None
-    return ds[cfg.text_column], pairs, cfg.task == "token-classification"
+    return ds[cfg.text_column], pairs, data.task.pre_split_words
 
 
 def trim_checkpoint(

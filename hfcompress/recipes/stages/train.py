@@ -16,7 +16,6 @@ from ...distillation import DistillationTrainer, DistillationTrainingArguments, 
 from ...distillation.config import resolve_layer_map
 from ...errors import ConfigError
 from ...guards import CheckRanksInSync, NonFiniteLossConfig, SaveFinalCheckpoint, StopOnNonFiniteLoss
-from ...metrics import trainer_compute_metrics
 from ...modeling import check_head_fits_labels, load_model, load_tokenizer
 from ...utils.io import atomic_write_json, atomic_write_text
 from ..context import PlannedModel, RunContext
@@ -33,6 +32,15 @@ TRAINING_DEFAULTS = {
     "logging_steps": 50,
     "eval_strategy": "no",
     "per_device_eval_batch_size": 64,
+}
+# TrainingArguments that the recipe sets itself: a value in ``training:`` would clash with it, be
+# ignored, or bypass a stage's own checks (a Trainer push skips the push stage's).
+RECIPE_OWNED = {
+    "output_dir": "each stage writes under the recipe's output_dir; remove the key",
+    "seed": "set the recipe's top-level seed instead",
+    "teacher_model_name_or_path": "name the teacher with the distill stage's own 'teacher:' key",
+    "push_to_hub": "remove it and add a 'push' stage after a 'card' stage",
+    "hub_*": "remove it; the 'push' stage takes the repo id and its options",
 }
 # Callbacks every training stage gets unless its ``callbacks:`` list configures them itself.
 DEFAULT_CALLBACKS = ({"type": "stop_on_nonfinite_loss"}, {"type": "check_ranks_in_sync"})
@@ -52,7 +60,11 @@ def validate_training(training: dict, args_cls: type[TrainingArguments]) -> dict
 
     Returns the mapping with values converted to their field types."""
     hints = typing.get_type_hints(args_cls)
-    allowed = {f.name for f in dataclasses.fields(args_cls) if f.init} - {"output_dir"}
+    for key in training:
+        owner = RECIPE_OWNED.get(key) or (RECIPE_OWNED["hub_*"] if key.startswith("hub_") and key != "hub_token" else None)
+        if owner:
+            raise ConfigError(f"training.{key}: the recipe decides this, not the Trainer: {owner}")
+    allowed = {f.name for f in dataclasses.fields(args_cls) if f.init} - set(RECIPE_OWNED)
     check_keys(training, allowed, "training")
     if training.get("hub_token"):
         raise ConfigError(
@@ -177,7 +189,7 @@ def plan_task_model(ctx: RunContext, model: PlannedModel, ref: str, layers: Opti
     """The model a training stage will train: its head must fit the data's labels; ``layers`` must exist in it."""
     config = copy.deepcopy(model.config)
     data = ctx.data()
-    if data.cfg.task != "text-generation":
+    if data.task.has_labels:
         check_head_fits_labels(config, data.num_labels, ref)
         config.num_labels = data.num_labels
     if layers is not None:
@@ -204,7 +216,7 @@ def train_and_publish(ctx: RunContext, cfg, model, tokenizer, trainer_cls, args_
         eval_dataset=eval_ds,
         data_collator=data.collator(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=trainer_compute_metrics(data.cfg.task, num_labels=data.num_labels),
+        compute_metrics=data.task.trainer_compute_metrics(num_labels=data.num_labels),
         callbacks=[*build_callbacks(with_default_callbacks(cfg.callbacks)), SaveFinalCheckpoint()],
         **trainer_kwargs,
     )
@@ -236,7 +248,7 @@ def train_and_publish(ctx: RunContext, cfg, model, tokenizer, trainer_cls, args_
 def _load_for_task(ctx: RunContext, ref: str, trust_remote_code: bool):
     data = ctx.data()
     path = ctx.resolve(ref)
-    model = load_model(path, data.cfg.task, data.num_labels or None, data.label_display_names() or None, trust_remote_code)
+    model = load_model(path, data.task, data.num_labels or None, data.label_display_names() or None, trust_remote_code)
     return model, load_tokenizer(path, trust_remote_code), path
 
 

@@ -1,0 +1,226 @@
+"""A task: everything that differs between model families, in one object.
+
+Data loading, tokenization, collators, model classes, metrics, distillation alignment, timing and
+calibration inputs all ask the task, so code outside ``hfcompress/tasks`` never compares task
+names. A new family is one module here that subclasses :class:`Task` and registers an instance.
+Heavy libraries are imported inside methods: the CLI lists tasks without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence, Union
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..data import DataConfig
+
+IGNORE_INDEX = -100
+# One model input as a person would give it: a text, or a (text, text_pair) for pair tasks.
+TextInput = Union[str, tuple[str, str]]
+
+
+def tokenize_inputs(tokenizer, inputs: Sequence[TextInput], **kwargs):
+    """Tokenize texts or (text, text_pair) tuples in one call, as the model was trained on them."""
+    inputs = list(inputs)
+    if inputs and isinstance(inputs[0], tuple):
+        return tokenizer([a for a, _ in inputs], [b for _, b in inputs], **kwargs)
+    return tokenizer(inputs, **kwargs)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task name and what hfcompress does differently for it.
+
+    ``name`` is the Hub's pipeline tag and Optimum's export task; ``auto_model`` and ``ort_model``
+    name the transformers and ``optimum.onnxruntime`` classes; ``architecture_suffixes`` recognise
+    a checkpoint's task from ``config.architectures``.
+    """
+
+    name: str
+    display_name: str
+    auto_model: str
+    ort_model: str
+    architecture_suffixes: tuple[str, ...]
+    default_metrics: tuple[str, ...] = ("accuracy", "f1")
+    has_labels: bool = True
+    per_token: bool = True  # one prediction per token (False: one per example)
+    label_shift: int = 0  # causal LMs predict the next token: labels are shifted by one
+    pre_split_words: bool = False  # the text column holds lists of words (tokenized with is_split_into_words)
+
+    @property
+    def pipeline_tag(self) -> str:
+        return self.name
+
+    @property
+    def export_task(self) -> str:
+        return self.name
+
+    def auto_class(self):
+        import transformers
+
+        return getattr(transformers, self.auto_model)
+
+    def ort_class(self):
+        import optimum.onnxruntime
+
+        return getattr(optimum.onnxruntime, self.ort_model)
+
+    def ort_load_kwargs(self) -> dict:
+        return {}
+
+    def matches(self, architecture: str) -> bool:
+        return architecture.endswith(self.architecture_suffixes)
+
+    # --- data -------------------------------------------------------------------------------
+
+    def required_columns(self, cfg: DataConfig) -> list[str]:
+        columns = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+        return columns + ([cfg.label_column] if self.has_labels else [])
+
+    def label_values(self, column: Sequence) -> set:
+        """The label values a split uses (token tasks: every tag of every row)."""
+        return set(column)
+
+    def prepare_tokenizer(self, tokenizer) -> None:
+        """Make ``tokenizer`` able to pad batches for this task."""
+
+    def tokenize_rows(self, rows, tokenizer, cfg: DataConfig, **kwargs):
+        """Tokenize raw rows (a batch dict or a Dataset) as the model reads them: pairs as pairs, words as words."""
+        pair = list(rows[cfg.text_pair_column]) if cfg.text_pair_column else None
+        return tokenizer(list(rows[cfg.text_column]), pair, is_split_into_words=self.pre_split_words, truncation=True, max_length=cfg.max_length, **kwargs)
+
+    def encode(self, batch: dict, tokenizer, cfg: DataConfig, label2id: dict) -> dict:
+        """Tokenize a batch of raw rows into model inputs and labels."""
+        enc = self.tokenize_rows(batch, tokenizer, cfg)
+        enc["labels"] = [label2id[v] for v in batch[cfg.label_column]]
+        return enc
+
+    def collator(self, tokenizer):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    def inputs(self, rows, cfg: DataConfig, count: Optional[int] = None) -> list[TextInput]:
+        """Raw inputs of a split as a user would send them: what latency and parity checks run on (pairs included)."""
+        texts = list(rows[cfg.text_column][:count])
+        if cfg.text_pair_column:
+            return list(zip(texts, rows[cfg.text_pair_column][:count]))
+        return texts
+
+    def calibration_features(self, rows, tokenizer, cfg: DataConfig, input_names: Sequence[str]) -> dict:
+        """Static-quantization calibration batch: the graph's inputs only, padded to the longest row."""
+        self.prepare_tokenizer(tokenizer)
+        enc = dict(self.tokenize_rows(rows, tokenizer, cfg, padding="longest"))
+        enc.update(self.derived_inputs(enc))
+        missing = [n for n in input_names if n not in enc]
+        if missing:
+            from ..errors import ModelError
+
+            raise ModelError(f"the ONNX graph needs inputs {missing} that the tokenizer does not produce: re-export the model with its own tokenizer")
+        return {n: enc[n] for n in input_names}
+
+    def derived_inputs(self, encoding: dict) -> dict:
+        """Graph inputs that the runtime computes from the tokenizer's (none for encoders)."""
+        return {}
+
+    # --- predictions --------------------------------------------------------------------------
+
+    def output_size(self, config) -> int:
+        """Width of the logits: the label count, or the vocabulary for language models."""
+        return config.num_labels if self.has_labels else config.vocab_size
+
+    def align_logits(self, student_logits, teacher_logits, labels, attention_mask):
+        """Flatten logits to [items, classes] and labels to [items], with the mask of the items that count.
+
+        An item is what one prediction is made for: a labelled (or, without labels, attended) token,
+        or for causal LMs the next-token position.
+        """
+        import torch
+
+        shift = self.label_shift
+        if shift:
+            student_logits, teacher_logits = student_logits[:, :-shift], teacher_logits[:, :-shift]
+        labels = labels[:, shift:] if labels is not None else None
+        attention_mask = attention_mask[:, shift:] if attention_mask is not None else None
+        if labels is not None:
+            mask = labels != IGNORE_INDEX
+        elif attention_mask is not None:
+            mask = attention_mask.bool()
+        else:
+            mask = torch.ones(student_logits.shape[:-1], dtype=torch.bool, device=student_logits.device)
+        classes = student_logits.shape[-1]
+        flat_labels = labels.reshape(-1) if labels is not None else None
+        return student_logits.reshape(-1, classes), teacher_logits.reshape(-1, classes), flat_labels, mask.reshape(-1)
+
+    def count_items(self, labels, attention_mask, batch_size: int) -> int:
+        """How many items a batch contributes; agrees with :meth:`align_logits`."""
+        shift = self.label_shift
+        if labels is not None:
+            return int((labels[:, shift:] != IGNORE_INDEX).sum())
+        if attention_mask is not None:
+            return int(attention_mask[:, shift:].sum())
+        raise ValueError("token-level distillation needs labels or an attention_mask to count positions")
+
+    def f1_average(self, num_labels: int) -> Optional[str]:
+        return "macro" if num_labels > 2 else None
+
+    def compute_metrics(self, predictions, references, metric_names: Optional[Sequence[str]] = None, num_labels: int = 2) -> dict:
+        """``evaluate`` metrics of arg-maxed predictions; positions labelled -100 do not count."""
+        import numpy as np
+
+        from ..metrics import load_metric
+
+        predictions, references = np.asarray(predictions), np.asarray(references)
+        keep = references != IGNORE_INDEX
+        predictions, references = predictions[keep], references[keep]
+        results: dict[str, float] = {}
+        for name in metric_names if metric_names is not None else self.default_metrics:
+            average = self.f1_average(num_labels) if name == "f1" else None
+            kwargs = {"average": average} if average else {}
+            results.update(load_metric(name).compute(predictions=predictions.tolist(), references=references.tolist(), **kwargs))
+        return results
+
+    def trainer_compute_metrics(self, metric_names: Optional[Sequence[str]] = None, num_labels: int = 2):
+        """A ``compute_metrics`` for ``transformers.Trainer`` (None where the eval loss is the metric)."""
+
+        def compute(eval_pred):
+            logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+            return self.compute_metrics(logits.argmax(-1), eval_pred.label_ids, metric_names, num_labels)
+
+        return compute
+
+    def score(self, outputs: Iterable[tuple[torch.Tensor, torch.Tensor]], num_labels: int) -> dict:
+        """Metrics over ``(logits, labels)`` batches from any runtime."""
+        import numpy as np
+
+        predictions, references = [], []
+        for logits, labels in outputs:
+            keep = labels != IGNORE_INDEX
+            predictions.append(logits.argmax(-1)[keep].numpy())
+            references.append(labels[keep].numpy())
+        return self.compute_metrics(np.concatenate(predictions), np.concatenate(references), num_labels=num_labels)
+
+    def card_labels(self, config: dict) -> Optional[dict]:
+        """Labels the model card lists."""
+        return None
+
+    def card_metrics(self, results: dict, metrics: dict) -> dict:
+        """Metrics for the card derived from a Trainer's eval results (language models: perplexity from the loss)."""
+        return metrics
+
+    def check_compatible(self, teacher_config, student_config) -> None:
+        """A teacher and student of a labelled task must share the label set."""
+        from ..errors import ConfigError
+
+        if not self.has_labels:
+            return
+        if teacher_config.num_labels != student_config.num_labels:
+            raise ConfigError(
+                f"teacher has {teacher_config.num_labels} labels and student {student_config.num_labels}: "
+                "give the student the teacher's label set (num_labels/id2label)"
+            )
+        t_labels, s_labels = teacher_config.id2label, student_config.id2label
+        if t_labels and s_labels and {int(k): v for k, v in t_labels.items()} != {int(k): v for k, v in s_labels.items()}:
+            raise ConfigError(f"teacher labels {t_labels} differ from student labels {s_labels}: use the same id2label")
