@@ -262,15 +262,52 @@ def test_bnb_8bit_and_4bit_save_and_reload_on_cpu(tiny_teacher_dir, tmp_path):
 
     fp32 = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir).eval()
     expected = fp32(input_ids=ids).logits
-    for config, layer_type in ((BnbConfig(bits=8), bnb.nn.Linear8bitLt), (BnbConfig(bits=4, quant_type="nf4", double_quant=True), bnb.nn.Linear4bit)):
+    # the tiny model's 32-wide layers are too narrow for 4-bit CPU blocks; its 64-to-32 FFN output fits
+    for config, layer_type, module in (
+        (BnbConfig(bits=8), bnb.nn.Linear8bitLt, "attention.self.query"),
+        (BnbConfig(bits=4, quant_type="nf4", double_quant=True), bnb.nn.Linear4bit, "output.dense"),
+    ):
         out = quantize_bnb(tiny_teacher_dir, tmp_path / f"bnb{config.bits}", config)
         info = json.loads((out / QUANTIZATION_FILE).read_text())
         assert info["method"] == f"bnb-{config.bits}bit" and info["onnx_exportable"] is False
         reloaded = load_bnb(out, config).eval()
-        assert isinstance(reloaded.bert.encoder.layer[0].attention.self.query, layer_type)
+        assert isinstance(reloaded.bert.encoder.layer[0].get_submodule(module), layer_type)
         assert reloaded.get_memory_footprint() < fp32.get_memory_footprint()
         got = reloaded(input_ids=ids).logits.float()
         assert torch.allclose(got, expected, atol=0.05)
+
+
+def test_bnb_4bit_keeps_layers_the_cpu_kernel_cannot_pack_on_either_cpu_path(tiny_teacher_dir, tmp_path, caplog):
+    """AVX-512 CPUs repack every Linear4bit at its first forward; layers narrower than a 64-block made that fail.
+
+    The repacking is plain torch code, so it is run here on every 4-bit layer whatever CPU runs the
+    test; the forward pass then runs this CPU's own path.
+    """
+    import copy
+
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    from hfcompress.quantization.bnb import fits_cpu_4bit
+
+    with caplog.at_level("WARNING", logger="hfcompress"):
+        model = load_bnb(tiny_teacher_dir, BnbConfig(bits=4)).eval()
+    four_bit = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    kept = model.hfc_bnb_unfit_modules
+    assert four_bit and "bert.encoder.layer.0.attention.self.query" in kept and "bert.encoder.layer.0.output.dense" in four_bit
+    assert "stay in float32" in caplog.text and "bert.encoder.layer.0.attention.self.query" in caplog.text
+    for name in kept:
+        layer = model.get_submodule(name)
+        assert type(layer) is torch.nn.Linear and not fits_cpu_4bit(layer)
+    for name, layer in four_bit.items():  # the AVX-512 path's repacking succeeds on every quantized layer
+        packed, state = _convert_weight_packed_for_cpu(layer.weight.data.clone(), copy.deepcopy(layer.weight.quant_state))
+        assert state.packing_format_for_cpu and packed.shape == (layer.out_features, layer.in_features // 2)
+    # what used to happen: a 32-wide layer quantized to 4 bits cannot be repacked
+    narrow = bnb.nn.Params4bit(torch.randn(32, 32), requires_grad=False, quant_type="nf4").to("cpu")
+    with pytest.raises(RuntimeError, match=r"shape '\[32, 0\]' is invalid"):
+        _convert_weight_packed_for_cpu(narrow.data.clone(), copy.deepcopy(narrow.quant_state))
+    ids = torch.tensor([[101, 2023, 3185, 2001, 2307, 102]])
+    assert torch.isfinite(model(input_ids=ids).logits).all()
 
 
 def test_quantize_stage_after_qat_training_in_a_recipe(tiny_teacher_dir, tiny_sst2_dir, tmp_path):

@@ -7,6 +7,8 @@ to ONNX. For fast CPU int8 use ONNX Runtime (:func:`~hfcompress.quantization.qua
 
 from __future__ import annotations
 
+import logging
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -15,11 +17,18 @@ import torch
 
 from ..errors import ConfigError
 from ..modeling import load_model, load_tokenizer
-from ..tasks import task_of
+from ..tasks import get_task, task_of
 from ..utils.io import atomic_output_dir, atomic_write_json
 from .qat import QUANTIZATION_FILE
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# bitsandbytes' 4-bit blocks hold 64 weights of one row. On CPUs with AVX-512 (bf16) it repacks a
+# Linear4bit at its first forward pass for its fused kernel, which needs whole blocks per row and
+# output rows in groups of 32 (bitsandbytes.functional._convert_weight_packed_for_cpu).
+BNB_4BIT_BLOCK = 64
+BNB_CPU_PACK_ROWS = 32
+
+logger = logging.getLogger("hfcompress")
 
 
 @dataclass
@@ -57,15 +66,57 @@ class BnbConfig:
         return {"method": "bnb-4bit", "weights": f"{self.quant_type} blocks of 64{dq}", "activations": self.compute_dtype}
 
 
+def fits_cpu_4bit(layer: torch.nn.Linear) -> bool:
+    """Whether bitsandbytes' AVX-512 CPU kernel can repack this layer's 4-bit weight (whole 64-blocks, rows in 32s)."""
+    return layer.in_features % BNB_4BIT_BLOCK == 0 and layer.out_features % BNB_CPU_PACK_ROWS == 0
+
+
+def cpu_4bit_skip_modules(model_config, task, skip_modules: Optional[list[str]]) -> tuple[list[str], list[str]]:
+    """(modules to keep in full precision, those of them kept only because their shape does not fit 4-bit on the CPU).
+
+    Every such layer is kept on every CPU, not only where AVX-512 would fail on it, so a 4-bit
+    checkpoint behaves the same on every machine it is loaded on.
+    """
+    from accelerate import init_empty_weights
+    from transformers.integrations import get_keys_to_not_convert
+
+    with init_empty_weights():
+        skeleton = task.auto_class().from_config(model_config)
+    kept = list(skip_modules) if skip_modules is not None else get_keys_to_not_convert(skeleton)
+    misfits = [
+        name for name, module in skeleton.named_modules()
+        if isinstance(module, torch.nn.Linear) and not fits_cpu_4bit(module) and not any(k in name for k in kept)
+    ]
+    return kept + misfits, misfits
+
+
 def load_bnb(model: str | Path, config: Optional[BnbConfig] = None, task: Optional[str] = None):
-    """Load ``model`` (local path or Hub id, fp32 or already bitsandbytes-quantized) with bitsandbytes Linear layers on CPU."""
+    """Load ``model`` (local path or Hub id, fp32 or already bitsandbytes-quantized) with bitsandbytes Linear layers on CPU.
+
+    In 4 bits, Linear layers too narrow for bitsandbytes' CPU blocks stay in full precision, with a
+    warning that names them (``load_bnb(...).hfc_bnb_unfit_modules`` lists them).
+    """
     from transformers import AutoConfig
 
     config = config or BnbConfig()
     model_config = AutoConfig.from_pretrained(str(model))
-    # a checkpoint saved by quantize_bnb carries its own quantization_config, which from_pretrained applies
-    quantization = {} if getattr(model_config, "quantization_config", None) else {"quantization_config": config.transformers_config()}
-    return load_model(str(model), task or task_of(model_config), device_map="cpu", dtype=COMPUTE_DTYPES[config.compute_dtype], **quantization)
+    task = get_task(task) if task else task_of(model_config)
+    misfits: list[str] = []
+    if getattr(model_config, "quantization_config", None):
+        quantization = {}  # a checkpoint saved by quantize_bnb carries its own quantization_config, which from_pretrained applies
+    elif config.bits == 4:
+        skip, misfits = cpu_4bit_skip_modules(model_config, task, config.skip_modules)
+        quantization = {"quantization_config": dataclasses.replace(config, skip_modules=skip).transformers_config()}
+        if misfits:
+            logger.warning(
+                "hfcompress: %d Linear layer(s) stay in %s: bitsandbytes' 4-bit CPU kernel needs input widths divisible by %d "
+                "and output widths by %d (%s)", len(misfits), config.compute_dtype, BNB_4BIT_BLOCK, BNB_CPU_PACK_ROWS, ", ".join(misfits),
+            )
+    else:
+        quantization = {"quantization_config": config.transformers_config()}
+    loaded = load_model(str(model), task, device_map="cpu", dtype=COMPUTE_DTYPES[config.compute_dtype], **quantization)
+    loaded.hfc_bnb_unfit_modules = misfits
+    return loaded
 
 
 def quantize_bnb(model: str | Path, output_dir: str | Path, config: Optional[BnbConfig] = None, overwrite: bool = False) -> Path:
@@ -81,6 +132,6 @@ def quantize_bnb(model: str | Path, output_dir: str | Path, config: Optional[Bnb
         load_tokenizer(str(model)).save_pretrained(staging)
         atomic_write_json(
             staging / QUANTIZATION_FILE,
-            {**config.describe(), "memory_footprint_bytes": int(quantized.get_memory_footprint()), "source": str(model), "onnx_exportable": False},
+            {**config.describe(), "kept_in_full_precision_for_cpu": quantized.hfc_bnb_unfit_modules, "memory_footprint_bytes": int(quantized.get_memory_footprint()), "source": str(model), "onnx_exportable": False},
         )
     return output_dir
