@@ -110,9 +110,14 @@ def _field_help(cls, name: str) -> str:
 def _cmd_factorize(args) -> int:
     from .lowrank import LowRankConfig, factorize_checkpoint
 
+    # a list of names or one regex (argparse makes them exclusive); neither given keeps LowRankConfig's default
+    patterns = {}
+    if args.target_modules is not None or args.target_regex is not None:
+        patterns["target_modules"] = args.target_modules or args.target_regex
+    if args.exclude_modules is not None or args.exclude_regex is not None:
+        patterns["exclude_modules"] = args.exclude_regex if args.exclude_modules is None else args.exclude_modules
     config = LowRankConfig(
-        energy=args.energy, compression=args.compression, min_rank=args.min_rank, rank_multiple=args.rank_multiple,
-        target_modules=args.target_modules, exclude_modules=args.exclude_modules,
+        energy=args.energy, compression=args.compression, min_rank=args.min_rank, rank_multiple=args.rank_multiple, **patterns,
     )
     report = factorize_checkpoint(args.model, args.output, config, task=args.task, overwrite=args.overwrite)
     print(
@@ -161,8 +166,12 @@ def _fill_factorize(fz: argparse.ArgumentParser) -> None:
     rank.add_argument("--compression", type=float, help=_field_help(LowRankConfig, "compression"))
     fz.add_argument("--min-rank", type=int, default=8, help=_field_help(LowRankConfig, "min_rank"))
     fz.add_argument("--rank-multiple", type=int, default=8, help=_field_help(LowRankConfig, "rank_multiple"))
-    fz.add_argument("--target-modules", nargs="+", default=None, help=_field_help(LowRankConfig, "target_modules"))
-    fz.add_argument("--exclude-modules", nargs="*", default=list(DEFAULT_EXCLUDE), help=_field_help(LowRankConfig, "exclude_modules"))
+    target = fz.add_mutually_exclusive_group()
+    target.add_argument("--target-modules", nargs="+", metavar="NAME", help=_field_help(LowRankConfig, "target_modules"))
+    target.add_argument("--target-regex", metavar="REGEX", help="target_modules as one regex matched against the full module name.")
+    exclude = fz.add_mutually_exclusive_group()
+    exclude.add_argument("--exclude-modules", nargs="*", metavar="NAME", help=_field_help(LowRankConfig, "exclude_modules") + " No NAME: exclude nothing.")
+    exclude.add_argument("--exclude-regex", metavar="REGEX", help=f"exclude_modules as one regex; default: {DEFAULT_EXCLUDE}")
     fz.add_argument("--task", default=None, choices=task_names(), help="The model's task; default: inferred from its architecture.")
     fz.add_argument("--overwrite", action="store_true", help="Replace an existing output directory.")
     fz.set_defaults(fn=_cmd_factorize)

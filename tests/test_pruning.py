@@ -122,7 +122,7 @@ def test_schedule_steps_and_fractions():
         (dict(pattern="2:4", schedule="cubic"), "one_shot"),
         (dict(target_sparsity=1.0), "target_sparsity"),
         (dict(end_step=1.5), "fraction"),
-        (dict(targets="(["), "regular expression"),
+        (dict(target_modules="(["), "regular expression"),
         (dict(initial_sparsity=0.6, target_sparsity=0.5), "initial_sparsity"),
     ],
 )
@@ -135,7 +135,7 @@ def test_config_mistakes_are_one_line_errors(kwargs, message):
 
 
 def test_default_targets_are_block_linears_only():
-    names = set(prunable_weights(_bert(), MagnitudePruningConfig().targets))
+    names = set(prunable_weights(_bert(), MagnitudePruningConfig().target_modules))
     assert names and all(".encoder.layer." in n for n in names)
     assert len(names) == 4 * 6  # q, k, v, attention output, intermediate, output per layer; no pooler/classifier/embeddings
     with pytest.raises(ConfigError, match="match no Linear"):
@@ -145,7 +145,7 @@ def test_default_targets_are_block_linears_only():
 @pytest.mark.parametrize("scope", ["global", "per_layer"])
 @pytest.mark.parametrize("sparsity", [0.0, 0.33, 0.9])
 def test_masks_remove_exactly_the_requested_fraction(scope, sparsity):
-    weights = prunable_weights(_bert(), MagnitudePruningConfig().targets)
+    weights = prunable_weights(_bert(), MagnitudePruningConfig().target_modules)
     masks = magnitude_masks(weights, sparsity, scope)
     total = sum(w.numel() for w in weights.values())
     removed = sum(int((~m).sum()) for m in masks.values())
@@ -195,7 +195,7 @@ def test_callback_reaches_target_and_pruned_weights_stay_zero(tmp_path, kwargs):
     trainer.train()
     assert check.checked > 0
     report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
-    weights = prunable_weights(model, MagnitudePruningConfig().targets)
+    weights = prunable_weights(model, MagnitudePruningConfig().target_modules)
     total = sum(w.numel() for w in weights.values())
     assert report["global_sparsity"] == pytest.approx(pruning.config.target_sparsity, abs=1.5 * len(weights) / total)
     assert report["global_sparsity"] == sparsity_of(weights)["global_sparsity"]  # the report is the measurement
@@ -217,7 +217,7 @@ def test_saved_model_is_plain_and_reloads_with_same_outputs_and_sparsity(tmp_pat
     inputs = _inputs()
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, reloaded(**inputs).logits)
-    targets = MagnitudePruningConfig().targets
+    targets = MagnitudePruningConfig().target_modules
     assert sparsity_of(prunable_weights(reloaded, targets))["global_sparsity"] == pytest.approx(0.7, abs=1e-3)
 
 
@@ -268,7 +268,7 @@ def test_callback_prunes_while_distilling(tmp_path):
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=_data(), callbacks=[pruning])
     trainer.train()
     assert pruning.report["global_sparsity"] == pytest.approx(0.5, abs=1e-3)
-    assert sparsity_of(prunable_weights(teacher, MagnitudePruningConfig().targets))["global_sparsity"] == 0  # the teacher is untouched
+    assert sparsity_of(prunable_weights(teacher, MagnitudePruningConfig().target_modules))["global_sparsity"] == 0  # the teacher is untouched
 
 
 # --- structured ------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..errors import ConfigError
+from ..targets import PATTERNS_HELP, ModulePatterns, check_module_patterns
 
-DEFAULT_EXCLUDE = ["classifier", "pooler", "lm_head", "score", "qa_outputs"]
+# Task heads and poolers: any layer with one of these names as a whole dotted component ("bert.pooler.dense").
+DEFAULT_EXCLUDE = r"(.*\.)?(classifier|pooler|lm_head|score|qa_outputs)(\..*)?"
 
 
 @dataclass
@@ -30,16 +32,13 @@ class LowRankConfig:
     rank_multiple: int = field(
         default=8, metadata={"help": "Round ranks up to a multiple of this (GEMM kernels prefer it); 1 keeps them exact."}
     )
-    target_modules: Optional[list[str]] = field(
-        default=None,
-        metadata={
-            "help": "Module names to factorise: a plain entry matches whole dotted components of the name ('query', "
-            "'attention.output.dense', 'intermediate'); 're:<regex>' must match the full name. Default: every Linear/Conv1D."
-        },
+    target_modules: ModulePatterns = field(
+        default=None, metadata={"help": f"Linear/Conv1D layers to factorise: {PATTERNS_HELP}. Default: every layer."}
     )
-    exclude_modules: list[str] = field(
-        default_factory=lambda: list(DEFAULT_EXCLUDE),
-        metadata={"help": "Module names never factorised (same matching as target_modules): task heads by default."},
+    exclude_modules: ModulePatterns = field(
+        default=DEFAULT_EXCLUDE,
+        metadata={"help": "Layers never factorised, same syntax. Default: task heads and poolers (classifier, pooler, lm_head, "
+                  "score, qa_outputs and the layers inside them); null: none."},
     )
 
     def __post_init__(self):
@@ -53,5 +52,4 @@ class LowRankConfig:
             raise ConfigError(f"min_rank={self.min_rank} must be at least 1")
         if self.rank_multiple < 1:
             raise ConfigError(f"rank_multiple={self.rank_multiple} must be at least 1 (1 keeps ranks exact)")
-        if self.target_modules is not None and not self.target_modules:
-            raise ConfigError("target_modules is an empty list: leave it out to factorise every Linear layer, or name some")
+        check_module_patterns(self.target_modules, self.exclude_modules)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -11,9 +10,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
-from transformers.pytorch_utils import Conv1D
 
-from ..errors import ConfigError
+from ..targets import replace_module, select_modules
 from ..utils.io import atomic_output_dir, atomic_write_json, check_output_dir
 from .config import LowRankConfig
 from .modeling import FactorizedConfig, LowRankLinear, dense_shape, register_factorized_auto_classes
@@ -21,30 +19,11 @@ from .modeling import FactorizedConfig, LowRankLinear, dense_shape, register_fac
 REPORT_FILE = "factorization.json"
 
 
-def _matches(name: str, patterns: list[str]) -> bool:
-    """'re:<regex>' matches the full name; a plain pattern matches a run of whole dotted components ('pooler', 'output.dense')."""
-    for pattern in patterns:
-        if pattern.startswith("re:"):
-            if re.fullmatch(pattern[3:], name):
-                return True
-        elif f".{pattern}." in f".{name}.":
-            return True
-    return False
-
-
 def target_layers(model: nn.Module, config: LowRankConfig) -> list[str]:
     """Names of the dense layers ``config`` selects, in module order."""
     # the factors of an already factorised layer are not candidates again
     inside = {f"{n}.{child}" for n, m in model.named_modules() if isinstance(m, LowRankLinear) for child in ("down", "up")}
-    dense = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D)) and n and n not in inside]
-    chosen = [n for n in dense if (config.target_modules is None or _matches(n, config.target_modules))]
-    chosen = [n for n in chosen if not _matches(n, config.exclude_modules)]
-    if config.target_modules is not None and not chosen:
-        raise ConfigError(
-            f"target_modules {config.target_modules} match no Linear layer of {type(model).__name__} "
-            f"(after exclude_modules): its Linear layers include {dense[:6]}"
-        )
-    return chosen
+    return list(select_modules(model, config.target_modules, config.exclude_modules, ignore=inside.__contains__))
 
 
 def select_rank(singular_values: torch.Tensor, in_features: int, out_features: int, config: LowRankConfig) -> int:
@@ -90,14 +69,10 @@ def factorize(model: PreTrainedModel, config: LowRankConfig) -> dict:
     """
     register_factorized_auto_classes()
     names = target_layers(model, config)
-    if not names:
-        raise ConfigError(f"{type(model).__name__} has no Linear layer outside exclude_modules {config.exclude_modules}")
     params_before = model.num_parameters()
     ranks, layers = {}, {}
     for name in tqdm(names, desc="Factorising", leave=False):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        dense = getattr(parent, child)
+        dense = model.get_submodule(name)
         in_features, out_features, _ = dense_shape(dense)
         weight = _weight_out_in(dense).detach().float()
         u, s, vh = torch.linalg.svd(weight, full_matrices=False)
@@ -108,7 +83,7 @@ def factorize(model: PreTrainedModel, config: LowRankConfig) -> dict:
         if rank * (in_features + out_features) >= in_features * out_features:
             entry.update(rank=None, skipped=f"rank {rank} would not save parameters (full rank {min(in_features, out_features)})")
         else:
-            setattr(parent, child, low_rank_from_dense(dense, rank, u.to(dense.weight.dtype), s.to(dense.weight.dtype), vh.to(dense.weight.dtype)))
+            replace_module(model, name, low_rank_from_dense(dense, rank, u.to(dense.weight.dtype), s.to(dense.weight.dtype), vh.to(dense.weight.dtype)))
             ranks[name] = rank
         layers[name] = entry
     model.config = FactorizedConfig.from_base(model.config, ranks)

@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from ..errors import ModelError
+from ..targets import replace_module
 from ..tasks import DEFAULT_TASK
 
 FACTORIZED_MODEL_TYPE = "hfcompress_factorized"
@@ -95,13 +96,11 @@ class FactorizedConfig(PretrainedConfig):
 def replace_with_low_rank(model: nn.Module, ranks: dict[str, int]) -> None:
     """Swap each named layer for an (uninitialised) :class:`LowRankLinear` of the given rank."""
     for name, rank in ranks.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        dense = getattr(parent, child)
+        dense = model.get_submodule(name)
         in_features, out_features, has_bias = dense_shape(dense)
         device = next(dense.parameters()).device
         dtype = next(dense.parameters()).dtype
-        setattr(parent, child, LowRankLinear(in_features, out_features, rank, has_bias).to(device=device, dtype=dtype))
+        replace_module(model, name, LowRankLinear(in_features, out_features, rank, has_bias).to(device=device, dtype=dtype))
 
 
 def dense_shape(module: nn.Module) -> tuple[int, int, bool]:

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from ..errors import ConfigError
+from ..targets import PATTERNS_HELP, ModulePatterns, check_module_patterns
 
 # Linear (and GPT-2 Conv1D) layers inside numbered blocks: BERT/RoBERTa ``encoder.layer.N``,
 # DistilBERT ``transformer.layer.N``, GPT-2 ``transformer.h.N``, T5/BART/Llama ``block.N``/``layers.N``.
 # Embeddings, norms, poolers and classification heads have no block index and are left dense.
-DEFAULT_TARGETS = r"\.(layer|layers|h|block|blocks)\.\d+\."
+DEFAULT_TARGETS = r".*\.(layer|layers|h|block|blocks)\.\d+\..*"
 
 
 def parse_pattern(pattern: str) -> Optional[tuple[int, int]]:
@@ -50,8 +51,13 @@ class MagnitudePruningConfig:
         default="global", metadata={"help": "'global': one magnitude threshold across all targets; 'per_layer': each layer pruned to the sparsity."}
     )
     pattern: str = field(default="unstructured", metadata={"help": "'unstructured' or N:M semi-structured, e.g. '2:4' (N kept in each group of M inputs)."})
-    targets: str = field(default=DEFAULT_TARGETS, metadata={"help": "Regex searched in module names; matching Linear/Conv1D layers are pruned."})
-    exclude: Optional[str] = field(default=None, metadata={"help": "Regex of module names to keep dense even if they match targets."})
+    target_modules: ModulePatterns = field(
+        default=DEFAULT_TARGETS,
+        metadata={"help": f"Linear/Conv1D layers to prune: {PATTERNS_HELP}. Default: the layers inside numbered blocks; null: every layer."},
+    )
+    exclude_modules: ModulePatterns = field(
+        default=None, metadata={"help": "Layers kept dense even if target_modules selects them (same syntax)."}
+    )
     log_per_layer: bool = field(default=True, metadata={"help": "Log each layer's sparsity (after every pruning step) besides the global one."})
 
     def __post_init__(self):
@@ -73,12 +79,7 @@ class MagnitudePruningConfig:
                 raise ConfigError(f"{name} {value} is a float, so a fraction of training: use a value in [0, 1] or an int step")
             if isinstance(value, int) and value < 0:
                 raise ConfigError(f"{name} {value} must be >= 0")
-        for name in ("targets", "exclude"):
-            if getattr(self, name) is not None:
-                try:
-                    re.compile(getattr(self, name))
-                except re.error as e:
-                    raise ConfigError(f"{name} '{getattr(self, name)}' is not a valid regular expression ({e})") from None
+        check_module_patterns(self.target_modules, self.exclude_modules)
 
 
 @dataclass

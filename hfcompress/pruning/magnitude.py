@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 import torch
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import ConfigError
+from ..targets import ModulePatterns, select_modules
 from .config import MagnitudePruningConfig, parse_pattern
 from .masks import MaskedPruningCallback, apply_masks, unwrap
 from .schedules import Schedule
 
 
-def prunable_weights(model, targets: str, exclude: Optional[str] = None) -> dict[str, torch.nn.Parameter]:
-    """Weights of the Linear/Conv1D modules whose names match ``targets`` (and not ``exclude``), by parameter name."""
-    found = {}
-    for name, module in model.named_modules():
-        if isinstance(module, (torch.nn.Linear, Conv1D)) and re.search(targets, name) and not (exclude and re.search(exclude, name)):
-            found[f"{name}.weight"] = module.weight
-    if not found:
-        linears = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))][:5]
-        raise ConfigError(f"targets '{targets}' match no Linear layer of {type(model).__name__}: its Linear layers are named like {linears}")
-    return found
+def prunable_weights(model, target_modules: ModulePatterns, exclude_modules: ModulePatterns = None) -> dict[str, torch.nn.Parameter]:
+    """Weights of the Linear/Conv1D modules the patterns select (see :mod:`hfcompress.targets`), by parameter name."""
+    return {f"{name}.weight": module.weight for name, module in select_modules(model, target_modules, exclude_modules).items()}
 
 
 def _inputs_last(weight: torch.Tensor, conv1d: bool) -> torch.Tensor:
@@ -92,7 +85,8 @@ def _report(cfg: MagnitudePruningConfig, weights, schedule: Optional[dict]) -> d
         "target_sparsity": round(cfg.target_sparsity, 6),
         **sparsity_of(weights),
         "schedule": schedule,
-        "targets": cfg.targets,
+        "target_modules": cfg.target_modules,
+        "exclude_modules": cfg.exclude_modules,
     }
 
 
@@ -101,7 +95,7 @@ def magnitude_prune(model, config: Optional[MagnitudePruningConfig] = None, **kw
     """Prune ``model`` in place, at once, to ``config.target_sparsity``; returns the measured sparsity report."""
     cfg = config or MagnitudePruningConfig(schedule="one_shot", **kwargs)
     model = unwrap(model)
-    weights = prunable_weights(model, cfg.targets, cfg.exclude)
+    weights = prunable_weights(model, cfg.target_modules, cfg.exclude_modules)
     masks = magnitude_masks(weights, cfg.target_sparsity, cfg.scope, cfg.pattern, _conv1d_names(model, weights))
     apply_masks(weights, masks)
     return _report(cfg, weights, {"kind": "one_shot", "target_sparsity": cfg.target_sparsity})
@@ -128,7 +122,7 @@ class MagnitudePruningCallback(MaskedPruningCallback):
         self._conv1d: frozenset = frozenset()
 
     def setup(self, model):
-        weights = prunable_weights(model, self.config.targets, self.config.exclude)
+        weights = prunable_weights(model, self.config.target_modules, self.config.exclude_modules)
         self._conv1d = _conv1d_names(model, weights)
         return weights
 

@@ -16,6 +16,7 @@ import torch
 from transformers.pytorch_utils import prune_linear_layer
 
 from ..errors import ModelError
+from ..targets import replace_module
 from .config import StructuredPruningConfig
 from .masks import MaskedPruningCallback, apply_masks, unwrap
 from .schedules import Schedule
@@ -198,12 +199,11 @@ def slim(model, heads: dict[int, list[int]], neurons: dict[int, list[int]]) -> N
     for layer, removed in neurons.items():
         if not removed:
             continue
-        fc_in = model.get_submodule(block_list[layer].fc_in)
-        keep = torch.tensor(sorted(set(range(fc_in.out_features)) - set(removed)), device=fc_in.weight.device)
-        parent_in, attr_in = block_list[layer].fc_in.rsplit(".", 1)
-        parent_out, attr_out = block_list[layer].fc_out.rsplit(".", 1)
-        setattr(model.get_submodule(parent_in), attr_in, prune_linear_layer(fc_in, keep, dim=0))
-        setattr(model.get_submodule(parent_out), attr_out, prune_linear_layer(model.get_submodule(block_list[layer].fc_out), keep, dim=1))
+        fc_in, fc_out = block_list[layer].fc_in, block_list[layer].fc_out
+        fc_in_module = model.get_submodule(fc_in)
+        keep = torch.tensor(sorted(set(range(fc_in_module.out_features)) - set(removed)), device=fc_in_module.weight.device)
+        replace_module(model, fc_in, prune_linear_layer(fc_in_module, keep, dim=0))
+        replace_module(model, fc_out, prune_linear_layer(model.get_submodule(fc_out), keep, dim=1))
         setattr(model.config, layout["ffn_config"], len(keep))
     # prune_heads takes the heads' original indices; a model pruned before keeps the rest in order.
     original = {}

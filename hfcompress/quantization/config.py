@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from ..errors import ConfigError, closest
+from ..targets import PATTERNS_HELP, ModulePatterns, check_module_patterns
 
 PRESETS = ("avx2", "avx512", "avx512_vnni", "arm64", "tensorrt")
 Preset = Literal["avx2", "avx512", "avx512_vnni", "arm64", "tensorrt"]
@@ -100,11 +101,15 @@ class QATConfig(_TargetsOrtScheme):
     mode: Mode = field(default="dynamic", metadata={"help": "Deployment mode to simulate: 'dynamic' (activation ranges per batch) or 'static' (calibrated ranges, learned here as moving averages)."})
     per_channel: bool = field(default=True, metadata={"help": "One weight scale per output channel (as Optimum's presets do) rather than one per tensor."})
     start_step: int = field(default=0, metadata={"help": "Optimizer step from which fake quantization is on; before it training is plain fp32."})
-    target_modules: Optional[list[str]] = field(
+    target_modules: ModulePatterns = field(
         default=None,
-        metadata={"help": "Regexes matched (re.search) against Linear module names; default: every nn.Linear (ONNX Runtime quantizes every MatMul/Gemm)."},
+        metadata={"help": f"Linear layers to fake-quantize: {PATTERNS_HELP}. Default: every nn.Linear (ONNX Runtime quantizes every MatMul/Gemm)."},
     )
-    exclude_modules: list[str] = field(default_factory=list, metadata={"help": "Regexes of Linear modules to leave in fp32 (exclude the same nodes from the int8 model with the quantize stage's onnx.exclude_nodes, e.g. '/classifier/Gemm')."})
+    exclude_modules: ModulePatterns = field(
+        default=None,
+        metadata={"help": "Linear layers left in fp32, same syntax (exclude the same nodes from the int8 model with the quantize stage's "
+                  "onnx.exclude_nodes, e.g. '/classifier/Gemm')."},
+    )
     range_momentum: float = field(default=0.01, metadata={"help": "Moving-average weight of each batch's min/max in the observed activation ranges."})
     freeze_ranges_step: Optional[int] = field(default=None, metadata={"help": "Optimizer step after which the observed activation ranges stop moving (static mode); default: never."})
 
@@ -114,6 +119,7 @@ class QATConfig(_TargetsOrtScheme):
             raise ConfigError(f"start_step must be >= 0, got {self.start_step}")
         if not 0.0 < self.range_momentum <= 1.0:
             raise ConfigError(f"range_momentum must be in (0, 1], got {self.range_momentum}")
+        check_module_patterns(self.target_modules, self.exclude_modules)
 
 
 @dataclass

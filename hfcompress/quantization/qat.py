@@ -18,7 +18,6 @@ model as ``qat_ranges.safetensors`` with a ``quantization.json`` describing the 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +28,7 @@ from transformers.utils import logging
 
 from ..distillation.trainer import _PROJECTIONS_ATTR
 from ..errors import ConfigError
+from ..targets import replace_module, select_modules
 from ..utils.io import atomic_write_json
 from .config import IntRange, OrtScheme, QATConfig
 
@@ -124,37 +124,20 @@ class FakeQuantLinear(nn.Linear):
         return nn.functional.linear(fake_quantize(x, scale, zero_point, grid), self.quantized_weight(), self.bias)
 
 
-def _matches(name: str, patterns) -> bool:
-    return any(re.search(p, name) for p in patterns)
-
-
 def target_linears(model: nn.Module, config: QATConfig) -> list[str]:
     """Names of the Linear modules the config targets (every nn.Linear unless target_modules says otherwise)."""
-    names = [
-        name for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
-        and not name.startswith(_PROJECTIONS_ATTR)  # distillation-only projections are not part of the shipped model
-        and (config.target_modules is None or _matches(name, config.target_modules))
-        and not _matches(name, config.exclude_modules)
-    ]
-    if not names:
-        raise ConfigError(
-            f"QAT targets no Linear layer (target_modules={config.target_modules}, exclude_modules={config.exclude_modules}): "
-            "fix the patterns, which are regexes searched in module names such as 'bert.encoder.layer.0.attention.self.query'"
-        )
-    return names
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+    # distillation-only projections are not part of the shipped model
+    selected = select_modules(
+        model, config.target_modules, config.exclude_modules, types=(nn.Linear,), ignore=lambda name: name.startswith(_PROJECTIONS_ATTR)
+    )
+    return list(selected)
 
 
 def prepare_qat(model: nn.Module, config: QATConfig) -> list[str]:
     """Swap the targeted Linear layers for :class:`FakeQuantLinear` in place; returns their names."""
     names = target_linears(model, config)
     for name in names:
-        _set_submodule(model, name, FakeQuantLinear(model.get_submodule(name), config.scheme, config.range_momentum))
+        replace_module(model, name, FakeQuantLinear(model.get_submodule(name), config.scheme, config.range_momentum))
     return names
 
 
@@ -180,7 +163,7 @@ def fold_qat(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, m in fake_quant_modules(model).items():
         linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
         linear.weight, linear.bias = m.weight, m.bias
-        _set_submodule(model, name, linear)
+        replace_module(model, name, linear)
     return ranges
 
 
