@@ -56,8 +56,12 @@ def test_stage_keys_are_validated(tmp_path):
 def test_cli_factorize_and_trim_vocab(tiny_teacher_dir, tiny_sst2_dir, tmp_path, capsys):
     from hfcompress.cli import main
 
-    assert main(["factorize", str(tiny_teacher_dir), "--output", str(tmp_path / "f"), "--compression", "0.5", "--target-modules", "intermediate"]) == 0
+    assert main(["factorize", str(tiny_teacher_dir), "--output", str(tmp_path / "f"), "--compression", "0.5", "--target-modules", "intermediate.dense"]) == 0
     assert set(json.loads((tmp_path / "f" / "factorization.json").read_text())["ranks"]) == {f"bert.encoder.layer.{i}.intermediate.dense" for i in range(4)}
+    # one regex instead of names; an empty --exclude-modules lifts the default exclusion of the task heads
+    assert main(["factorize", str(tiny_teacher_dir), "--output", str(tmp_path / "r"), "--compression", "0.5",
+                 "--target-regex", r".*\.layer\.0\.intermediate\.dense|bert\.pooler\.dense", "--exclude-modules"]) == 0
+    assert set(json.loads((tmp_path / "r" / "factorization.json").read_text())["layers"]) == {"bert.encoder.layer.0.intermediate.dense", "bert.pooler.dense"}
     assert main(["trim-vocab", str(tmp_path / "f"), "--output", str(tmp_path / "t"), "--data", str(tiny_sst2_dir)]) == 0
     assert "vocabulary 30,522 -> " in capsys.readouterr().out
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "t").config.vocab_size < 30522

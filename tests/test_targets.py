@@ -123,3 +123,13 @@ def test_replace_module_swaps_nested_and_top_level_children():
     assert replace_module(model, "1.0", new) is old and model[1][0] is new
     replace_module(model, "0", nn.ReLU())
     assert isinstance(model[0], nn.ReLU)
+
+
+@pytest.mark.parametrize("config_cls", [MagnitudePruningConfig, QATConfig])
+def test_recipes_take_a_regex_or_a_list_and_point_old_keys_to_the_new_ones(config_cls):
+    from hfcompress.recipes.schema import from_dict
+
+    built = from_dict(config_cls, {"target_modules": ["query"], "exclude_modules": r".*\.layer\.0\..*"}, "cfg")
+    assert (built.target_modules, built.exclude_modules) == (["query"], r".*\.layer\.0\..*")
+    with pytest.raises(ConfigError, match="did you mean 'target_modules'"):
+        from_dict(config_cls, {"targets": ".*"}, "cfg")
