@@ -19,6 +19,8 @@ from typing import Optional
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .artifacts import TRAINER_STATE_FILE
+
 logger = logging.getLogger("hfcompress")
 
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -38,7 +40,7 @@ def is_complete_checkpoint(path: str | os.PathLike) -> bool:
     path = Path(path)
     m = _CHECKPOINT.match(path.name)
     try:
-        state = json.loads((path / "trainer_state.json").read_text())
+        state = json.loads((path / TRAINER_STATE_FILE).read_text())
     except (OSError, ValueError):
         return False
     has_weights = any((path / name).is_file() for name in _WEIGHTS) or (path / "pytorch_model_fsdp_0").exists()

@@ -52,7 +52,7 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_export(args) -> int:
     from .export import export_onnx
-    from .export.parity import PARITY_FILE
+    from .artifacts import PARITY_FILE
 
     texts = None
     if args.parity_texts:

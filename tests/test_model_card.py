@@ -13,6 +13,8 @@ from hfcompress.errors import ConfigError
 from hfcompress.export import export_onnx
 from hfcompress.hub import CardConfig, render_model_card, validate_card_data, write_model_card
 from hfcompress.hub.card import DEFAULT_TEMPLATE, lineage
+from hfcompress.pruning.masks import write_pruning_report
+from hfcompress.quantization.config import write_quantization_report
 
 from tests.conftest import REPO, save_tiny_wordpiece_tokenizer, tiny_bert_config
 
@@ -69,7 +71,7 @@ def run_dir(tmp_path_factory) -> Path:
         (root / name / "hfcompress_recipe.yaml").write_text(yaml.safe_dump(RECIPE, sort_keys=False))
         (root / name / ".hfcompress_stage_done").write_text("ok\n")
     (root / "student" / "eval_results.json").write_text(json.dumps({"eval_loss": 0.3, "eval_accuracy": 0.875, "eval_f1": 0.88, "epoch": 2.0}))
-    (root / "student" / "sparsity_report.json").write_text(json.dumps(SPARSITY))
+    write_pruning_report(root / "student", SPARSITY)
     (root / "student" / "checkpoint-10").mkdir()
     (root / "student" / "checkpoint-10" / "optimizer.pt").write_bytes(b"x")
     save_tiny_wordpiece_tokenizer(root / "student", 100)
@@ -78,8 +80,8 @@ def run_dir(tmp_path_factory) -> Path:
     for name in PICKLES:  # what Trainer.save_model and checkpoints leave: never copied into a release
         (root / "student" / name).write_bytes(b"\x80\x04pickle")
     (export / "model_quantized.onnx").write_bytes(b"\x08\x07" * 300)
-    (export / "quantization.json").write_text(json.dumps({"method": "static", "weights": "int8 symmetric per-channel",
-                                                          "activations": "int8 per-tensor", "preset": "tensorrt"}))
+    write_quantization_report(export, {"method": "static", "weights": "int8 symmetric per-channel", "activations": "int8 per-tensor",
+                                       "preset": "tensorrt"})
     report = run / "outputs" / "report"
     report.mkdir()
     (report / "compression_report.json").write_text(json.dumps(REPORT))
@@ -160,9 +162,9 @@ def test_release_folder_holds_model_onnx_report_and_card(run_dir, tmp_path):
     files = sorted(p.relative_to(tmp_path / "release").as_posix() for p in (tmp_path / "release").rglob("*") if p.is_file())
     tokenizer = ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
     assert files == sorted([
-        "README.md", "config.json", "model.safetensors", "eval_results.json", "sparsity_report.json", "hfcompress_recipe.yaml",
+        "README.md", "config.json", "model.safetensors", "eval_results.json", "sparsity_report.json", "compression_summary.json", "hfcompress_recipe.yaml",
         *tokenizer, *(f"onnx/{name}" for name in tokenizer),
-        "onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/config.json", "onnx/parity.json", "onnx/quantization.json",
+        "onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/config.json", "onnx/parity.json", "onnx/quantization.json", "onnx/compression_summary.json",
         "compression_report.json", "compression_report.md",
     ])  # no checkpoint-*, no stage marker, no pickle
     assert ModelCard.load(readme).data.license == "mit"
@@ -188,10 +190,10 @@ def test_qat_scheme_copied_into_an_export_is_described_once(run_dir, tmp_path):
     qat = {"method": "qat", "weights": "int8 symmetric per-channel", "activations": "uint8 asymmetric per-tensor",
            "preset": "avx2", "mode": "static", "ranges_file": "qat_ranges.safetensors", "step": 3}
     for d in (model, export):
-        (d / "quantization.json").write_text(json.dumps(qat))
+        write_quantization_report(d, qat)
     (tmp_path / "static").mkdir()
-    shutil.copy(run_dir / "outputs" / "export" / "model_quantized.onnx", tmp_path / "static")
-    shutil.copy(run_dir / "outputs" / "export" / "quantization.json", tmp_path / "static")
+    for name in ("model_quantized.onnx", "quantization.json", "compression_summary.json"):
+        shutil.copy(run_dir / "outputs" / "export" / name, tmp_path / "static")
     text = render_model_card(model, CardConfig(onnx=[str(export), str(tmp_path / "static")])).text
     assert text.count("- method: qat") == 1 and text.count("- method: static") == 1
     assert "### Quantization\n" in text and "### Quantization (`onnx/quantization.json`)" in text  # the model's QAT, the int8 file's

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..artifacts import LOGIT_CACHE_META_FILE
 from ..tasks import Task, get_task
 from ..utils.io import make_temp_dir_beside
 
@@ -63,7 +64,7 @@ class TeacherLogitCache:
     """
 
     def __init__(self, directory: Path):
-        meta = json.loads((directory / "meta.json").read_text())
+        meta = json.loads((directory / LOGIT_CACHE_META_FILE).read_text())
         self.directory = directory
         self.meta = meta
         self.offsets = np.load(directory / "offsets.npy")
@@ -102,7 +103,7 @@ class TeacherLogitCache:
     @staticmethod
     def _is_complete(directory: Path, num_examples: int) -> bool:
         try:
-            meta = json.loads((directory / "meta.json").read_text())
+            meta = json.loads((directory / LOGIT_CACHE_META_FILE).read_text())
             expected = int(np.prod(meta["shape"])) * np.dtype(meta["dtype"]).itemsize
             return (
                 meta.get("version") == _FORMAT_VERSION
@@ -137,7 +138,7 @@ class TeacherLogitCache:
         logits.flush()
         np.save(directory / "offsets.npy", offsets)
         meta = {"version": _FORMAT_VERSION, "task": task.name, "num_examples": len(dataset), "shape": shape, "dtype": dtype}
-        (directory / "meta.json").write_text(json.dumps(meta))
+        (directory / LOGIT_CACHE_META_FILE).write_text(json.dumps(meta))
 
     def __len__(self) -> int:
         return self.meta["num_examples"]

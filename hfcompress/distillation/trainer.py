@@ -11,13 +11,13 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
+from ..artifacts import DISTILLATION_PROJECTIONS_FILE
 from ..errors import ConfigError
 from ..tasks import task_of
 from .cache import INDEX_COLUMN, TeacherLogitCache
 from .config import DistillationTrainingArguments, resolve_layer_map
 from .losses import attention_loss, combine, count_items, distillation_loss_sums, hidden_state_loss
 
-PROJECTIONS_FILE = "distillation_projections.safetensors"
 _PROJECTIONS_ATTR = "hfc_distillation_projections"
 
 logger = logging.get_logger(__name__)
@@ -199,11 +199,11 @@ class DistillationTrainer(Trainer):
         projections = getattr(self.accelerator.unwrap_model(self.model), _PROJECTIONS_ATTR, None)
         if projections is not None and self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            save_file({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()}, os.path.join(folder, PROJECTIONS_FILE))
+            save_file({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()}, os.path.join(folder, DISTILLATION_PROJECTIONS_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         projections = getattr(self.accelerator.unwrap_model(model or self.model), _PROJECTIONS_ATTR, None)
-        path = os.path.join(resume_from_checkpoint, PROJECTIONS_FILE)
+        path = os.path.join(resume_from_checkpoint, DISTILLATION_PROJECTIONS_FILE)
         if projections is not None and os.path.exists(path):
             projections.load_state_dict(load_file(path))

@@ -12,12 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from ..artifacts import COMPRESSION_REPORT_NAME
 from ..errors import ConfigError
 from ..utils.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "compression_report"
 REQUIRED_KEYS = ("name", "accuracy", "size_mb", "latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_b32")
 # metric used as "accuracy" when a task has no accuracy (text generation reports perplexity)
 _QUALITY_KEYS = ("accuracy", "f1", "matthews_correlation", "perplexity")
@@ -161,7 +161,7 @@ def write_compression_report(
     out_dir,
     title: str = "Compression report",
     *,
-    file_stem: str = REPORT_NAME,
+    file_stem: str = COMPRESSION_REPORT_NAME,
     notes: str = "",
     metadata: Optional[dict] = None,
 ) -> dict:

@@ -21,11 +21,13 @@ from transformers import AutoConfig
 from ..errors import ConfigError, ModelError, closest
 from ..lowrank.modeling import is_factorized
 from ..modeling import load_model, load_tokenizer
-from ..quantization.qat import QUANTIZATION_FILE, RANGES_FILE, read_quantization_json
+from ..artifacts import PARITY_FILE, QAT_RANGES_FILE
+from ..quantization.config import write_quantization_report
+from ..quantization.qat import read_quantization_json
 from ..utils.io import atomic_output_dir, atomic_write_json
 from .optimize import OptimizationLevel, check_level, optimize_onnx
 from ..tasks import TASKS, get_task, task_names, task_of
-from .parity import PARITY_FILE, check_parity, raise_on_mismatch
+from .parity import check_parity, raise_on_mismatch
 
 EXPORT_BACKENDS = ("optimum", "dynamo")
 
@@ -116,13 +118,14 @@ def export_onnx(
 
 
 def _copy_qat_files(model_dir: Path, out: Path) -> None:
-    """A QAT checkpoint's ranges and scheme travel with its export, so static int8 of the .onnx uses them (and is checked against them)."""
+    """A QAT checkpoint's ranges and scheme (with its summary) travel with its export, so static int8 of the .onnx uses them (and is checked against them)."""
     if not model_dir.is_dir():  # a Hub id
         return
-    if (model_dir / RANGES_FILE).is_file():
-        shutil.copy2(model_dir / RANGES_FILE, out / RANGES_FILE)
-    if (read_quantization_json(model_dir) or {}).get("method") == "qat":
-        shutil.copy2(model_dir / QUANTIZATION_FILE, out / QUANTIZATION_FILE)
+    if (model_dir / QAT_RANGES_FILE).is_file():
+        shutil.copy2(model_dir / QAT_RANGES_FILE, out / QAT_RANGES_FILE)
+    scheme = read_quantization_json(model_dir) or {}
+    if scheme.get("method") == "qat":
+        write_quantization_report(out, scheme)
 
 
 def _export_optimum(model_dir, out: Path, task, opset: Optional[int]) -> None:

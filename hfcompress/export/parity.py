@@ -14,10 +14,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..artifacts import PARITY_FILE  # noqa: F401  (re-exported: callers and tests import it from here)
 from ..errors import HFCompressError
 from ..tasks import TextInput, tokenize_inputs
 
-PARITY_FILE = "parity.json"
 
 # Real sentences of different lengths and styles, used when no texts or dataset are given.
 DEFAULT_PARITY_TEXTS = (

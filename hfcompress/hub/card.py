@@ -1,9 +1,10 @@
 """Model cards: describe a compressed checkpoint from the files hfcompress wrote next to it.
 
 Everything comes from the model directory and what the recipe runner and the compression stages
-saved beside it (``hfcompress_recipe.yaml``, ``eval_results.json``, ``sparsity_report.json``,
-``quantization.json``, ``factorization.json``, ``vocab_trim.json``, ``parity.json``,
-``compression_report.json``); only ``config.json`` (or an ``.onnx`` file) is required. The
+saved beside it (the recipe, the eval results, the ONNX parity checks, the latency/size report and
+each method's compression summary, named in :mod:`hfcompress.artifacts`); only ``config.json`` (or
+an ``.onnx`` file) is required. Compression sections are rendered from the summaries alone, so the
+card needs no change when a method is added. The
 metadata goes through ``huggingface_hub.ModelCardData`` and :func:`validate_card_data`, the text
 through a Jinja template in ``model_cards/``, and the card is written atomically.
 """
@@ -16,7 +17,7 @@ import math
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,6 +25,15 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 from huggingface_hub.repocard import metadata_load
 
+from ..artifacts import (
+    COMPRESSION_REPORT_FILE,
+    COMPRESSION_REPORT_NAME,
+    EVAL_RESULTS_FILE,
+    PARITY_FILE,
+    RECIPE_FILE,
+    STAGE_DONE_FILE,
+    read_compression_summaries,
+)
 from ..errors import ConfigError
 from ..tasks import DEFAULT_TASK, TASKS, Task, task_of
 from ..utils.io import atomic_write_text
@@ -35,11 +45,6 @@ logger = logging.getLogger("hfcompress")
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 DEFAULT_TEMPLATE = TEMPLATE_DIR / "compressed_model.md.j2"
 CARD_TAG = "hfcompress"  # marks cards this module wrote, so it never overwrites a hand-written README silently
-METADATA_FILES = (
-    "eval_results.json", "sparsity_report.json", "quantization.json", "factorization.json", "vocab_trim.json",
-    "parity.json",
-)
-REPORT_FILE = "compression_report.json"  # hfcompress.evaluation.write_compression_report
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # Metric ids (https://hf.co/metrics) that go into the model-index, with their display names.
 METRIC_NAMES = {
@@ -64,7 +69,7 @@ class CardConfig:
     dataset_split: Optional[str] = field(default=None, metadata={"help": "Split name on the Hub; default: the recipe's eval_split."})
     language: list[str] = field(default_factory=list, metadata={"help": "ISO 639 language codes, e.g. [en]."})
     tags: list[str] = field(default_factory=list, metadata={"help": "Extra tags, added to those derived from what was done."})
-    onnx: list[str] = field(default_factory=list, metadata={"help": "Export directories whose .onnx files ship in onnx/ (their parity.json and quantization.json are described)."})
+    onnx: list[str] = field(default_factory=list, metadata={"help": "Export directories whose .onnx files ship in onnx/ (their parity checks and compression summaries are described)."})
     report: Optional[str] = field(default=None, metadata={"help": "compression_report.json, or the directory holding it (latency/size table)."})
     template: Optional[str] = field(default=None, metadata={"help": "Jinja template; default: model_cards/compressed_model.md.j2."})
 
@@ -97,7 +102,7 @@ def looks_like_hub_id(ref: str) -> bool:
 
 
 def _read_recipe(directory: Path) -> Optional[dict]:
-    path = directory / _recipe_context().RECIPE_FILE
+    path = directory / RECIPE_FILE
     if not path.is_file():
         return None
     try:
@@ -263,24 +268,20 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
     recipe = _read_recipe(model_dir)
     ancestors = lineage(model_dir, cfg.teacher)
 
-    files: dict[str, Any] = {}
-    seen: dict[str, list] = {}
-    for d in [model_dir, *onnx_dirs]:  # the model's own files first, then what describes its ONNX variants
-        for name in METADATA_FILES:
-            if not (d / name).is_file():
+    dirs = [model_dir, *onnx_dirs]  # the model's own files first, then what describes its ONNX variants
+    eval_results = next((_read_json(d / EVAL_RESULTS_FILE) for d in dirs if (d / EVAL_RESULTS_FILE).is_file()), {})
+    parity, parity_seen, compression, summaries_seen = [], [], [], []
+    for d in dirs:
+        prefix = "" if d == model_dir else "onnx/"  # where the directory's files sit in the repo
+        if (d / PARITY_FILE).is_file() and (checked := _read_json(d / PARITY_FILE)) not in parity_seen:
+            parity_seen.append(checked)
+            parity.extend(_parity_entries(checked, prefix))
+        for summary in read_compression_summaries(d):
+            if summary in summaries_seen:  # e.g. the QAT summary an export copies beside model.onnx
                 continue
-            key = name.removesuffix(".json")
-            entry = _read_json(d / name)
-            if entry in seen.setdefault(key, []):  # e.g. the QAT quantization.json an export copies beside model.onnx
-                continue
-            seen[key].append(entry)
-            if key == "parity":
-                files.setdefault(key, []).extend(_parity_entries(entry, "" if d == model_dir else "onnx/"))
-                continue
-            if d != model_dir:
-                entry = {"file": f"onnx/{name}" if name != "eval_results.json" else name, **entry} if isinstance(entry, dict) else entry
-            files.setdefault(key, []).append(entry)
-    report = _load_report(cfg.report) if cfg.report else (_load_report(model_dir) if (model_dir / REPORT_FILE).is_file() else None)
+            summaries_seen.append(summary)
+            compression.append({**asdict(summary), "file": f"{prefix}{summary.details_file}" if prefix else None})
+    report = _load_report(cfg.report) if cfg.report else (_load_report(model_dir) if (model_dir / COMPRESSION_REPORT_FILE).is_file() else None)
 
     stage = _stage_of(recipe, model_dir.name)
     steps = in_recipe_order([a.stage for a in reversed(ancestors) if a.stage], recipe) + ([stage] if stage else [])
@@ -303,7 +304,7 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
     data_is_local = bool(data.get("path")) and (Path(data["path"]).exists() or (_run_dir(model_dir, recipe) / data["path"]).exists())
     dataset_id = cfg.dataset or (data["path"] if data.get("path") and looks_like_hub_id(data["path"]) and not data_is_local else None)
     task = _task_of(config, recipe)
-    eval_metrics = _eval_metrics(files.pop("eval_results", [{}])[0], task)
+    eval_metrics = _eval_metrics(eval_results, task)
     dataset = {
         "id": dataset_id,
         "config": cfg.dataset_config or data.get("name"),
@@ -344,13 +345,10 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
         "metrics": eval_metrics,
         "steps": [_describe_step(s) for s in steps],
         "distillation": _distillation_facts(distill) if distill else None,
-        "sparsity": files.get("sparsity_report"),
-        "quantization": files.get("quantization"),
-        "factorization": files.get("factorization"),
-        "vocab_trim": files.get("vocab_trim"),
-        "parity": files.get("parity"),
+        "compression": compression,
+        "parity": parity,
         "report": report,
-        "has_recipe": (model_dir / _recipe_context().RECIPE_FILE).is_file(),
+        "has_recipe": (model_dir / RECIPE_FILE).is_file(),
         "language": cfg.language,
         "extra_tags": cfg.tags,
     }
@@ -397,9 +395,9 @@ def _model_summary(anc: Ancestor) -> Optional[dict]:
 
 def _load_report(ref: str | Path) -> dict:
     path = Path(ref)
-    path = path / REPORT_FILE if path.is_dir() else path
+    path = path / COMPRESSION_REPORT_FILE if path.is_dir() else path
     if not path.is_file():
-        raise ConfigError(f"compression report {path} does not exist: give {REPORT_FILE} or its directory")
+        raise ConfigError(f"compression report {path} does not exist: give {COMPRESSION_REPORT_FILE} or its directory")
     report = _read_json(path)
     report = report if isinstance(report, dict) else {"rows": report}
     hardware = report.get("hardware") or []
@@ -449,17 +447,8 @@ def derive_tags(facts: dict) -> list[str]:
     tags = [CARD_TAG]
     if facts["distillation"] or facts["teacher"]:
         tags.append("distillation")
-    if facts["sparsity"]:
-        tags += ["pruning", "sparse"]
-    for q in facts["quantization"] or []:
-        method = str(q.get("method", ""))
-        tags += ["quantization", "qat" if method == "qat" else None, "4-bit" if "4bit" in method or "int4" in str(q.get("weights", "")) else "int8"]
-        if q.get("preset") == "tensorrt" or "tensorrt" in str(q.get("format", "")):
-            tags.append("tensorrt")
-    if facts["factorization"]:
-        tags.append("low-rank")
-    if facts["vocab_trim"]:
-        tags.append("vocabulary-trimming")
+    for summary in facts["compression"]:
+        tags += summary["tags"]
     if facts["onnx_files"]:
         tags.append("onnx")
     if facts["task"]:
@@ -544,7 +533,7 @@ def assemble_release(model_dir: Path, out: Path, cfg: CardConfig, card_text: str
             _link_tree(Path(d), tmp / "onnx")  # with its config and tokenizer, so ORTModel loads subfolder="onnx" alone
         if cfg.report:
             report = Path(cfg.report)
-            for p in (sorted(report.glob("compression_report.*")) if report.is_dir() else [report]):
+            for p in (sorted(report.glob(f"{COMPRESSION_REPORT_NAME}.*")) if report.is_dir() else [report]):
                 _link(p, tmp / p.name)
         (tmp / "README.md").write_text(card_text, encoding="utf-8")
     return out
@@ -554,7 +543,7 @@ def _link_tree(src: Path, dst: Path) -> None:
     """Hard-link (or copy, across file systems) the files of ``src`` into ``dst``, without hidden or work files."""
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src)
-        if not p.is_file() or p.name == _recipe_context().STAGE_DONE_FILE or any(part.startswith(".") for part in rel.parts):
+        if not p.is_file() or p.name == STAGE_DONE_FILE or any(part.startswith(".") for part in rel.parts):
             continue
         if rel.parts[0].startswith("checkpoint-") or p.name == "README.md" or is_pickle(rel.as_posix()):
             continue

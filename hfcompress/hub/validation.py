@@ -16,6 +16,7 @@ from huggingface_hub import ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from ..artifacts import EVAL_RESULTS_FILE
 from ..errors import ConfigError, closest
 
 # Licence identifiers the Hub accepts in the `license` field (https://hf.co/docs/hub/repositories-licenses).
@@ -105,6 +106,6 @@ def _check_model_index(model_index: Any) -> None:
             raise _fail("model-index.task.type", f"{r.task_type!r} is not one of {list(pipeline_tags())}", "set the model's task")
         value = r.metric_value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise _fail(f"model-index.metrics.{r.metric_type}", f"value {value!r} is not a finite number", "check eval_results.json")
+            raise _fail(f"model-index.metrics.{r.metric_type}", f"value {value!r} is not a finite number", f"check {EVAL_RESULTS_FILE}")
         if not r.dataset_type or not r.dataset_name:
             raise _fail("model-index.dataset", "needs a type (dataset id) and a name", "pass --dataset")

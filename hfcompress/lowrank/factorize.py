@@ -11,12 +11,11 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from ..artifacts import FACTORIZATION_FILE, CompressionSummary, set_entries, write_method_report
 from ..targets import replace_module, select_modules
-from ..utils.io import atomic_output_dir, atomic_write_json, check_output_dir
+from ..utils.io import atomic_output_dir, check_output_dir
 from .config import LowRankConfig
 from .modeling import FactorizedConfig, LowRankLinear, dense_shape, register_factorized_auto_classes
-
-REPORT_FILE = "factorization.json"
 
 
 def target_layers(model: nn.Module, config: LowRankConfig) -> list[str]:
@@ -99,13 +98,23 @@ def factorize(model: PreTrainedModel, config: LowRankConfig) -> dict:
     }
 
 
+def summarize_factorization(report: dict) -> CompressionSummary:
+    """The compression summary of a ``factorization.json``."""
+    return CompressionSummary(
+        method=str(report.get("method")), title="Low-rank factorization", applied="low-rank factorized",
+        summary="Linear layers replaced by two thinner ones from a truncated SVD of their weights (W ≈ up @ down).",
+        details_file=FACTORIZATION_FILE, settings=set_entries(report.get("config") or {}),
+        results=set_entries(report, ("num_parameters_before", "num_parameters_after", "factorized_layers")), tables=[{"columns": ["layer", "rank"], "rows": report["ranks"]}] if report.get("ranks") else [], tags=["low-rank"],
+    )
+
+
 def save_factorized(model: PreTrainedModel, output_dir: str | Path, report: dict, tokenizer=None, overwrite: bool = False) -> Path:
-    """Write the factorised model, its tokenizer and ``factorization.json`` atomically."""
+    """Write the factorised model, its tokenizer and ``factorization.json`` with its summary atomically."""
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        atomic_write_json(Path(tmp) / REPORT_FILE, report)
+        write_method_report(tmp, report, summarize_factorization(report))
     return Path(output_dir)
 
 

@@ -11,14 +11,37 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
+from ..artifacts import PRUNING_MASKS_FILE as MASKS_FILE
+from ..artifacts import SPARSITY_REPORT_FILE as REPORT_FILE
+from ..artifacts import CompressionSummary, set_entries, write_method_report
 from ..errors import ConfigError
-from ..utils.io import atomic_write_json
 from .schedules import Schedule
 
 logger = logging.getLogger("hfcompress")
 
-MASKS_FILE = "pruning_masks.safetensors"
-REPORT_FILE = "sparsity_report.json"
+
+def summarize_pruning(report: dict) -> CompressionSummary:
+    """The compression summary of a ``sparsity_report.json`` (magnitude or structured pruning)."""
+    if report.get("method") == "structured":
+        settings = set_entries(report, ("importance", "heads_fraction", "ffn_fraction"))
+        results = set_entries(report, ("intermediate_size", "num_parameters_before", "num_parameters"))
+        sentence = "Whole attention heads and FFN neurons were removed, so the model is smaller and faster with dense kernels."
+        table = {"columns": ["layer", "attention heads kept"], "rows": report.get("heads_kept") or {}}
+    else:
+        settings = set_entries(report, ("pattern", "scope", "target_sparsity", "schedule", "targets"))
+        results = set_entries(report, ("global_sparsity",))
+        sentence = (f"The smallest-magnitude weights were set to zero ({report.get('pattern', 'unstructured')}); "
+                    "the zeros only save space or time with a sparse runtime or compression.")
+        table = {"columns": ["layer", "sparsity"], "rows": report.get("layers") or {}}
+    return CompressionSummary(
+        method=str(report.get("method")), title="Pruning", applied="pruned", summary=sentence, details_file=REPORT_FILE,
+        settings=settings, results=results, tables=[table] if table["rows"] else [], tags=["pruning", "sparse"],
+    )
+
+
+def write_pruning_report(directory, report: dict) -> None:
+    """``sparsity_report.json`` and its compression summary."""
+    write_method_report(directory, report, summarize_pruning(report))
 
 
 def unwrap(model):
@@ -144,10 +167,10 @@ class MaskedPruningCallback(TrainerCallback):
     # --- helpers ----------------------------------------------------------------------------------
 
     def write_artifacts(self, directory) -> None:
-        """Write ``sparsity_report.json`` (measured at the end of training) into ``directory``."""
+        """Write ``sparsity_report.json`` (measured at the end of training) and its summary into ``directory``."""
         if self.report is None:
             raise ConfigError(f"{type(self).__name__}: no report yet; it is written at the end of training")
-        atomic_write_json(os.path.join(directory, REPORT_FILE), self.report)
+        write_pruning_report(directory, self.report)
 
     def _prune(self, step: int) -> None:
         self.prune(step)

@@ -18,8 +18,8 @@ import torch
 from ..errors import ConfigError
 from ..modeling import load_model, load_tokenizer
 from ..tasks import get_task, task_of
-from ..utils.io import atomic_output_dir, atomic_write_json
-from .qat import QUANTIZATION_FILE
+from ..utils.io import atomic_output_dir
+from .config import write_quantization_report
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # bitsandbytes' 4-bit blocks hold 64 weights of one row. On CPUs with AVX-512 (bf16) it repacks a
@@ -130,8 +130,8 @@ def quantize_bnb(model: str | Path, output_dir: str | Path, config: Optional[Bnb
         quantized = load_bnb(model, config)
         quantized.save_pretrained(staging)
         load_tokenizer(str(model)).save_pretrained(staging)
-        atomic_write_json(
-            staging / QUANTIZATION_FILE,
+        write_quantization_report(
+            staging,
             {**config.describe(), "kept_in_full_precision_for_cpu": quantized.hfc_bnb_unfit_modules, "memory_footprint_bytes": int(quantized.get_memory_footprint()), "source": str(model), "onnx_exportable": False},
         )
     return output_dir

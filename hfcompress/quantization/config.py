@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from ..artifacts import QUANTIZATION_FILE, CompressionSummary, set_entries, write_method_report
 from ..errors import ConfigError, closest
 from ..targets import PATTERNS_HELP, ModulePatterns, check_module_patterns
 
@@ -176,3 +177,44 @@ class PTQConfig(_TargetsOrtScheme):
             return list(self.operators)
         # 4-bit embeddings are quantized after Optimum's int8 pass, by ONNX Runtime's block quantizer
         return ["MatMul", "Gemm"] + (["Gather"] if self.quantize_embeddings and self.embedding_bits == 8 else [])
+
+
+# What each quantization method did, for the card: (sentence, settings, results) keys of its quantization.json.
+_QUANTIZATION_SUMMARIES = {
+    "qat": (
+        "Trained with fake quantization that simulates ONNX Runtime's int8 arithmetic, so that static int8 quantization of the export keeps the accuracy.",
+        ("weights", "activations", "preset", "mode", "calibration", "start_step"), ("step",),
+    ),
+    "static": (
+        "Weights and activations quantized by ONNX Runtime, activation ranges calibrated ahead of time on training examples.",
+        ("weights", "activations", "preset", "calibration", "operators", "embeddings_quantized", "embedding_bits",
+         "embedding_block_size", "attention_matmuls_quantized", "qdq"), ("onnx_file",),
+    ),
+    "dynamic": (
+        "Weights quantized by ONNX Runtime ahead of time, activations quantized per batch at run time.",
+        ("weights", "activations", "preset", "operators", "embeddings_quantized", "embedding_bits", "embedding_block_size",
+         "attention_matmuls_quantized"), ("onnx_file",),
+    ),
+    "bnb": (
+        "Linear layers quantized by bitsandbytes when loaded; the saved model reloads quantized with from_pretrained (bitsandbytes installed).",
+        ("weights", "activations"), ("memory_footprint_bytes", "kept_in_full_precision_for_cpu", "onnx_exportable"),
+    ),
+}
+
+
+def summarize_quantization(details: dict) -> CompressionSummary:
+    """The compression summary of a ``quantization.json`` (QAT, ONNX Runtime static/dynamic, bitsandbytes)."""
+    method = str(details.get("method"))
+    sentence, settings, results = _QUANTIZATION_SUMMARIES["bnb" if method.startswith("bnb") else method]
+    four_bit = "4bit" in method or "int4" in str(details.get("weights", ""))
+    tensorrt = details.get("preset") == "tensorrt" or "tensorrt" in details
+    tags = ["quantization", "qat" if method == "qat" else None, "4-bit" if four_bit else "int8", "tensorrt" if tensorrt else None]
+    return CompressionSummary(
+        method=method, title="Quantization", applied="quantized", summary=sentence, details_file=QUANTIZATION_FILE,
+        settings=set_entries(details, settings), results=set_entries(details, results), tags=[t for t in tags if t],
+    )
+
+
+def write_quantization_report(directory, details: dict) -> None:
+    """``quantization.json`` and its compression summary."""
+    write_method_report(directory, details, summarize_quantization(details))

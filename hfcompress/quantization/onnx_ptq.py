@@ -19,9 +19,9 @@ import numpy as np
 
 from ..data import TaskData
 from ..errors import ConfigError, DataError, ModelError
-from ..utils.io import atomic_output_dir, atomic_write_json
-from .config import PTQConfig
-from .qat import QUANTIZATION_FILE, load_qat_ranges
+from ..utils.io import atomic_output_dir
+from .config import PTQConfig, write_quantization_report
+from .qat import load_qat_ranges
 from .tensorrt import check_tensorrt_qdq, onnx_input_names, restore_float_biases, tensorrt_provider_options, trtexec_command
 
 logger = logging.getLogger("hfcompress")
@@ -265,8 +265,8 @@ def quantize_onnx(
                 ),
                 "onnxruntime_provider_options": tensorrt_provider_options(),
             }
-        atomic_write_json(
-            staging / QUANTIZATION_FILE,
+        write_quantization_report(
+            staging,
             {
                 "method": config.mode,
                 **config.scheme.describe(),

@@ -27,13 +27,11 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from ..distillation.trainer import _PROJECTIONS_ATTR
+from ..artifacts import QAT_RANGES_FILE as RANGES_FILE
+from ..artifacts import QUANTIZATION_FILE
 from ..errors import ConfigError
 from ..targets import replace_module, select_modules
-from ..utils.io import atomic_write_json
-from .config import IntRange, OrtScheme, QATConfig
-
-RANGES_FILE = "qat_ranges.safetensors"
-QUANTIZATION_FILE = "quantization.json"
+from .config import IntRange, OrtScheme, QATConfig, write_quantization_report
 
 logger = logging.get_logger(__name__)
 
@@ -168,7 +166,7 @@ def fold_qat(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_qat_ranges(directory: str | Path, ranges: dict[str, torch.Tensor], config: QATConfig, step: Optional[int] = None) -> None:
-    """Write ``qat_ranges.safetensors`` and ``quantization.json`` into a checkpoint directory."""
+    """Write ``qat_ranges.safetensors``, ``quantization.json`` and its summary into a checkpoint directory."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -177,8 +175,8 @@ def save_qat_ranges(directory: str | Path, ranges: dict[str, torch.Tensor], conf
     save_file({k: v.contiguous() for k, v in ranges.items()}, str(tmp), metadata={"format": "pt"})
     tmp.replace(directory / RANGES_FILE)
     scheme = config.scheme
-    atomic_write_json(
-        directory / QUANTIZATION_FILE,
+    write_quantization_report(
+        directory,
         {
             "method": "qat",
             **scheme.describe(),

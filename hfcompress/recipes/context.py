@@ -12,13 +12,12 @@ from typing import Any, Optional
 import yaml
 from accelerate import PartialState
 
+from ..artifacts import RECIPE_FILE, STAGE_DONE_FILE
 from ..data import DataConfig, TaskData
 from ..errors import ConfigError, closest
 from ..modeling import load_config
 from ..utils.io import atomic_write_text
 
-RECIPE_FILE = "hfcompress_recipe.yaml"
-STAGE_DONE_FILE = ".hfcompress_stage_done"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _SECRET_KEY = re.compile(r"(^|_)(token|secret|password|api_key)($|_)", re.IGNORECASE)  # hub_token, not tokenizer
 REDACTED = "<redacted>"

@@ -11,8 +11,9 @@ from accelerate import PartialState
 from transformers import set_seed
 
 from . import stages as _stages  # noqa: F401  (registers the built-in stages)
+from ..artifacts import STAGE_DONE_FILE
 from ..modeling import load_config
-from .context import STAGE_DONE_FILE, PlannedModel, RunContext, check_finished_stage_unchanged, clear_output, ensure_no_stale_output
+from .context import PlannedModel, RunContext, check_finished_stage_unchanged, clear_output, ensure_no_stale_output
 from .recipe import Recipe, apply_overrides, load_recipe, parse_recipe
 from .registry import STAGES
 

@@ -19,11 +19,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
+from ..artifacts import VOCAB_TRIM_FILE, CompressionSummary, set_entries, write_method_report
 from ..errors import ConfigError, ModelError
-from ..utils.io import atomic_output_dir, atomic_write_json, check_output_dir
+from ..utils.io import atomic_output_dir, check_output_dir
 from .config import VocabTrimConfig
-
-REPORT_FILE = "vocab_trim.json"
 SUPPORTED_MODELS = ("WordPiece", "BPE")
 _CONFIG_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id", "decoder_start_token_id")
 
@@ -216,12 +215,23 @@ def trim_vocabulary(
     return model, new_tokenizer, report
 
 
+def summarize_vocab_trim(report: dict) -> CompressionSummary:
+    """The compression summary of a ``vocab_trim.json``."""
+    return CompressionSummary(
+        method=str(report.get("method")), title="Vocabulary trimming", applied="vocabulary-trimmed",
+        summary="Tokens the training corpus never uses were removed from the tokenizer and the embedding matrix.",
+        details_file=VOCAB_TRIM_FILE, settings=set_entries(report.get("config") or {}),
+        results=set_entries(report, ("vocab_size_before", "vocab_size_after", "num_parameters_before", "num_parameters_after",
+                                     "corpus", "kept_from_corpus", "kept_otherwise")), tags=["vocabulary-trimming"],
+    )
+
+
 def save_trimmed(model: PreTrainedModel, tokenizer, output_dir: str | Path, report: dict, overwrite: bool = False) -> Path:
-    """Write the trimmed model, its tokenizer and ``vocab_trim.json`` atomically."""
+    """Write the trimmed model, its tokenizer and ``vocab_trim.json`` with its summary atomically."""
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        atomic_write_json(Path(tmp) / REPORT_FILE, report)
+        write_method_report(tmp, report, summarize_vocab_trim(report))
     return Path(output_dir)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ...artifacts import EVALUATION_RESULTS_FILE, EVALUATION_TABLE_FILE
 from ...errors import ConfigError
 from ...evaluation import compression_row, evaluate_model, evaluation_texts, measure_latency, write_compression_report
 from ...utils.io import atomic_write_json, atomic_write_text
@@ -66,10 +67,10 @@ def run_evaluate(cfg: EvaluateStageConfig, ctx: RunContext):
                 )
             rows.append({"name": ref, **result, **({"latency": latency} if latency else {})})
             report_rows.append(compression_row(ref, result, latency))
-        atomic_write_json(staging / "results.json", rows)
+        atomic_write_json(staging / EVALUATION_RESULTS_FILE, rows)
         metric_columns = [k for k in rows[0] if k not in _NOT_METRICS]
         table = markdown_table(rows, ["name", "backend", *metric_columns, "num_parameters", "size_mb"])
-        atomic_write_text(staging / "results.md", table)
+        atomic_write_text(staging / EVALUATION_TABLE_FILE, table)
         print(table)
         if cfg.report:
             write_compression_report(report_rows, staging, title=f"{ctx.name}: compression report")

@@ -22,8 +22,7 @@ from ...pruning import (
     magnitude_prune,
     structured_prune,
 )
-from ...pruning.masks import REPORT_FILE
-from ...utils.io import atomic_write_json
+from ...pruning.masks import write_pruning_report
 from ..context import RunContext
 from ..registry import register_callback, register_stage
 from ..schema import to_dict
@@ -95,5 +94,5 @@ def run_prune(cfg: PruneStageConfig, ctx: RunContext):
     if ctx.state.is_main_process:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        atomic_write_json(staging / REPORT_FILE, report)
+        write_pruning_report(staging, report)
     return ctx.publish(staging, cfg.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...artifacts import PUSH_RESULT_FILE
 from ...hub.push import PushConfig, push_to_hub
 from ...utils.io import atomic_write_json
 from ..context import RunContext
@@ -27,7 +28,7 @@ def run_push(cfg: PushStageConfig, ctx: RunContext):
     if ctx.state.is_main_process:
         push_cfg = PushConfig(**{name: getattr(cfg, name) for name in PushConfig.__dataclass_fields__})
         result = push_to_hub(ctx.resolve(cfg.folder), push_cfg, dry_run=cfg.dry_run)
-        atomic_write_json(staging / "push.json", result)  # no token in it: push_to_hub never returns one
+        atomic_write_json(staging / PUSH_RESULT_FILE, result)  # no token in it: push_to_hub never returns one
         where = "would upload" if cfg.dry_run else "pushed"
         print(f"hfcompress: {where} {len(result['files'])} files to {result['repo_id']} {result.get('pr_url') or result.get('commit_url') or ''}")
     return ctx.publish(staging, cfg.name)

@@ -11,6 +11,7 @@ from typing import Optional
 from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from ...artifacts import EVAL_RESULTS_FILE, TRAIN_RESULTS_FILE, TRAINER_STATE_FILE, TRAINING_ARGS_FILE
 from ...checkpoints import discard_incomplete_checkpoints, last_complete_checkpoint
 from ...distillation import DistillationTrainer, DistillationTrainingArguments, build_student_from_teacher
 from ...distillation.config import resolve_layer_map
@@ -238,10 +239,10 @@ def train_and_publish(ctx: RunContext, cfg, model, tokenizer, trainer_cls, args_
                 callback.write_artifacts(staging)
         # the pickled TrainingArguments are replaced by their JSON form (tokens masked): no pickle in published outputs
         (staging / TRAINING_ARGS_NAME).unlink(missing_ok=True)
-        atomic_write_text(staging / "training_args.json", trainer.args.to_json_string())
-        atomic_write_json(staging / "train_results.json", train_result.metrics)
-        atomic_write_json(staging / "eval_results.json", eval_metrics)
-        trainer.state.save_to_json(str(staging / "trainer_state.json"))
+        atomic_write_text(staging / TRAINING_ARGS_FILE, trainer.args.to_json_string())
+        atomic_write_json(staging / TRAIN_RESULTS_FILE, train_result.metrics)
+        atomic_write_json(staging / EVAL_RESULTS_FILE, eval_metrics)
+        trainer.state.save_to_json(str(staging / TRAINER_STATE_FILE))
     return ctx.publish(staging, cfg.name), trainer
 
 

@@ -1,0 +1,103 @@
+"""The names of the files hfcompress writes and reads, and the compression summary every method writes.
+
+Every module takes its file names from here, so that what a stage writes and what the card, the
+runner and the exporter read cannot drift apart. Transformers' and ONNX Runtime's own names
+(``config.json``, ``model.safetensors``, ``model.onnx``, ``README.md``) stay where they are used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from .errors import ConfigError
+from .utils.io import atomic_write_json
+
+# --- recipe runner ------------------------------------------------------------------------------
+RECIPE_FILE = "hfcompress_recipe.yaml"  # the resolved recipe (secrets redacted), copied into every stage output by RunContext
+STAGE_DONE_FILE = ".hfcompress_stage_done"  # marks a stage output complete, so a resumed run skips it (RunContext)
+
+# --- training (train, distill, prune-with-training stages) --------------------------------------
+TRAINING_ARGS_FILE = "training_args.json"  # the TrainingArguments as JSON, instead of Trainer's pickled training_args.bin
+TRAIN_RESULTS_FILE = "train_results.json"  # Trainer's train metrics (runtime, loss)
+EVAL_RESULTS_FILE = "eval_results.json"  # Trainer's eval metrics (eval_accuracy, ...); the card's model-index reads it
+TRAINER_STATE_FILE = "trainer_state.json"  # Trainer's state: log history, best checkpoint; read to resume
+DISTILLATION_PROJECTIONS_FILE = "distillation_projections.safetensors"  # hidden-state projections a DistillationTrainer checkpoint resumes from
+LOGIT_CACHE_META_FILE = "meta.json"  # what a cached-teacher-logits directory was computed from (distillation.cache)
+
+# --- evaluation, export, hub --------------------------------------------------------------------
+EVALUATION_RESULTS_FILE = "results.json"  # the evaluate stage's rows (metrics, latency, size per model)
+EVALUATION_TABLE_FILE = "results.md"  # the same rows as a Markdown table
+COMPRESSION_REPORT_NAME = "compression_report"  # stem of write_compression_report's .json/.md/.png (latency/size table)
+COMPRESSION_REPORT_FILE = f"{COMPRESSION_REPORT_NAME}.json"  # the card's "Latency and size" section reads it
+PARITY_FILE = "parity.json"  # PyTorch against ONNX Runtime outputs of each exported .onnx file (export_onnx)
+PUSH_RESULT_FILE = "push.json"  # the push stage's record of the commit it made on the Hub
+
+# --- compression methods (each also writes COMPRESSION_SUMMARY_FILE) ----------------------------
+SPARSITY_REPORT_FILE = "sparsity_report.json"  # measured sparsity / heads and FFN kept (magnitude and structured pruning)
+PRUNING_MASKS_FILE = "pruning_masks.safetensors"  # masks in a pruning run's checkpoints, to resume it
+QUANTIZATION_FILE = "quantization.json"  # the quantization scheme (QAT, ONNX PTQ, bitsandbytes)
+QAT_RANGES_FILE = "qat_ranges.safetensors"  # activation ranges QAT observed; static ONNX quantization reuses them
+FACTORIZATION_FILE = "factorization.json"  # ranks and retained energy per layer (low-rank factorization)
+VOCAB_TRIM_FILE = "vocab_trim.json"  # vocabulary and parameters before/after, new id -> old id (vocabulary trimming)
+COMPRESSION_SUMMARY_FILE = "compression_summary.json"  # a list of CompressionSummary, one per method applied; the card reads it
+
+
+@dataclass(frozen=True)
+class CompressionSummary:
+    """What one compression method did, in a form a model card renders without knowing the method.
+
+    ``settings`` and ``results`` map a label to a value (a number, a string, a list or a flat mapping);
+    ``tables`` are two-column tables ``{"columns": [key header, value header], "rows": {key: value}}``.
+    """
+
+    method: str  # the method's id, e.g. "magnitude" or "qat"
+    title: str  # the card's section heading, e.g. "Pruning"
+    applied: str  # what it made of the model, for the card's first sentence, e.g. "pruned"
+    summary: str  # one sentence saying what was done
+    details_file: str  # the method's own file beside it, with everything it recorded
+    settings: dict[str, Any] = field(default_factory=dict)  # what was asked for
+    results: dict[str, Any] = field(default_factory=dict)  # what was measured
+    tables: list[dict] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # Hub tags of the method
+
+    @classmethod
+    def from_dict(cls, data: Any, source: Path | str = COMPRESSION_SUMMARY_FILE) -> "CompressionSummary":
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or not {"method", "title", "applied", "summary", "details_file"} <= set(data) or not set(data) <= names:
+            raise ConfigError(f"{source} holds an entry that is not a compression summary ({sorted(names)}): rewrite it with write_compression_summary")
+        return cls(**data)
+
+
+def read_compression_summaries(directory: str | Path) -> list[CompressionSummary]:
+    """The summaries written into ``directory`` (none when it has no summary file)."""
+    path = Path(directory) / COMPRESSION_SUMMARY_FILE
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): fix or delete it") from None
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path} must hold a list of compression summaries: rewrite it with write_compression_summary")
+    return [CompressionSummary.from_dict(e, path) for e in entries]
+
+
+def write_compression_summary(directory: str | Path, summary: CompressionSummary) -> None:
+    """Add ``summary`` to the directory's summary file, replacing an earlier one of the same method
+    (one training run may both prune and quantize, and a checkpoint is rewritten at each save)."""
+    kept = [s for s in read_compression_summaries(directory) if s.method != summary.method]
+    atomic_write_json(Path(directory) / COMPRESSION_SUMMARY_FILE, [asdict(s) for s in [*kept, summary]])
+
+
+def write_method_report(directory: str | Path, details: dict, summary: CompressionSummary) -> None:
+    """Write a method's own file (``summary.details_file``) and its summary beside it: what every method calls."""
+    atomic_write_json(Path(directory) / summary.details_file, details)
+    write_compression_summary(directory, summary)
+
+
+def set_entries(details: dict, keys: Optional[Iterable[str]] = None) -> dict:
+    """The entries of a method's own report under ``keys`` (default: all) that hold a value, in that order."""
+    return {k: details[k] for k in (details if keys is None else keys) if details.get(k) not in (None, [], {})}
