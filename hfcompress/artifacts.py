@@ -63,6 +63,20 @@ class CompressionSummary:
     tables: list[dict] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)  # Hub tags of the method
 
+    def __post_init__(self):  # a malformed summary fails where it is written, not later in the card
+        if not self._well_formed():
+            raise ConfigError(f"compression summary of {self.method!r} is malformed: texts must be non-empty strings, settings and "
+                              "results mappings, tables {'columns': [2 headers], 'rows': {...}}, tags strings")
+
+    def _well_formed(self) -> bool:
+        texts = (self.method, self.title, self.applied, self.summary, self.details_file)
+        return (
+            all(isinstance(t, str) and t for t in texts)
+            and isinstance(self.settings, dict) and isinstance(self.results, dict)
+            and all(isinstance(t, dict) and len(t.get("columns") or ()) == 2 and isinstance(t.get("rows"), dict) for t in self.tables)
+            and all(isinstance(t, str) for t in self.tags)
+        )
+
     @classmethod
     def from_dict(cls, data: Any, source: Path | str = COMPRESSION_SUMMARY_FILE) -> "CompressionSummary":
         names = {f.name for f in fields(cls)}

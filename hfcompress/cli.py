@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
+from .artifacts import PARITY_FILE
 from .errors import ConfigError, HFCompressError
 from .tasks import DEFAULT_TASK, task_names
 
@@ -52,7 +53,6 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_export(args) -> int:
     from .export import export_onnx
-    from .artifacts import PARITY_FILE
 
     texts = None
     if args.parity_texts:
@@ -315,10 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser(
         "export", help="Export a checkpoint to ONNX and check parity with PyTorch.",
         description="Export a checkpoint to ONNX (Optimum or the torch dynamo exporter), optionally optimise it with ORTOptimizer, "
-        "and check PyTorch vs ONNX Runtime outputs on real sentences at several batch sizes and lengths (parity.json).",
+        f"and check PyTorch vs ONNX Runtime outputs on real sentences at several batch sizes and lengths ({PARITY_FILE}).",
     )
     ex.add_argument("model", help="Checkpoint directory or Hub id.")
-    ex.add_argument("--output", required=True, help="Output directory (model.onnx, config, tokenizer, parity.json).")
+    ex.add_argument("--output", required=True, help=f"Output directory (model.onnx, config, tokenizer, {PARITY_FILE}).")
     ex.add_argument("--task", default=None, choices=task_names(), help="The model's task; default: inferred from its architecture.")
     ex.add_argument("--backend", default="optimum", choices=["optimum", "dynamo"], help="Exporter: Optimum's main_export or torch.onnx.export(dynamo=True).")
     ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")

@@ -89,3 +89,15 @@ def tiny_teacher_dir(tmp_path, tokenizer) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def assert_compression_summary(directory: Path, method: str):
+    """The summary of ``method`` in ``directory``'s compression summary file, in the common form, its details file beside it."""
+    from hfcompress.artifacts import read_compression_summaries
+
+    summaries = {s.method: s for s in read_compression_summaries(directory)}  # the common form is checked as it is read
+    assert method in summaries, f"no {method} summary in {directory}: {sorted(summaries)}"
+    summary = summaries[method]
+    assert (Path(directory) / summary.details_file).is_file()
+    assert summary.summary.endswith(".") and summary.tags and (summary.settings or summary.results)
+    return summary

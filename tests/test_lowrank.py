@@ -21,6 +21,8 @@ from hfcompress.errors import ConfigError, ModelError
 from hfcompress.lowrank import LowRankConfig, LowRankLinear, factorize, load_factorized, save_factorized, select_rank
 from hfcompress.lowrank.factorize import target_layers
 
+from tests.conftest import assert_compression_summary
+
 VOCAB = 99
 
 
@@ -98,6 +100,8 @@ def test_factorized_checkpoint_reloads_through_auto_class_and_not_silently_witho
     saved = json.loads((tmp_path / "f" / "config.json").read_text())
     assert saved["model_type"] == "hfcompress_factorized" and saved["base_model_type"] == "bert"
     assert json.loads((tmp_path / "f" / "factorization.json").read_text())["ranks"] == report["ranks"]
+    summary = assert_compression_summary(tmp_path / "f", "truncated-svd")
+    assert summary.tables[0]["rows"] == report["ranks"] and summary.results["num_parameters_after"] == report["num_parameters_after"]
 
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "f").eval()
     assert type(reloaded).__name__ == "FactorizedBertForSequenceClassification"

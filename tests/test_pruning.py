@@ -35,7 +35,7 @@ from hfcompress.pruning.magnitude import magnitude_masks, prunable_weights
 from hfcompress.pruning.masks import MASKS_FILE, REPORT_FILE, apply_masks
 from hfcompress.pruning.schedules import Schedule, cubic_sparsity
 from hfcompress.pruning.structured import group_masks, importance_scores, select_removed, slim
-from tests.conftest import save_tiny_wordpiece_tokenizer, tiny_bert_config
+from tests.conftest import assert_compression_summary, save_tiny_wordpiece_tokenizer, tiny_bert_config
 
 VOCAB = 120
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -195,6 +195,8 @@ def test_callback_reaches_target_and_pruned_weights_stay_zero(tmp_path, kwargs):
     trainer.train()
     assert check.checked > 0
     report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
+    summary = assert_compression_summary(tmp_path / "out", "magnitude")
+    assert summary.results["global_sparsity"] == report["global_sparsity"] and summary.tables[0]["rows"] == report["layers"]
     weights = prunable_weights(model, MagnitudePruningConfig().target_modules)
     total = sum(w.numel() for w in weights.values())
     assert report["global_sparsity"] == pytest.approx(pruning.config.target_sparsity, abs=1.5 * len(weights) / total)
@@ -340,6 +342,7 @@ def test_structured_callback_slims_gradually_and_resumes(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**_inputs()).logits, model.eval()(**_inputs()).logits)
     assert json.loads((out / "out" / REPORT_FILE).read_text())["intermediate_size"] == 32
+    assert assert_compression_summary(out / "out", "structured").results["intermediate_size"] == 32
 
 
 # --- recipe stage and benchmark script on tiny material ----------------------------------------------
@@ -365,6 +368,8 @@ def test_prune_stage_with_and_without_training_and_pruning_callback_in_distill(t
     outputs = run_recipe(parse_recipe(recipe))
     oneshot = json.loads((outputs["oneshot"] / REPORT_FILE).read_text())
     assert oneshot["global_sparsity"] == pytest.approx(0.6, abs=1e-4)
+    assert assert_compression_summary(outputs["oneshot"], "magnitude").results["global_sparsity"] == oneshot["global_sparsity"]
+    assert assert_compression_summary(outputs["slim"], "structured").tables[0]["columns"] == ["layer", "attention heads kept"]
     slimmed = AutoModelForSequenceClassification.from_pretrained(outputs["slim"])
     assert slimmed.config.intermediate_size == 32 and all(n == 3 for n in json.loads((outputs["slim"] / REPORT_FILE).read_text())["heads_kept"].values())
     sparse = json.loads((outputs["sparse_student"] / REPORT_FILE).read_text())

@@ -20,6 +20,8 @@ from hfcompress.quantization.tensorrt import (
     trtexec_command,
 )
 
+from tests.conftest import assert_compression_summary
+
 
 def _ops(path):
     return [n.op_type for n in onnx.load(str(path)).graph.node]
@@ -47,6 +49,7 @@ def test_dynamic_int8_quantizes_every_linear_and_embeddings_only_when_asked(tiny
     assert ops.count("MatMulInteger") == 4 * 6 + 2 and ops.count("MatMul") == 4 * 2
     info = json.loads((tmp_path / "dyn" / QUANTIZATION_FILE).read_text())
     assert info["method"] == "dynamic" and info["weights"] == "uint8 symmetric per-channel" and not info["embeddings_quantized"]
+    assert assert_compression_summary(tmp_path / "dyn", "dynamic").settings["weights"] == info["weights"]
     init_types = {t.name: t.data_type for t in onnx.load(str(plain)).graph.initializer}
     assert init_types["bert.embeddings.word_embeddings.weight"] == onnx.TensorProto.FLOAT
 
@@ -110,6 +113,7 @@ def test_static_int8_calibrates_on_a_split(tiny_teacher_dir, tiny_data, tmp_path
     assert ops.count("QuantizeLinear") > 0 and "MatMulInteger" not in ops
     info = json.loads((tmp_path / method / QUANTIZATION_FILE).read_text())
     assert info["calibration"]["method"] == method and info["calibration"]["samples"] == 16 and info["calibration"]["split"] == "train"
+    assert assert_compression_summary(tmp_path / method, "static").settings["calibration"] == info["calibration"]
 
 
 def test_static_qdq_is_only_where_linear_layers_read(tiny_teacher_dir, tiny_data, tmp_path):
@@ -184,6 +188,7 @@ def test_export_carries_qat_ranges_to_static_int8(tiny_teacher_dir, tiny_data, t
     export_onnx(model_dir, export_dir, batch_sizes=[2], sequence_lengths=[16])
     for name in (RANGES_FILE, QUANTIZATION_FILE):
         assert (export_dir / name).read_bytes() == (model_dir / name).read_bytes()
+    assert assert_compression_summary(export_dir, "qat") == assert_compression_summary(model_dir, "qat")
     out = quantize_onnx(export_dir, tmp_path / "static", PTQConfig(mode="static", calibration_samples=8), tiny_data)
     _check_qat_ranges_used(out, tmp_path / "static")
 
@@ -270,6 +275,8 @@ def test_bnb_8bit_and_4bit_save_and_reload_on_cpu(tiny_teacher_dir, tmp_path):
         out = quantize_bnb(tiny_teacher_dir, tmp_path / f"bnb{config.bits}", config)
         info = json.loads((out / QUANTIZATION_FILE).read_text())
         assert info["method"] == f"bnb-{config.bits}bit" and info["onnx_exportable"] is False
+        summary = assert_compression_summary(out, info["method"])
+        assert summary.results["memory_footprint_bytes"] == info["memory_footprint_bytes"] and ("4-bit" in summary.tags) == (config.bits == 4)
         reloaded = load_bnb(out, config).eval()
         assert isinstance(reloaded.bert.encoder.layer[0].get_submodule(module), layer_type)
         assert reloaded.get_memory_footprint() < fp32.get_memory_footprint()

@@ -21,7 +21,7 @@ from hfcompress.quantization.qat import (
     prepare_qat,
 )
 
-from tests.conftest import tiny_bert_config
+from tests.conftest import assert_compression_summary, tiny_bert_config
 
 
 def _ort_weight_reference(weight: np.ndarray, qtype) -> np.ndarray:
@@ -187,6 +187,8 @@ def test_qat_callback_with_distillation_trainer_writes_plain_checkpoints_with_ra
         assert lo < 0 < hi
         info = json.loads((directory / QUANTIZATION_FILE).read_text())
         assert info["method"] == "qat" and info["mode"] == mode and info["ranges_file"] == RANGES_FILE
+        summary = assert_compression_summary(directory, "qat")
+        assert summary.settings["mode"] == mode and "qat" in summary.tags
     torch.testing.assert_close(reloaded.state_dict()["classifier.weight"], student.state_dict()["classifier.weight"])
 
 

@@ -9,6 +9,8 @@ from hfcompress.errors import ConfigError
 from hfcompress.lowrank import LowRankLinear
 from hfcompress.recipes import parse_recipe, run_recipe
 
+from tests.conftest import assert_compression_summary
+
 
 def recipe(teacher, data, out, **factorize):
     training = {"num_train_epochs": 1, "per_device_train_batch_size": 16, "disable_tqdm": True, "use_cpu": True}
@@ -37,6 +39,8 @@ def test_factorize_recover_trim_evaluate(tiny_teacher_dir, tiny_sst2_dir, tmp_pa
     trim_report = json.loads((outputs["trimmed"] / "vocab_trim.json").read_text())
     assert trim_report["vocab_size_after"] == trimmed.config.vocab_size == len(AutoTokenizer.from_pretrained(outputs["trimmed"]))
     assert trim_report["vocab_size_after"] < trim_report["vocab_size_before"]
+    assert assert_compression_summary(outputs["factorized"], "truncated-svd").tables[0]["rows"] == ranks
+    assert assert_compression_summary(outputs["trimmed"], "corpus-vocabulary").results["vocab_size_after"] == trim_report["vocab_size_after"]
     rows = json.loads((outputs["evaluation"] / "results.json").read_text())
     assert [r["name"] for r in rows] == ["factorized", "recovered", "trimmed"]
     assert rows[2]["num_parameters"] < rows[1]["num_parameters"]

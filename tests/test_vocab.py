@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
 
-from conftest import tiny_bert_config
+from conftest import assert_compression_summary, tiny_bert_config
 from hfcompress.errors import ConfigError, ModelError
 from hfcompress.vocab import VocabTrimConfig, dev_token_changes, save_trimmed, trim_vocabulary, trimmed_tokenizer
 from hfcompress.vocab.trim import select_kept_ids
@@ -61,6 +61,7 @@ def test_wordpiece_trim_keeps_predictions_and_reloads(tokenizer, sst2_path, tmp_
     torch.testing.assert_close(logits(reloaded, reloaded_tokenizer, train[:16] + held_out), after)
     saved = json.loads((tmp_path / "t" / "vocab_trim.json").read_text())
     assert saved["vocab_size_after"] == len(saved["old_ids"]) == len(vocab_txt)
+    assert assert_compression_summary(tmp_path / "t", "corpus-vocabulary").results["vocab_size_after"] == saved["vocab_size_after"]
 
     changes = dev_token_changes(tokenizer, trimmed, held_out)
     assert changes["unk_share_after"] == 0 and 0 < changes["sentences_tokenized_differently"] < 1

@@ -70,7 +70,7 @@ class CardConfig:
     language: list[str] = field(default_factory=list, metadata={"help": "ISO 639 language codes, e.g. [en]."})
     tags: list[str] = field(default_factory=list, metadata={"help": "Extra tags, added to those derived from what was done."})
     onnx: list[str] = field(default_factory=list, metadata={"help": "Export directories whose .onnx files ship in onnx/ (their parity checks and compression summaries are described)."})
-    report: Optional[str] = field(default=None, metadata={"help": "compression_report.json, or the directory holding it (latency/size table)."})
+    report: Optional[str] = field(default=None, metadata={"help": f"{COMPRESSION_REPORT_FILE}, or the directory holding it (latency/size table)."})
     template: Optional[str] = field(default=None, metadata={"help": "Jinja template; default: model_cards/compressed_model.md.j2."})
 
     def __post_init__(self):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from ..artifacts import QUANTIZATION_FILE, CompressionSummary, set_entries, write_method_report
+from ..artifacts import QAT_RANGES_FILE, QUANTIZATION_FILE, CompressionSummary, set_entries, write_method_report
 from ..errors import ConfigError, closest
 from ..targets import PATTERNS_HELP, ModulePatterns, check_module_patterns
 
@@ -153,7 +153,7 @@ class PTQConfig(_TargetsOrtScheme):
         default=True,
         metadata={"help": "Static, CPU presets: keep Q/DQ only where the Linear layers read (inputs and weights), as QAT simulates; ONNX Runtime's own QDQ graph also requantizes every MatMul/Gemm output (the logits too) and feeds residual additions the quantized copy of their input. False keeps that graph. TensorRT graphs are left as written."},
     )
-    qat_ranges: bool = field(default=True, metadata={"help": "Static only: when the model has qat_ranges.safetensors (from QATCallback), use its activation ranges for the Linear inputs instead of calibrated ones."})
+    qat_ranges: bool = field(default=True, metadata={"help": f"Static only: when the model has {QAT_RANGES_FILE} (from QATCallback), use its activation ranges for the Linear inputs instead of calibrated ones."})
 
     def __post_init__(self):
         self.scheme  # noqa: B018  (validates preset, mode and their combination)

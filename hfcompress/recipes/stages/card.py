@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ...artifacts import COMPRESSION_REPORT_FILE
 from ...hub.card import CardConfig, write_model_card
 from ..context import RunContext
 from ..registry import register_stage
@@ -19,7 +20,7 @@ class CardStageConfig(CardConfig):
     model: str = field(metadata={"help": "Model the card describes: an earlier stage's name or a local path.", "model_ref": True})
     name: str = field(default="card", metadata={"help": "Stage name; also its output sub-directory (the release folder)."})
     onnx: list[str] = field(default_factory=list, metadata={"help": "Export stages (or directories) whose .onnx files ship in onnx/.", "model_ref": True})
-    report: Optional[str] = field(default=None, metadata={"help": "Stage (or directory) holding compression_report.json.", "model_ref": True})
+    report: Optional[str] = field(default=None, metadata={"help": f"Stage (or directory) holding {COMPRESSION_REPORT_FILE}.", "model_ref": True})
 
 
 @register_stage("card", CardStageConfig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ...artifacts import EVALUATION_RESULTS_FILE, EVALUATION_TABLE_FILE
+from ...artifacts import COMPRESSION_REPORT_NAME, EVALUATION_RESULTS_FILE, EVALUATION_TABLE_FILE
 from ...errors import ConfigError
 from ...evaluation import compression_row, evaluate_model, evaluation_texts, measure_latency, write_compression_report
 from ...utils.io import atomic_write_json, atomic_write_text
@@ -26,7 +26,7 @@ class EvaluateStageConfig:
     latency_samples: int = field(default=256, metadata={"help": "Evaluation sentences the latency batches are made of (the same for every model)."})
     warmup: int = field(default=5, metadata={"help": "Untimed calls before timing."})
     repeats: int = field(default=3, metadata={"help": "Timed passes over the latency batches."})
-    report: bool = field(default=True, metadata={"help": "Write compression_report.{json,md,png}: one row per model, ratios to the first."})
+    report: bool = field(default=True, metadata={"help": f"Write {COMPRESSION_REPORT_NAME}.{{json,md,png}}: one row per model, ratios to the first."})
     onnx_file: Optional[str] = field(default=None, metadata={"help": "ONNX file to load from ONNX model directories (default model.onnx)."})
 
     def __post_init__(self):

@@ -18,7 +18,7 @@ class PushStageConfig(PushConfig):
     uses_data = False  # not a field: tells the runner's pre-flight this stage reads no dataset
 
     folder: str = field(metadata={"help": "Folder to upload: an earlier stage's name (e.g. the card stage) or a path.", "model_ref": True})
-    name: str = field(default="push", metadata={"help": "Stage name; its output directory records what was pushed (push.json)."})
+    name: str = field(default="push", metadata={"help": f"Stage name; its output directory records what was pushed ({PUSH_RESULT_FILE})."})
     dry_run: bool = field(default=False, metadata={"help": "Only record and print what would be uploaded."})
 
 
