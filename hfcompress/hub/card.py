@@ -348,7 +348,7 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
         "compression": compression,
         "parity": parity,
         "report": report,
-        "has_recipe": (model_dir / RECIPE_FILE).is_file(),
+        "recipe_file": RECIPE_FILE if (model_dir / RECIPE_FILE).is_file() else None,
         "language": cfg.language,
         "extra_tags": cfg.tags,
     }
