@@ -28,7 +28,7 @@ def summarize_pruning(report: dict) -> CompressionSummary:
         sentence = "Whole attention heads and FFN neurons were removed, so the model is smaller and faster with dense kernels."
         table = {"columns": ["layer", "attention heads kept"], "rows": report.get("heads_kept") or {}}
     else:
-        settings = set_entries(report, ("pattern", "scope", "target_sparsity", "schedule", "targets"))
+        settings = set_entries(report, ("pattern", "scope", "target_sparsity", "schedule", "target_modules", "exclude_modules"))
         results = set_entries(report, ("global_sparsity",))
         sentence = (f"The smallest-magnitude weights were set to zero ({report.get('pattern', 'unstructured')}); "
                     "the zeros only save space or time with a sparse runtime or compression.")

@@ -18,7 +18,7 @@ from transformers.pytorch_utils import prune_linear_layer
 from ..errors import ModelError
 from ..targets import replace_module
 from .config import StructuredPruningConfig
-from .masks import MaskedPruningCallback, apply_masks, unwrap
+from .masks import MaskedPruningCallback, unwrap
 from .schedules import Schedule
 
 
