@@ -17,7 +17,10 @@ from .tasks import DEFAULT_TASK, task_names
 def _cmd_run(args) -> int:
     from .recipes import run_recipe
 
-    outputs = run_recipe(args.recipe, args.overrides, resume=args.resume, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    outputs = run_recipe(
+        args.recipe, args.overrides, resume=args.resume, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
+        force_stages=args.force_stage,
+    )
     for name, path in outputs.items():
         print(f"{name}: {path}")
     return 0
@@ -282,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.student.training.num_train_epochs=1")
     run.add_argument("--resume", action="store_true", help="Skip finished stages and continue training from the last checkpoint.")
     run.add_argument("--overwrite", action="store_true", help="Delete an existing output directory and start again.")
+    run.add_argument(
+        "--force-stage", action="append", default=[], metavar="NAME",
+        help="With --resume: run stage NAME again from scratch (its checkpoints discarded), and every later stage that reads its output. Repeatable.",
+    )
     run.add_argument("--trust-remote-code", action="store_true",
                      help="Allow models whose code lives in their repository (runs that code): turns it on for every stage.")
     run.set_defaults(fn=_cmd_run)

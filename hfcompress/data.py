@@ -42,6 +42,11 @@ class DataConfig:
             get_task(self.task)  # a misspelt task fails when the recipe is read, with the closest name
         except ConfigError as e:
             raise ConfigError(f"data.{e}") from None
+        if self.max_length < 1:
+            raise ConfigError(f"data.max_length {self.max_length} must be at least 1: it is the token length inputs are truncated to, e.g. 128")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} {getattr(self, name)} must be at least 1, or left out to use the whole split")
 
 
 def _split_files(directory: Path) -> dict[str, Path]:
@@ -58,6 +63,20 @@ def _has_no_rows(path: Path) -> bool:
     with open(path, "rb") as f:
         lines = [line for _, line in zip(range(header_lines + 1), f) if line.strip()]
     return len(lines) <= header_lines
+
+
+def check_utf8(path: Path) -> None:
+    """A text data file must be UTF-8: name the first line that is not, before datasets fails deep inside Arrow."""
+    if path.suffix == ".parquet":
+        return
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path} line {number} is not UTF-8 (byte {line[e.start]:#04x} at column {e.start + 1}): re-save the file as UTF-8"
+                ) from None
 
 
 def load_raw_splits(cfg: DataConfig, splits: list[str]) -> DatasetDict:
@@ -78,9 +97,11 @@ def load_raw_splits(cfg: DataConfig, splits: list[str]) -> DatasetDict:
                 if _has_no_rows(files[split]):
                     raise DataError(f"split '{split}' ({files[split]}) is empty: point the recipe at a split with examples")
             suffixes = {files[s].suffix for s in splits}
-            if len({_BUILDERS[s] for s in suffixes}) != 1:
+            if len(suffixes) != 1:  # .csv and .tsv share a builder but not a separator
                 raise DataError(f"dataset directory {local} mixes file types {sorted(suffixes)}: use one format for all splits")
             suffix = suffixes.pop()
+            for split in splits:
+                check_utf8(files[split])
             kwargs: dict[str, Any] = {}
             if suffix == ".tsv":
                 kwargs = {"delimiter": "\t", "quoting": 3}  # GLUE TSVs contain bare quotes
@@ -90,6 +111,7 @@ def load_raw_splits(cfg: DataConfig, splits: list[str]) -> DatasetDict:
         elif local.is_file():
             if local.suffix not in _BUILDERS:
                 raise DataError(f"data file {local} has unsupported type '{local.suffix}': use one of {sorted(_BUILDERS)}")
+            check_utf8(local)
             loaded = datasets.load_dataset(_BUILDERS[local.suffix], data_files={splits[0]: str(local)})
         else:
             loaded = datasets.load_dataset(cfg.path, cfg.name)
@@ -124,6 +146,7 @@ class TaskData:
         raw = load_raw_splits(cfg, list(dict.fromkeys(splits)))
         for split, ds in raw.items():
             self._check_columns(split, ds)
+            self._check_cells(split, ds)
         if cfg.max_train_samples and cfg.train_split in raw and cfg.max_train_samples < len(raw[cfg.train_split]):
             raw[cfg.train_split] = raw[cfg.train_split].shuffle(seed=seed).select(range(cfg.max_train_samples))
         if cfg.max_eval_samples and cfg.eval_split in raw and cfg.max_eval_samples < len(raw[cfg.eval_split]):
@@ -147,6 +170,20 @@ class TaskData:
                     f"split '{split}' has no column '{col}'{closest(col, ds.column_names)}: columns are {ds.column_names}; "
                     "set data.text_column/data.label_column"
                 )
+
+    def _check_cells(self, split: str, ds: datasets.Dataset) -> None:
+        """Every row of a labelled task needs its text and label: name the first empty cell (data rows count from 1).
+
+        Language-modelling text keeps its empty lines: they are paragraph breaks, not missing values.
+        """
+        if not self.task.has_labels:
+            return
+        for column in self.task.required_columns(self.cfg):
+            for row, value in enumerate(ds[column], 1):
+                if value is None or (isinstance(value, (str, list)) and len(value) == 0):
+                    raise DataError(
+                        f"split '{split}' row {row} has an empty '{column}': fill it in or delete the row"
+                    )
 
     def _label_names(self) -> list[Any]:
         train = self.raw.get(self.cfg.train_split)

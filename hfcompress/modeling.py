@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -38,6 +39,50 @@ def check_head_fits_labels(config, num_labels: int, name: str) -> None:
         raise ModelError(
             f"model '{name}' has {config.num_labels} labels but the data has {num_labels}: "
             "use a checkpoint trained on this label set, or fine-tune a base model"
+        )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
+
+
+def check_safetensors(path: Path) -> None:
+    """A safetensors file whose header and size agree (a truncated copy fails here, not mid-run)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            header_size = int.from_bytes(f.read(8), "little")
+            if not 0 < header_size <= size - 8:
+                raise ValueError(f"header length {header_size} does not fit a {size}-byte file")
+            header = json.loads(f.read(header_size))
+        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ModelError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:120]}): copy or save the model again") from None
+    if 8 + header_size + end != size:
+        raise ModelError(f"{path} is truncated or corrupt: its header describes {8 + header_size + end} bytes, the file has {size}; copy or save the model again")
+
+
+def check_model_files(path: Path, needs_tokenizer: bool) -> None:
+    """Pre-flight of a local model directory: config, weight headers, ONNX files that load, and tokenizer files where needed."""
+    if not path.is_dir():
+        raise ModelError(f"model path {path} is not a directory: give the directory a model was saved to")
+    weights = [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".onnx")]
+    if not weights:
+        return  # not a model (a card stage's report directory, say): its reader checks it
+    if not (path / "config.json").is_file():
+        raise ModelError(f"model directory {path} has no config.json: give a directory written by save_pretrained or hfcompress export")
+    for weights in sorted(path.glob("*.safetensors")):
+        check_safetensors(weights)
+    for graph in sorted(path.glob("*.onnx")):
+        import onnx
+
+        try:
+            onnx.load(str(graph), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, ValueError, OSError... for a broken file
+            raise ModelError(f"{graph} does not load as ONNX ({type(e).__name__}): export the model again") from None
+    if needs_tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"model directory {path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): "
+            "save the tokenizer beside the model (tokenizer.save_pretrained(dir))"
         )
 
 

@@ -72,6 +72,10 @@ def _finished_teacher_with_other_learning_rate(recipe, tmp, tokenizer):
     (out / STAGE_DONE_FILE).write_text("ok\n")
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 def _existing_output(recipe, tmp, tokenizer):
     out = Path(recipe["output_dir"])
     out.mkdir()
@@ -146,6 +150,34 @@ BAD_INPUT_CASES = [
                  "training.hub_model_id: the recipe decides this, not the Trainer", id="trainer-hub-option"),
     pytest.param(lambda r, t, k: r["data"].update(task="text-clasification"), [],
                  "data.task 'text-clasification' is not supported (did you mean 'text-classification'?)", id="misspelled-task"),
+    pytest.param(lambda r, t, k: r["stages"][0].update(model="student"), [],
+                 "reads model 'student', which is a later stage: a stage can only read the outputs of stages before it", id="later-stage-as-model"),
+    pytest.param(lambda r, t, k: None, ["--force-stage", "teacher"],
+                 "--force-stage re-runs a stage of an earlier run: use it with --resume", id="force-stage-without-resume"),
+    pytest.param(_existing_output, ["--resume", "--force-stage", "techer"],
+                 "--force-stage techer: the recipe has no stage 'techer' (did you mean 'teacher'?)", id="force-stage-unknown"),
+    pytest.param(lambda r, t, k: _distill(r)["training"].update(num_train_epochs=-1), [],
+                 "num_train_epochs -1.0 must be > 0 (or set max_steps > 0): the stage would train nothing", id="negative-epochs"),
+    pytest.param(lambda r, t, k: _distill(r)["training"].update(learning_rate=0), [],
+                 "learning_rate 0.0 must be > 0", id="zero-learning-rate"),
+    pytest.param(lambda r, t, k: r["data"].update(max_length=0), [],
+                 "data.max_length 0 must be at least 1", id="zero-max-length"),
+    pytest.param(lambda r, t, k: r["data"].update(max_length=4096), [],
+                 "data.max_length 4096 is longer than model", id="max-length-beyond-positions"),
+    pytest.param(lambda r, t, k: _edit_split(r, t, "train.tsv", lambda lines: lines[:3] + ["\t1"] + lines[3:]), [],
+                 "split 'train' row 3 has an empty 'sentence': fill it in or delete the row", id="empty-text-cell"),
+    pytest.param(lambda r, t, k: _edit_split(r, t, "train.tsv", lambda lines: lines[:5] + [lines[5].rsplit("\t", 1)[0] + "\t"] + lines[6:]), [],
+                 "split 'train' row 5 has an empty 'label'", id="empty-label-cell"),
+    pytest.param(lambda r, t, k: (Path(r["data"]["path"]) / "dev.tsv").rename(Path(r["data"]["path"]) / "dev.csv"), [],
+                 "mixes file types ['.csv', '.tsv']", id="csv-beside-tsv"),
+    pytest.param(lambda r, t, k: (Path(r["data"]["path"]) / "train.tsv").write_bytes((Path(r["data"]["path"]) / "train.tsv").read_bytes() + b"caf\xe9 au lait\t1\n"), [],
+                 "train.tsv line 66 is not UTF-8 (byte 0xe9 at column 4): re-save the file as UTF-8", id="non-utf8"),
+    pytest.param(lambda r, t, k: _truncate(Path(r["stages"][0]["model"]) / "model.safetensors"), [],
+                 "model.safetensors is truncated or corrupt", id="truncated-weights"),
+    pytest.param(lambda r, t, k: (Path(r["stages"][0]["model"]) / "config.json").unlink(), [],
+                 "has no config.json: give a directory written by save_pretrained", id="model-without-config"),
+    pytest.param(lambda r, t, k: [p.unlink() for p in Path(r["stages"][0]["model"]).iterdir() if "token" in p.name or p.name.startswith("vocab")], [],
+                 "has no tokenizer files", id="model-without-tokenizer"),
     pytest.param(lambda r, t, k: _distill(r)["callbacks"].append({"type": "stop_on_nan"}), [],
                  "unknown callback 'stop_on_nan'", id="unknown-callback"),
     # pruning (issue 3): sparsity outside [0, 1], an N:M pattern that does not divide a layer

@@ -12,11 +12,12 @@ from typing import Any, Optional
 import yaml
 from accelerate import PartialState
 
-from ..artifacts import RECIPE_FILE, STAGE_DONE_FILE
+from ..artifacts import FINGERPRINT_FILE, RECIPE_FILE, STAGE_DONE_FILE
 from ..data import DataConfig, TaskData
 from ..errors import ConfigError, closest
 from ..modeling import load_config
-from ..utils.io import atomic_write_text
+from ..utils.io import atomic_write_json, atomic_write_text
+from .fingerprint import describe_change, read_fingerprint
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _SECRET_KEY = re.compile(r"(^|_)(token|secret|password|api_key)($|_)", re.IGNORECASE)  # hub_token, not tokenizer
@@ -54,6 +55,7 @@ class RunContext:
     resume: bool = False
     outputs: dict[str, Path] = field(default_factory=dict)
     planned: dict[str, PlannedModel] = field(default_factory=dict)
+    fingerprints: dict[str, dict] = field(default_factory=dict)  # by stage name: what its output is made from
     _data: Optional[TaskData] = None
 
     @property
@@ -94,14 +96,29 @@ class RunContext:
     def write_recipe(self, directory: Path) -> None:
         atomic_write_text(directory / RECIPE_FILE, yaml.safe_dump(redact_secrets(self.resolved_recipe), sort_keys=False))
 
-    def publish(self, staging: Path, stage_name: str) -> Path:
-        """Move a complete staging directory into place as the stage's output, with the recipe and a done-marker.
+    def begin_stage(self, stage_name: str, discard_checkpoints: bool = False) -> None:
+        """Record what the stage runs with beside its checkpoints (an interrupted run is resumed only with the same)."""
+        work = self.work_dir(stage_name)
+        if self.state.is_main_process:
+            if discard_checkpoints:
+                shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(work / FINGERPRINT_FILE, self.fingerprints[stage_name])
+        self.state.wait_for_everyone()
 
-        Only the main process writes; the others wait so that every rank sees the same outputs.
+    def publish(self, staging: Path, stage_name: str) -> Path:
+        """Move a complete staging directory into place as the stage's output, with the recipe, its fingerprint and a done-marker.
+
+        Only the main process writes; the others wait so that every rank sees the same outputs. A
+        stage publishes once per run.
         """
+        if stage_name in self.outputs:
+            raise RuntimeError(f"stage '{stage_name}' published its output twice")
         out = self.output_dir(stage_name)
         if self.state.is_main_process:
             self.write_recipe(staging)
+            if stage_name in self.fingerprints:
+                atomic_write_json(staging / FINGERPRINT_FILE, self.fingerprints[stage_name])
             (staging / STAGE_DONE_FILE).write_text("ok\n")
             if out.exists():
                 shutil.rmtree(out)
@@ -153,23 +170,43 @@ def clear_output(root: Path) -> None:
     PartialState().wait_for_everyone()
 
 
-def check_finished_stage_unchanged(stage: dict, output: Path, data: dict, seed: int) -> None:
-    """--resume skips a finished stage; that is only right if the recipe still asks for what it produced."""
+def check_finished_stage_unchanged(stage: dict, output: Path, fingerprint: dict, data: dict, seed: int) -> None:
+    """--resume skips a finished stage; that is only right if the recipe, its data and its input models are unchanged."""
+    saved = read_fingerprint(output)
+    if saved is not None:
+        change = describe_change(saved, fingerprint)
+    else:  # an output written before fingerprints: compare the recipe it saved
+        change = _recipe_change(stage, output, data, seed)
+    if change:
+        raise ConfigError(
+            f"--resume: stage '{stage['name']}' finished with {change}: resume with what it ran with, "
+            f"re-run it with --force-stage {stage['name']}, or start again with --overwrite"
+        )
+
+
+def check_interrupted_stage_unchanged(stage_name: str, work_dir: Path, fingerprint: dict) -> None:
+    """Continuing an interrupted stage's checkpoints with other settings or data would mix two runs."""
+    saved = read_fingerprint(work_dir)
+    change = describe_change(saved, fingerprint) if saved is not None else None
+    if change:
+        raise ConfigError(
+            f"--resume: stage '{stage_name}' was interrupted while running with {change}; its checkpoints would mix two runs: "
+            f"resume with what it ran with, or pass --force-stage {stage_name} to discard them and run it again"
+        )
+
+
+def _recipe_change(stage: dict, output: Path, data: dict, seed: int) -> Optional[str]:
     try:
         saved = yaml.safe_load((output / RECIPE_FILE).read_text())
     except (OSError, yaml.YAMLError):
-        return  # an output without its recipe (written by an older version): nothing to compare
+        return None  # an output without its recipe: nothing to compare
     if not isinstance(saved, dict):
-        return
+        return None
     previous = next((s for s in saved.get("stages") or [] if isinstance(s, dict) and s.get("name") == stage["name"]), None)
     now = {"seed": seed, "data": data, "stage": stage}
     before = {"seed": saved.get("seed"), "data": saved.get("data"), "stage": previous}
     difference = first_difference(redact_secrets(before), redact_secrets(now))
-    if difference:
-        raise ConfigError(
-            f"--resume: stage '{stage['name']}' finished with a different recipe ({difference}): "
-            "resume with the recipe and overrides it ran with, or pass --overwrite to start again"
-        )
+    return f"a different recipe ({difference})" if difference else None
 
 
 def first_difference(a: Any, b: Any, path: str = "") -> Optional[str]:

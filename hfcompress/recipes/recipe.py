@@ -12,6 +12,7 @@ import yaml
 
 from ..data import DataConfig
 from ..errors import ConfigError, closest
+from .fingerprint import model_refs
 from .registry import STAGES
 from .schema import from_dict, to_dict
 
@@ -127,14 +128,23 @@ def parse_recipe(data: dict[str, Any]) -> Recipe:
         name = stage_cfg.name
         if name in names:
             raise ConfigError(f"{path}.name: stage name '{name}' is used twice: give each stage a unique name")
+        all_names = [_stage_name(s) for s in config.stages]
         for f in dataclasses.fields(stage_cfg):
             if f.metadata.get("model_ref"):
                 refs = getattr(stage_cfg, f.name)
                 for j, ref in enumerate(refs if isinstance(refs, list) else [refs]):
-                    if ref is not None:
+                    if ref is not None and ref not in all_names:
                         check_model_ref(ref, names, f"{path}.{f.name}" + (f"[{j}]" if isinstance(refs, list) else ""))
         names.append(name)
         stages.append((kind, stage_cfg))
+    for i, (_, stage_cfg) in enumerate(stages):  # a stage reads only what ran before it
+        later = {cfg.name for _, cfg in stages[i + 1 :]} | {stage_cfg.name}
+        for ref in model_refs(stage_cfg):
+            if ref in later:
+                raise ConfigError(
+                    f"stages[{i}] ('{stage_cfg.name}') reads model '{ref}', which is {'itself' if ref == stage_cfg.name else 'a later stage'}: "
+                    f"a stage can only read the outputs of stages before it; move '{stage_cfg.name}' after '{ref}'"
+                )
     resolved = to_dict(config)
     resolved["stages"] = [{"stage": kind, **to_dict(cfg)} for kind, cfg in stages]
     return Recipe(config=config, stages=stages, resolved=resolved)

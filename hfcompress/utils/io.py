@@ -26,23 +26,26 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     """Yield a temporary sibling directory that replaces ``path`` only if the block succeeds.
 
     A crash or an exception leaves ``path`` as it was (absent, or the previous complete output),
-    and removes the temporary directory.
+    and removes the temporary directory. ``path`` is locked meanwhile: a second writer fails at once.
     """
+    from .lock import output_lock
+
     path = Path(path)
-    check_output_dir(path, overwrite)
-    tmp = make_temp_dir_beside(path)
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with output_lock(path):
+        check_output_dir(path, overwrite)
+        tmp = make_temp_dir_beside(path)
+        try:
+            yield tmp
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def make_temp_dir_beside(path: Path) -> Path:

@@ -74,12 +74,37 @@ def validate_training(training: dict, args_cls: type[TrainingArguments]) -> dict
         )
     training = {key: check_value(value, hints[key], f"training.{key}") for key, value in training.items()}
     try:
-        args_cls(output_dir="unused", **{**TRAINING_DEFAULTS, **training})
+        args = args_cls(output_dir="unused", **{**TRAINING_DEFAULTS, **training})
+        check_training_ranges(args)
     except ConfigError as e:
         raise ConfigError(f"training: {e}") from None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"training: {str(e).splitlines()[0]}") from None
     return training
+
+
+# TrainingArguments values that Trainer accepts but that cannot mean anything (a run that trains
+# nothing, or backwards): (check, what the value must be).
+_RANGES = {
+    "learning_rate": (lambda v: v > 0, "> 0, e.g. 5e-5"),
+    "per_device_train_batch_size": (lambda v: v >= 1, "at least 1"),
+    "per_device_eval_batch_size": (lambda v: v >= 1, "at least 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, "at least 1"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "warmup_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "save_steps": (lambda v: v > 0, "> 0"),
+    "logging_steps": (lambda v: v > 0, "> 0"),
+}
+
+
+def check_training_ranges(args: TrainingArguments) -> None:
+    """Refuse settings that would train nothing or nonsense, which Trainer runs without a word."""
+    for name, (ok, expected) in _RANGES.items():
+        value = getattr(args, name, None)
+        if value is not None and not ok(value):
+            raise ConfigError(f"{name} {value} must be {expected}")
+    if args.max_steps <= 0 and not args.num_train_epochs > 0:
+        raise ConfigError(f"num_train_epochs {args.num_train_epochs} must be > 0 (or set max_steps > 0): the stage would train nothing")
 
 
 def with_default_callbacks(specs: list[dict]) -> list[dict]:
@@ -193,6 +218,11 @@ def plan_task_model(ctx: RunContext, model: PlannedModel, ref: str, layers: Opti
     if data.task.has_labels:
         check_head_fits_labels(config, data.num_labels, ref)
         config.num_labels = data.num_labels
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if positions and data.cfg.max_length > positions:
+        raise ConfigError(
+            f"data.max_length {data.cfg.max_length} is longer than model '{ref}' can read ({positions} positions): set data.max_length to at most {positions}"
+        )
     if layers is not None:
         total = config.num_hidden_layers
         if not layers or any(not 0 <= i < total for i in layers) or len(set(layers)) != len(layers):
