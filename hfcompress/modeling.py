@@ -79,7 +79,13 @@ def check_model_files(path: Path, needs_tokenizer: bool) -> None:
             onnx.load(str(graph), load_external_data=False)
         except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, ValueError, OSError... for a broken file
             raise ModelError(f"{graph} does not load as ONNX ({type(e).__name__}): export the model again") from None
-    if needs_tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
+    if needs_tokenizer:
+        check_tokenizer_files(path)
+
+
+def check_tokenizer_files(path: Path) -> None:
+    """A local model directory must hold its tokenizer (transformers fails obscurely on a BERT directory without vocab.txt)."""
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ModelError(
             f"model directory {path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): "
             "save the tokenizer beside the model (tokenizer.save_pretrained(dir))"
@@ -89,6 +95,8 @@ def check_model_files(path: Path, needs_tokenizer: bool) -> None:
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from .lowrank.modeling import is_factorized
 
+    if Path(os.path.expanduser(name_or_path)).is_dir():
+        check_tokenizer_files(Path(os.path.expanduser(name_or_path)))
     kwargs = {}
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -116,6 +124,9 @@ def load_model(
     head already has another size is an error rather than a silent re-initialisation.
     """
     task = get_task(task)
+    local = Path(os.path.expanduser(name_or_path))
+    if local.is_dir():  # a truncated copy or a missing config fails here in one line, not deep in from_pretrained
+        check_model_files(local, needs_tokenizer=False)
     config = load_config(name_or_path, trust_remote_code)
     if task.has_labels and num_labels is not None:
         check_head_fits_labels(config, num_labels, name_or_path)

@@ -235,3 +235,39 @@ def test_unreadable_recipes(tmp_path, capsys, text, message):
 def test_missing_recipe_file(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert "does not exist: give the path to a YAML recipe" in capsys.readouterr().err
+
+
+def _without_tokenizer(model_dir: Path) -> Path:
+    for path in model_dir.iterdir():
+        if "token" in path.name or path.name.startswith("vocab"):
+            path.unlink()
+    return model_dir
+
+
+def _truncated_weights(model_dir: Path) -> Path:
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return model_dir
+
+
+@pytest.mark.parametrize(
+    "command,damage,message",
+    [
+        ("trim-vocab", _without_tokenizer, "has no tokenizer files"),
+        ("export", _without_tokenizer, "has no tokenizer files"),
+        ("export", _truncated_weights, "model.safetensors is truncated or corrupt"),
+        ("factorize", _truncated_weights, "model.safetensors is truncated or corrupt"),
+        ("evaluate", _truncated_weights, "model.safetensors is truncated or corrupt"),
+    ],
+)
+def test_commands_refuse_a_broken_model_directory_in_one_line(tiny_teacher_dir, tiny_sst2_dir, tmp_path, capsys, command, damage, message):
+    model = str(damage(tiny_teacher_dir))
+    args = {
+        "trim-vocab": [command, model, "--output", str(tmp_path / "out"), "--data", str(tiny_sst2_dir)],
+        "export": [command, model, "--output", str(tmp_path / "out")],
+        "factorize": [command, model, "--output", str(tmp_path / "out"), "--energy", "0.9"],
+        "evaluate": [command, model, "--data", str(tiny_sst2_dir), "--split", "dev"],
+    }[command]
+    assert main(args) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()

@@ -283,3 +283,40 @@ def test_committed_sst2_example_card_loads_and_validates():
     [accuracy] = [r for r in card.data.eval_results if r.metric_type == "accuracy"]
     assert accuracy.dataset_type == "nyu-mll/glue" and accuracy.dataset_config == "sst2" and 0.5 < accuracy.metric_value < 1
     assert "distillation" in card.data.tags and card.data.license == "apache-2.0"
+
+
+def _copy_export(run_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(run_dir / "outputs" / "export", copy)
+    return copy
+
+
+def test_card_refuses_a_truncated_onnx_file(run_dir, tmp_path):
+    export = _copy_export(run_dir, tmp_path)
+    onnx_bytes = (export / "model.onnx").read_bytes()
+    (export / "model.onnx").write_bytes(onnx_bytes[: len(onnx_bytes) // 3])
+    with pytest.raises(ConfigError, match=r"model.onnx does not load as ONNX \(\w+\): export the model again"):
+        write_model_card(run_dir / "outputs" / "tiny-run" / "student", tmp_path / "release", CardConfig(onnx=[str(export)]))
+    assert not (tmp_path / "release").exists()
+
+
+def test_card_refuses_a_parity_check_of_another_onnx_file(run_dir, tmp_path):
+    export = _copy_export(run_dir, tmp_path)
+    other = tmp_path / "other-model"
+    _save_tiny(other, 2)
+    save_tiny_wordpiece_tokenizer(other, 100)
+    export_onnx(other, tmp_path / "other-export", batch_sizes=[1], sequence_lengths=[8])
+    (export / "model.onnx").write_bytes((tmp_path / "other-export" / "model.onnx").read_bytes())  # the old parity.json stays
+    with pytest.raises(ConfigError, match=r"parity.json checked another model.onnx than the one in .*: export the model again"):
+        write_model_card(run_dir / "outputs" / "tiny-run" / "student", tmp_path / "release", CardConfig(onnx=[str(export)]))
+
+
+def test_card_refuses_the_export_of_another_checkpoint(run_dir, tmp_path):
+    other = tmp_path / "other-model"
+    _save_tiny(other, 2)  # same shape, other random weights
+    save_tiny_wordpiece_tokenizer(other, 100)
+    export_onnx(other, tmp_path / "other-export", batch_sizes=[1], sequence_lengths=[8])
+    with pytest.raises(ConfigError, match=r"was made from another checkpoint than .*student \(weights differ\)"):
+        write_model_card(run_dir / "outputs" / "tiny-run" / "student", tmp_path / "release", CardConfig(onnx=[str(tmp_path / "other-export")]))

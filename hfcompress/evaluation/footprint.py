@@ -17,7 +17,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
+from ..utils.hashing import weight_files
+
 # ONNX ops whose second input is a weight matrix, and ops that sit between an initializer and them
 _MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
 _PASS_THROUGH_OPS = {"DequantizeLinear", "Transpose", "Cast"}
@@ -43,13 +44,6 @@ def files_footprint(files: list[Path]) -> dict:
     }
 
 
-def checkpoint_weight_files(directory: str | os.PathLike) -> list[Path]:
-    directory = Path(directory)
-    files = [p for p in sorted(directory.iterdir()) if p.suffix in WEIGHT_SUFFIXES and not p.name.startswith("training_args")]
-    safetensors = [p for p in files if p.suffix == ".safetensors"]
-    return safetensors or files  # a checkpoint saved in both formats loads (and ships) the safetensors
-
-
 def linear_weight_sparsity(model) -> float:
     """Share of exactly-zero entries over all linear-layer weight matrices of a PyTorch model."""
     import torch
@@ -67,11 +61,11 @@ def linear_weight_sparsity(model) -> float:
 def pytorch_footprint(model, directory: Optional[str | os.PathLike] = None) -> dict:
     """Parameters, sparsity and the size of the weights files (``directory``'s, or the model saved to a temporary one)."""
     result = {"num_parameters": int(model.num_parameters()), "sparsity": linear_weight_sparsity(model)}
-    if directory is not None and Path(directory).is_dir() and checkpoint_weight_files(directory):
-        return {**result, **files_footprint(checkpoint_weight_files(directory))}
+    if directory is not None and Path(directory).is_dir() and weight_files(directory):
+        return {**result, **files_footprint(weight_files(directory))}
     with tempfile.TemporaryDirectory(prefix="hfc-size-") as tmp:
         model.save_pretrained(tmp)
-        return {**result, **files_footprint(checkpoint_weight_files(tmp))}
+        return {**result, **files_footprint(weight_files(tmp))}
 
 
 def onnx_footprint(onnx_path: str | os.PathLike) -> dict:

@@ -24,6 +24,7 @@ from ..modeling import load_model, load_tokenizer
 from ..artifacts import PARITY_FILE, QAT_RANGES_FILE
 from ..quantization.config import write_quantization_report
 from ..quantization.qat import read_quantization_json
+from ..utils.hashing import file_sha256, weights_sha256
 from ..utils.io import atomic_output_dir, atomic_write_json
 from .optimize import OptimizationLevel, check_level, optimize_onnx
 from ..tasks import TASKS, get_task, task_names, task_of
@@ -103,7 +104,10 @@ def export_onnx(
             _export_dynamo(model, tokenizer, task, staging, config.opset)
         if is_factorized(model_config):  # the graph holds the factors; ONNX Runtime needs only the base architecture's config
             model_config.base_config().save_pretrained(str(staging))
-        parity = {"backend": config.backend, "task": task.name, "opset": config.opset, "texts": "given" if parity_texts else "built-in", "files": {}}
+        parity = {
+            "backend": config.backend, "task": task.name, "opset": config.opset, "texts": "given" if parity_texts else "built-in", "files": {},
+            "source_weights_sha256": weights_sha256(Path(str(model_dir))),  # the card checks it ships the export of its own checkpoint
+        }
         onnx_paths = [staging / "model.onnx"]
         if config.optimize:
             onnx_paths.append(optimize_onnx(staging, config.optimize))
@@ -111,7 +115,7 @@ def export_onnx(
         for path in onnx_paths:
             result = check_parity(model, path, tokenizer, parity_texts, config.batch_sizes, config.sequence_lengths, config.atol)
             raise_on_mismatch(result, f"the {config.backend} export {path.name} of {model_dir}")
-            parity["files"][path.name] = result
+            parity["files"][path.name] = {**result, "sha256": file_sha256(path)}
         atomic_write_json(staging / PARITY_FILE, parity)
         _copy_qat_files(Path(str(model_dir)), staging)
     return output_dir / "model.onnx"

@@ -36,6 +36,7 @@ from ..artifacts import (
 )
 from ..errors import ConfigError
 from ..tasks import DEFAULT_TASK, TASKS, Task, task_of
+from ..utils.hashing import file_sha256, weight_files, weights_sha256
 from ..utils.io import atomic_write_text
 from .push import is_pickle
 from .validation import validate_card_data
@@ -45,7 +46,6 @@ logger = logging.getLogger("hfcompress")
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 DEFAULT_TEMPLATE = TEMPLATE_DIR / "compressed_model.md.j2"
 CARD_TAG = "hfcompress"  # marks cards this module wrote, so it never overwrites a hand-written README silently
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # Metric ids (https://hf.co/metrics) that go into the model-index, with their display names.
 METRIC_NAMES = {
     "accuracy": "Accuracy", "f1": "F1", "precision": "Precision", "recall": "Recall",
@@ -271,6 +271,7 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
     dirs = [model_dir, *onnx_dirs]  # the model's own files first, then what describes its ONNX variants
     eval_results = next((_read_json(d / EVAL_RESULTS_FILE) for d in dirs if (d / EVAL_RESULTS_FILE).is_file()), {})
     parity, parity_seen, compression, summaries_seen = [], [], [], []
+    check_packaged_onnx(model_dir, dirs)
     for d in dirs:
         prefix = "" if d == model_dir else "onnx/"  # where the directory's files sit in the repo
         if (d / PARITY_FILE).is_file() and (checked := _read_json(d / PARITY_FILE)) not in parity_seen:
@@ -316,7 +317,7 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
     }
     dataset["name"] = " ".join(x for x in (Path(dataset_id or data.get("path") or "").name, dataset["config"]) if x) or None
 
-    weights = [p for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.name != "training_args.bin"]
+    weights = weight_files(model_dir)
     model_name = cfg.model_name or (cfg.repo_id.split("/")[-1] if cfg.repo_id else model_dir.resolve().name)
     return {
         "model_name": model_name,
@@ -352,6 +353,36 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
         "language": cfg.language,
         "extra_tags": cfg.tags,
     }
+
+
+def check_packaged_onnx(model_dir: Path, dirs: list[Path]) -> None:
+    """The card describes only ONNX files that load, and parity results that are about those very files and this checkpoint.
+
+    A truncated .onnx, a parity.json left from an earlier export (the file's sha256 differs), or an
+    export of another checkpoint (its source weights' sha256 differs) is an error naming the fix.
+    """
+    import onnx
+
+    weights = weights_sha256(model_dir)
+    for d in dirs:
+        for graph in sorted(d.glob("*.onnx")):
+            try:
+                onnx.load(str(graph), load_external_data=False)
+            except Exception as e:  # noqa: BLE001 - a broken file raises DecodeError, ValueError, OSError...
+                raise ConfigError(f"{graph} does not load as ONNX ({type(e).__name__}): export the model again") from None
+        parity = _read_json(d / PARITY_FILE) if (d / PARITY_FILE).is_file() else None
+        if not isinstance(parity, dict):
+            continue
+        for name, result in (parity.get("files") or {}).items():
+            recorded = result.get("sha256") if isinstance(result, dict) else None
+            if recorded and (d / name).is_file() and file_sha256(d / name) != recorded:
+                raise ConfigError(f"{d / PARITY_FILE} checked another {name} than the one in {d}: export the model again, which checks it anew")
+        source = parity.get("source_weights_sha256")
+        if d != model_dir and source and weights and source != weights:
+            raise ConfigError(
+                f"the ONNX export in {d} was made from another checkpoint than {model_dir} (weights differ): "
+                f"export {model_dir} itself (hfcompress export {model_dir} --output DIR) and pass that DIR"
+            )
 
 
 def _parity_entries(parity: Any, prefix: str) -> list[dict]:

@@ -103,7 +103,7 @@ class RunContext:
             if discard_checkpoints:
                 shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(work / FINGERPRINT_FILE, self.fingerprints[stage_name])
+            atomic_write_json(work / FINGERPRINT_FILE, redact_secrets(self.fingerprints[stage_name]))
         self.state.wait_for_everyone()
 
     def publish(self, staging: Path, stage_name: str) -> Path:
@@ -118,7 +118,7 @@ class RunContext:
         if self.state.is_main_process:
             self.write_recipe(staging)
             if stage_name in self.fingerprints:
-                atomic_write_json(staging / FINGERPRINT_FILE, self.fingerprints[stage_name])
+                atomic_write_json(staging / FINGERPRINT_FILE, redact_secrets(self.fingerprints[stage_name]))
             (staging / STAGE_DONE_FILE).write_text("ok\n")
             if out.exists():
                 shutil.rmtree(out)

@@ -17,28 +17,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..artifacts import FINGERPRINT_FILE
+from ..utils.hashing import tree_hashes
 
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` (a file: itself), by relative path; hidden files and folders are left out."""
-    if root.is_file():
-        return {root.name: file_sha256(root)}
-    hashes = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-            hashes[rel.as_posix()] = file_sha256(path)
-    return hashes
 
 
 def digest(obj: Any) -> str:
