@@ -178,6 +178,11 @@ BAD_INPUT_CASES = [
                  "has no config.json: give a directory written by save_pretrained", id="model-without-config"),
     pytest.param(lambda r, t, k: [p.unlink() for p in Path(r["stages"][0]["model"]).iterdir() if "token" in p.name or p.name.startswith("vocab")], [],
                  "has no tokenizer files", id="model-without-tokenizer"),
+    pytest.param(lambda r, t, k: (_distill(r)["callbacks"].append({"type": "qat", "mode": "static"}),
+                                  r["stages"].extend([{"stage": "export", "model": "student"},
+                                                      {"stage": "quantize", "model": "onnx", "onnx": {"mode": "dynamic"}}])), [],
+                 "model onnx was trained with QAT for preset 'avx2', mode 'static' but the quantize stage uses preset 'avx2', mode 'dynamic'",
+                 id="qat-scheme-mismatch-before-training"),
     pytest.param(lambda r, t, k: _distill(r)["callbacks"].append({"type": "stop_on_nan"}), [],
                  "unknown callback 'stop_on_nan'", id="unknown-callback"),
     # pruning (issue 3): sparsity outside [0, 1], an N:M pattern that does not divide a layer

@@ -181,7 +181,7 @@ def test_export_carries_qat_ranges_to_static_int8(tiny_teacher_dir, tiny_data, t
     """finetune(+qat) -> export -> quantize(static): the export holds the QAT files, so int8 uses (and is checked against) them."""
     from hfcompress.export import export_onnx
     from hfcompress.quantization.qat import RANGES_FILE
-    from hfcompress.recipes.stages.quantize import check_matches_qat
+    from hfcompress.recipes.stages.quantize import check_matches_qat, qat_scheme_of
 
     model_dir = _qat_checkpoint(tiny_teacher_dir, tmp_path / "qat-model")
     export_dir = tmp_path / "onnx"
@@ -192,9 +192,10 @@ def test_export_carries_qat_ranges_to_static_int8(tiny_teacher_dir, tiny_data, t
     out = quantize_onnx(export_dir, tmp_path / "static", PTQConfig(mode="static", calibration_samples=8), tiny_data)
     _check_qat_ranges_used(out, tmp_path / "static")
 
-    check_matches_qat(export_dir, PTQConfig(preset="avx2", mode="static"))
+    assert qat_scheme_of(export_dir) == ("avx2", "static")
+    check_matches_qat(str(export_dir), qat_scheme_of(export_dir), PTQConfig(preset="avx2", mode="static"))
     with pytest.raises(ConfigError, match="trained with QAT for preset 'avx2'"):
-        check_matches_qat(export_dir, PTQConfig(preset="avx512_vnni", mode="static"))
+        check_matches_qat(str(export_dir), qat_scheme_of(export_dir), PTQConfig(preset="avx512_vnni", mode="static"))
 
     plain = tmp_path / "plain-onnx"  # a checkpoint without QAT exports without them
     export_onnx(tiny_teacher_dir, plain, batch_sizes=[1], sequence_lengths=[8])

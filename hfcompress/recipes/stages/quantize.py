@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Optional
 
 from ...data import TaskData
 from ...errors import ConfigError
@@ -13,6 +14,7 @@ from ...quantization.onnx_ptq import quantize_onnx
 from ...quantization.qat import QATCallback, read_quantization_json
 from ..context import RunContext
 from ..registry import register_callback, register_stage
+from ..schema import from_dict
 
 
 @register_callback("qat", QATConfig)
@@ -30,17 +32,43 @@ class QuantizeStageConfig:
     onnx: PTQConfig = field(default_factory=PTQConfig, metadata={"help": "ONNX Runtime settings: mode, preset, calibration_method, calibration_samples, quantize_embeddings, ..."})
     bnb: BnbConfig = field(default_factory=BnbConfig, metadata={"help": "bitsandbytes settings: bits, quant_type, double_quant, compute_dtype."})
 
+    def preflight(self, ctx: RunContext) -> None:
+        if self.backend == "onnxruntime":  # a QAT/PTQ scheme mismatch fails before the QAT training runs, not after it
+            check_matches_qat(self.model, planned_qat_scheme(ctx, self.model), self.onnx)
 
-def check_matches_qat(model_dir, config: PTQConfig) -> None:
-    """A model trained with QAT must be quantized with the scheme it was trained for."""
-    info = read_quantization_json(model_dir)
-    if not info or info.get("method") != "qat":
-        return
-    if (info["preset"], info["mode"]) != (config.preset, config.mode):
+
+def check_matches_qat(model: str, scheme: Optional[tuple[str, str]], config: PTQConfig) -> None:
+    """A model trained with QAT must be quantized with the scheme (preset, mode) it was trained for."""
+    if scheme is not None and scheme != (config.preset, config.mode):
         raise ConfigError(
-            f"model {model_dir} was trained with QAT for preset '{info['preset']}', mode '{info['mode']}' but the quantize stage uses "
+            f"model {model} was trained with QAT for preset '{scheme[0]}', mode '{scheme[1]}' but the quantize stage uses "
             f"preset '{config.preset}', mode '{config.mode}': set onnx.preset/onnx.mode to match, or QAT does not close the gap"
         )
+
+
+def qat_scheme_of(model_dir) -> Optional[tuple[str, str]]:
+    """(preset, mode) a saved model was trained with QAT for, or None."""
+    info = read_quantization_json(model_dir)
+    return (info["preset"], info["mode"]) if info and info.get("method") == "qat" else None
+
+
+def planned_qat_scheme(ctx: RunContext, ref: str) -> Optional[tuple[str, str]]:
+    """(preset, mode) the model ``ref`` will have been trained with QAT for, known before any stage runs.
+
+    Follows an earlier stage back through stages that only convert it (an export) to the training
+    stage whose ``qat`` callback sets the scheme; a local directory says so in its quantization.json.
+    """
+    stages = {s["name"]: s for s in ctx.resolved_recipe.get("stages", []) if isinstance(s, dict)}
+    while ref in stages:
+        stage = stages[ref]
+        qat = next((c for c in stage.get("callbacks") or [] if isinstance(c, dict) and c.get("type") == "qat"), None)
+        if qat is not None:
+            config = from_dict(QATConfig, {k: v for k, v in qat.items() if k != "type"})
+            return config.preset, config.mode
+        if stage.get("stage") != "export":
+            return None
+        ref = stage["model"]
+    return qat_scheme_of(ctx.resolve(ref)) if Path(ctx.resolve(ref)).is_dir() else None
 
 
 @register_stage("quantize", QuantizeStageConfig)
@@ -51,7 +79,7 @@ def run_quantize(cfg: QuantizeStageConfig, ctx: RunContext):
         if cfg.backend == "bitsandbytes":
             quantize_bnb(source, staging, cfg.bnb, overwrite=True)
         else:
-            check_matches_qat(source, cfg.onnx)
+            check_matches_qat(source, qat_scheme_of(source), cfg.onnx)  # what the model says, after it was made
             data = None
             if cfg.onnx.mode == "static":
                 split = cfg.onnx.calibration_split or ctx.data_config.train_split
