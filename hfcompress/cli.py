@@ -86,6 +86,11 @@ class _LazySubParsers(argparse._SubParsersAction):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._pending: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+        self.common_parents: list[argparse.ArgumentParser] = []  # options every subcommand takes (--debug)
+
+    def add_parser(self, name, **kwargs):
+        kwargs.setdefault("parents", self.common_parents)
+        return super().add_parser(name, **kwargs)
 
     def add_lazy_parser(self, name: str, fill: Callable[[argparse.ArgumentParser], None], **kwargs) -> argparse.ArgumentParser:
         """Add subcommand ``name`` now (it shows in ``--help``); ``fill(parser)`` adds its arguments when it is used."""
@@ -279,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="Show full tracebacks for errors in the input.")
     sub = parser.add_subparsers(dest="command", required=True, action=_LazySubParsers)
+    sub.common_parents = [debug]
 
-    run = sub.add_parser("run", parents=[debug], help="Run a YAML recipe of stages.", description="Run a YAML recipe of stages.")
+    run = sub.add_parser("run", help="Run a YAML recipe of stages.", description="Run a YAML recipe of stages.")
     run.add_argument("recipe", help="Path to the recipe YAML.")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.student.training.num_train_epochs=1")
     run.add_argument("--resume", action="store_true", help="Skip finished stages and continue training from the last checkpoint.")
@@ -294,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=_cmd_run)
 
     ev = sub.add_parser(
-        "evaluate", parents=[debug], help="Task metrics, size and optionally latency of a PyTorch checkpoint or an ONNX model.",
+        "evaluate", help="Task metrics, size and optionally latency of a PyTorch checkpoint or an ONNX model.",
         description="Task metrics, size, sparsity and optionally latency of a PyTorch checkpoint or an exported ONNX directory.",
     )
     ev.add_argument("model", help="Checkpoint directory, Hub id, or a directory with an .onnx model (e.g. from hfcompress export).")
@@ -355,6 +361,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         hint = " (continue it with --resume)" if args.command == "run" else ""
         print(f"hfcompress: interrupted{hint}", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - what the libraries underneath raise: one line too, the traceback with --debug
+        if args.debug or os.environ.get("HFCOMPRESS_DEBUG"):
+            raise
+        print(f"hfcompress: error: {describe_library_error(e)}", file=sys.stderr)
+        return 2
+
+
+def describe_library_error(error: BaseException) -> str:
+    """One line for an exception hfcompress did not anticipate: what happened, and what to do about it."""
+    import errno
+
+    message = " ".join(str(error).split())[:300] or type(error).__name__
+    where = getattr(error, "filename", None)
+    if isinstance(error, MemoryError):
+        return "out of memory: lower the batch sizes or data.max_length, or use a smaller model"
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return f"no space left on the disk{f' writing {where}' if where else ''}: free some space or write the output elsewhere"
+    if isinstance(error, PermissionError):
+        return f"permission denied{f' on {where}' if where else ''}: choose a path you can write, or fix its permissions"
+    if isinstance(error, FileNotFoundError):
+        return f"{where or message} does not exist: check the path"
+    if isinstance(error, UnicodeError):
+        return f"a text file is not UTF-8 ({message}): re-save it as UTF-8"
+    if type(error).__name__ in ("SafetensorError", "DecodeError", "HeaderTooLarge"):
+        return f"a model file is corrupt ({type(error).__name__}: {message}): copy or save the model again"
+    if isinstance(error, OSError):
+        return f"{type(error).__name__}: {message}: check the path, the network and HF_HUB_OFFLINE"
+    return f"{type(error).__name__}: {message} (rerun with --debug for the traceback; if the input is right, please report it as a bug)"
 
 
 if __name__ == "__main__":

@@ -276,3 +276,27 @@ def test_commands_refuse_a_broken_model_directory_in_one_line(tiny_teacher_dir, 
     assert main(args) == 2
     assert message in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "error,message",
+    [
+        (MemoryError(), "out of memory: lower the batch sizes"),
+        (OSError(28, "No space left on device", "/out/model.safetensors"), "no space left on the disk writing /out/model.safetensors"),
+        (PermissionError(13, "Permission denied", "/root/x"), "permission denied on /root/x"),
+        (UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid continuation byte"), "is not UTF-8"),
+        (type("SafetensorError", (Exception,), {})("Error while deserializing header: HeaderTooLarge"), "a model file is corrupt"),
+        (RuntimeError("shape '[32, 0]' is invalid\nfor input of size 16"), "RuntimeError: shape '[32, 0]' is invalid for input of size 16 (rerun with --debug"),
+    ],
+)
+def test_any_library_error_is_one_line_with_exit_2_and_a_traceback_only_with_debug(monkeypatch, capsys, tmp_path, error, message):
+    import hfcompress.cli as cli_module
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli_module, "_cmd_export", fail)
+    assert main(["export", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+    with pytest.raises(type(error)):
+        main(["export", str(tmp_path), "--output", str(tmp_path / "out"), "--debug"])
