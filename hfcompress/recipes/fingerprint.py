@@ -9,7 +9,6 @@ published; ``--resume`` compares both with the recipe as it is now.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -25,16 +24,6 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def model_refs(stage_cfg) -> list[str]:
-    """The models a stage reads: the values of its fields marked ``model_ref``, in field order."""
-    refs = []
-    for f in dataclasses.fields(stage_cfg):
-        if f.metadata.get("model_ref"):
-            value = getattr(stage_cfg, f.name)
-            refs.extend(v for v in (value if isinstance(value, list) else [value]) if v is not None)
-    return refs
-
-
 def data_fingerprint(data: dict) -> dict:
     """The data config and, for a local dataset, the content hash of each of its files."""
     local = Path(os.path.expanduser(str(data.get("path", ""))))
@@ -44,13 +33,13 @@ def data_fingerprint(data: dict) -> dict:
 def stage_fingerprint(stage: dict, stage_cfg, recipe_resolved: dict, earlier: dict[str, dict], data: Optional[dict]) -> dict:
     """The fingerprint of one stage; ``earlier`` holds the fingerprints of the stages before it, ``data`` the data's."""
     inputs = {}
-    for ref in model_refs(stage_cfg):
+    for ref in stage_cfg.inputs():
         if ref in earlier:
             inputs[ref] = {"stage": digest(earlier[ref])}
         else:
             local = Path(os.path.expanduser(ref))
             inputs[ref] = {"files": tree_hashes(local)} if local.exists() else {"hub": ref}
-    return {"seed": recipe_resolved.get("seed"), "stage": stage, "data": data if getattr(stage_cfg, "uses_data", True) else None, "inputs": inputs}
+    return {"seed": recipe_resolved.get("seed"), "stage": stage, "data": data if stage_cfg.uses_data else None, "inputs": inputs}
 
 
 def read_fingerprint(directory: Path) -> Optional[dict]:

@@ -12,7 +12,6 @@ import yaml
 
 from ..data import DataConfig
 from ..errors import ConfigError, closest
-from .fingerprint import model_refs
 from .registry import STAGES
 from .schema import from_dict, to_dict
 
@@ -139,7 +138,7 @@ def parse_recipe(data: dict[str, Any]) -> Recipe:
         stages.append((kind, stage_cfg))
     for i, (_, stage_cfg) in enumerate(stages):  # a stage reads only what ran before it
         later = {cfg.name for _, cfg in stages[i + 1 :]} | {stage_cfg.name}
-        for ref in model_refs(stage_cfg):
+        for ref in stage_cfg.inputs():
             if ref in later:
                 raise ConfigError(
                     f"stages[{i}] ('{stage_cfg.name}') reads model '{ref}', which is {'itself' if ref == stage_cfg.name else 'a later stage'}: "

@@ -1,4 +1,4 @@
-"""Registries of recipe stages and of training callbacks ("modifiers").
+"""The stage shape, and the registries of recipe stages and of training callbacks ("modifiers").
 
 A compression method plugs in by registering a config dataclass and a function, without touching
 the runner: ``@register_stage("prune", PruneStageConfig)`` or ``@register_callback("magnitude_pruning", ...)``.
@@ -6,8 +6,37 @@ the runner: ``@register_stage("prune", PruneStageConfig)`` or ``@register_callba
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+if TYPE_CHECKING:
+    from .context import RunContext
+
+
+class StageConfig:
+    """What every stage config is: a dataclass that also subclasses this.
+
+    Its fields marked ``model_ref`` are the models it reads (earlier stages' names, paths or Hub
+    ids); ``name`` is its output sub-directory. The runner calls :meth:`preflight` of every stage
+    before any stage starts, then the registered ``run(config, context)``, which publishes the
+    stage's output through the context exactly once and returns it.
+    """
+
+    uses_data: ClassVar[bool] = True  # whether the run must load the dataset for this stage
+    name: str
+
+    def preflight(self, ctx: "RunContext") -> None:
+        """Checks of what the stage will read and make, before any stage runs; records ``ctx.planned[name]`` where it can."""
+
+    def inputs(self) -> list[str]:
+        """The models the stage reads, in field order."""
+        refs: list[str] = []
+        for f in dataclasses.fields(self):
+            if f.metadata.get("model_ref"):
+                value = getattr(self, f.name)
+                refs.extend(v for v in (value if isinstance(value, list) else [value]) if v is not None)
+        return refs
 
 
 @dataclass(frozen=True)
@@ -22,7 +51,9 @@ CALLBACKS: dict[str, Registered] = {}
 
 
 def register_stage(name: str, config_cls: type):
-    """Register ``fn(config, context) -> output directory`` as recipe stage ``name``."""
+    """Register ``run(config, context) -> output directory`` as recipe stage ``name``; ``config_cls`` is a :class:`StageConfig` dataclass."""
+    if not (dataclasses.is_dataclass(config_cls) and issubclass(config_cls, StageConfig)):
+        raise TypeError(f"stage '{name}': {config_cls.__name__} must be a dataclass subclassing hfcompress.recipes.registry.StageConfig")
 
     def wrap(fn):
         STAGES[name] = Registered(name, config_cls, fn)

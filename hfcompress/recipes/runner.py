@@ -25,7 +25,7 @@ from .context import (
     clear_output,
     ensure_no_stale_output,
 )
-from .fingerprint import data_fingerprint, model_refs, stage_fingerprint
+from .fingerprint import data_fingerprint, stage_fingerprint
 from .recipe import Recipe, apply_overrides, load_recipe, parse_recipe
 from .registry import STAGES
 
@@ -85,7 +85,8 @@ def _run_locked(recipe: Recipe, state: PartialState, resume: bool, overwrite: bo
         ctx.begin_stage(stage_cfg.name, discard_checkpoints=stage_cfg.name in restart)
         set_seed(cfg.seed)
         start = time.perf_counter()
-        STAGES[kind].fn(stage_cfg, ctx)
+        if STAGES[kind].fn(stage_cfg, ctx) != ctx.outputs.get(stage_cfg.name):
+            raise RuntimeError(f"stage '{stage_cfg.name}' ({kind}) must publish its output through the run context and return it")
         _say(state, f"[{i}/{total}] {kind} '{stage_cfg.name}' done in {time.perf_counter() - start:.1f}s")
     return dict(ctx.outputs)
 
@@ -108,11 +109,11 @@ def preflight(recipe: Recipe, ctx: RunContext, force: set[str] = frozenset()) ->
 
     Loads the data (columns, label set, empty splits) when a stage reads it (a stage config says it
     does not with ``uses_data = False``), fingerprints every stage, and calls each stage config's
-    optional ``preflight(ctx)``, which checks the models it will load and records what it will
+    ``preflight(ctx)``, which checks the models it will load and records what it will
     produce in ``ctx.planned`` for the stages after it. With ``--resume``, a finished or interrupted
     stage whose fingerprint changed is an error naming the change, unless it is forced.
     """
-    if any(getattr(stage_cfg, "uses_data", True) for _, stage_cfg in recipe.stages):
+    if any(stage_cfg.uses_data for _, stage_cfg in recipe.stages):
         ctx.data()
     data = data_fingerprint(recipe.resolved["data"])
     finished, restart = set(), set()
@@ -120,7 +121,7 @@ def preflight(recipe: Recipe, ctx: RunContext, force: set[str] = frozenset()) ->
         name = stage_cfg.name
         fingerprint = stage_fingerprint(stage, stage_cfg, recipe.resolved, ctx.fingerprints, data)
         ctx.fingerprints[name] = fingerprint
-        if name in force or any(ref in restart for ref in model_refs(stage_cfg)):
+        if name in force or any(ref in restart for ref in stage_cfg.inputs()):
             restart.add(name)  # forced, or reads the output of a stage that runs again
         out = ctx.output_dir(name)
         if ctx.resume and name not in restart:
@@ -131,13 +132,11 @@ def preflight(recipe: Recipe, ctx: RunContext, force: set[str] = frozenset()) ->
                     ctx.planned[name] = PlannedModel(load_config(str(out)), str(out))
                 continue
             check_interrupted_stage_unchanged(name, ctx.work_dir(name), fingerprint)
-        for ref in model_refs(stage_cfg):
+        for ref in stage_cfg.inputs():
             local = Path(os.path.expanduser(ref))
             if ref not in ctx.fingerprints and local.exists():  # earlier stages' outputs are checked when they are made
-                check_model_files(local, needs_tokenizer=getattr(stage_cfg, "uses_data", True))
-        check = getattr(stage_cfg, "preflight", None)
-        if check is not None:
-            check(ctx)
+                check_model_files(local, needs_tokenizer=stage_cfg.uses_data)
+        stage_cfg.preflight(ctx)
     return finished, restart
 
 

@@ -8,14 +8,14 @@ from typing import Optional
 from ...artifacts import COMPRESSION_REPORT_FILE
 from ...hub.card import CardConfig, write_model_card
 from ..context import RunContext
-from ..registry import register_stage
+from ..registry import StageConfig, register_stage
 
 
 @dataclass(kw_only=True)
-class CardStageConfig(CardConfig):
+class CardStageConfig(CardConfig, StageConfig):
     """Model card options (see ``hfcompress card --help``); model, onnx and report are stage names or paths."""
 
-    uses_data = False  # not a field: tells the runner's pre-flight this stage reads no dataset
+    uses_data = False  # the run need not load the dataset for it
 
     model: str = field(metadata={"help": "Model the card describes: an earlier stage's name or a local path.", "model_ref": True})
     name: str = field(default="card", metadata={"help": "Stage name; also its output sub-directory (the release folder)."})

@@ -10,11 +10,11 @@ from ...errors import ConfigError
 from ...evaluation import compression_row, evaluate_model, evaluation_texts, measure_latency, write_compression_report
 from ...utils.io import atomic_write_json, atomic_write_text
 from ..context import RunContext
-from ..registry import register_stage
+from ..registry import StageConfig, register_stage
 
 
 @dataclass
-class EvaluateStageConfig:
+class EvaluateStageConfig(StageConfig):
     models: list[str] = field(
         metadata={"help": "Models to evaluate: earlier stages' names (an export stage gives an ONNX model), local paths or Hub ids.", "model_ref": True}
     )

@@ -8,11 +8,11 @@ from ...evaluation import evaluation_texts
 from ...export import ExportConfig, export_onnx
 from ..context import RunContext
 from ..schema import fields_of
-from ..registry import register_stage
+from ..registry import StageConfig, register_stage
 
 
 @dataclass(kw_only=True)
-class ExportStageConfig(ExportConfig):
+class ExportStageConfig(ExportConfig, StageConfig):
     model: str = field(metadata={"help": "Model to export: an earlier stage's name, a local path or a Hub id.", "model_ref": True})
     name: str = field(default="onnx", metadata={"help": "Stage name; also its output sub-directory."})
     parity_samples: int = field(default=16, metadata={"help": "Sentences of the evaluation split used for the parity check."})

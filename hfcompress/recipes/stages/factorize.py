@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from ...lowrank import LowRankConfig, factorize_checkpoint
 from ..context import RunContext
 from ..schema import fields_of
-from ..registry import register_stage
+from ..registry import StageConfig, register_stage
 
 
 @dataclass(kw_only=True)
-class FactorizeStageConfig(LowRankConfig):
+class FactorizeStageConfig(LowRankConfig, StageConfig):
     """Factorise ``model``; the rank-selection keys are those of :class:`~hfcompress.lowrank.LowRankConfig`."""
 
     model: str = field(metadata={"help": "Model to factorise: an earlier stage's name, a local path or a Hub id.", "model_ref": True})

@@ -24,7 +24,7 @@ from ...pruning import (
 )
 from ...pruning.masks import write_pruning_report
 from ..context import RunContext
-from ..registry import register_callback, register_stage
+from ..registry import StageConfig, register_callback, register_stage
 from ..schema import to_dict
 from .train import _load_for_task, train_and_publish, validate_training
 
@@ -33,7 +33,7 @@ register_callback("structured_pruning", StructuredPruningConfig)(StructuredPruni
 
 
 @dataclass
-class PruneStageConfig:
+class PruneStageConfig(StageConfig):
     """Prune a model: unstructured/N:M magnitude pruning or structured head/FFN slimming, with or without training."""
 
     model: str = field(metadata={"help": "Model to prune: an earlier stage's name, a local path or a Hub id.", "model_ref": True})

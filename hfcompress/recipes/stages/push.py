@@ -8,14 +8,14 @@ from ...artifacts import PUSH_RESULT_FILE
 from ...hub.push import PushConfig, push_to_hub
 from ...utils.io import atomic_write_json
 from ..context import RunContext
-from ..registry import register_stage
+from ..registry import StageConfig, register_stage
 
 
 @dataclass(kw_only=True)
-class PushStageConfig(PushConfig):
+class PushStageConfig(PushConfig, StageConfig):
     """Hub push options (see ``hfcompress push --help``); the token comes from HF_TOKEN or the saved login."""
 
-    uses_data = False  # not a field: tells the runner's pre-flight this stage reads no dataset
+    uses_data = False  # the run need not load the dataset for it
 
     folder: str = field(metadata={"help": "Folder to upload: an earlier stage's name (e.g. the card stage) or a path.", "model_ref": True})
     name: str = field(default="push", metadata={"help": f"Stage name; its output directory records what was pushed ({PUSH_RESULT_FILE})."})

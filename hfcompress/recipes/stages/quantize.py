@@ -13,7 +13,7 @@ from ...quantization.config import PTQConfig, QATConfig
 from ...quantization.onnx_ptq import quantize_onnx
 from ...quantization.qat import QATCallback, read_quantization_json
 from ..context import RunContext
-from ..registry import register_callback, register_stage
+from ..registry import StageConfig, register_callback, register_stage
 from ..schema import from_dict
 
 
@@ -23,7 +23,7 @@ def qat_callback(config: QATConfig) -> QATCallback:
 
 
 @dataclass
-class QuantizeStageConfig:
+class QuantizeStageConfig(StageConfig):
     """Quantize a model: ONNX Runtime int8 through Optimum (dynamic or static, CPU presets or TensorRT QDQ), or bitsandbytes 8/4-bit."""
 
     model: str = field(metadata={"help": "Model to quantize: an earlier stage's name, a local path or a Hub id (a PyTorch checkpoint or a directory with an .onnx file).", "model_ref": True})

@@ -20,7 +20,7 @@ from ...guards import CheckRanksInSync, NonFiniteLossConfig, SaveFinalCheckpoint
 from ...modeling import check_head_fits_labels, load_model, load_tokenizer
 from ...utils.io import atomic_write_json, atomic_write_text
 from ..context import PlannedModel, RunContext
-from ..registry import CALLBACKS, register_callback, register_stage
+from ..registry import CALLBACKS, StageConfig, register_callback, register_stage
 from ..schema import check_keys, check_value, from_dict
 
 # Recipe defaults where Trainer's own would surprise a recipe user: no experiment trackers unless asked,
@@ -127,7 +127,7 @@ def build_callbacks(specs: list[dict]) -> list:
 
 
 @dataclass
-class FinetuneStageConfig:
+class FinetuneStageConfig(StageConfig):
     """Fine-tune a model on the recipe's task with plain ``Trainer`` (hard labels only)."""
 
     model: str = field(metadata={"help": "Model to train: an earlier stage's name, a local path or a Hub id.", "model_ref": True})
@@ -155,7 +155,7 @@ class FinetuneTeacherStageConfig(FinetuneStageConfig):
 
 
 @dataclass
-class DistillStageConfig:
+class DistillStageConfig(StageConfig):
     """Distil a teacher into a student with :class:`DistillationTrainer`."""
 
     teacher: str = field(metadata={"help": "Teacher: an earlier stage's name, a local path or a Hub id.", "model_ref": True})

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from ...vocab import VocabTrimConfig, trim_checkpoint
 from ..context import RunContext
 from ..schema import fields_of
-from ..registry import register_stage
+from ..registry import StageConfig, register_stage
 
 
 @dataclass(kw_only=True)
-class TrimVocabStageConfig(VocabTrimConfig):
+class TrimVocabStageConfig(VocabTrimConfig, StageConfig):
     """Trim ``model``'s vocabulary to the recipe data's training split; other keys are :class:`~hfcompress.vocab.VocabTrimConfig`'s."""
 
     model: str = field(metadata={"help": "Model to trim: an earlier stage's name, a local path or a Hub id.", "model_ref": True})
