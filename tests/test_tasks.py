@@ -164,3 +164,20 @@ def test_no_task_names_outside_the_tasks_package():
         cwd=REPO, capture_output=True, text=True,
     ).stdout.splitlines()
     assert [line for line in found if not line.startswith("hfcompress/tasks/")] == []
+
+
+def test_structured_pruning_of_an_unsupported_architecture_fails_before_any_stage_runs(tmp_path):
+    from hfcompress.errors import HFCompressError
+    from hfcompress.recipes import parse_recipe, run_recipe
+
+    model = _tiny_gpt2(tmp_path / "gpt2")
+    recipe = parse_recipe({
+        "name": "slim-gpt2", "output_dir": str(tmp_path / "run"), "data": _lm_data(tmp_path / "data"),
+        "stages": [
+            {"stage": "finetune", "name": "tuned", "model": str(model), "training": {"max_steps": 2}},
+            {"stage": "prune", "model": "tuned", "structured": {"heads_fraction": 0.25}},
+        ],
+    })
+    with pytest.raises(HFCompressError, match="structured pruning supports BERT-like encoders .* not 'gpt2'"):
+        run_recipe(recipe)
+    assert not (tmp_path / "run").exists()

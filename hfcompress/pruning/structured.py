@@ -58,6 +58,14 @@ def _layout(model) -> tuple[dict, str, list]:
     )
 
 
+def check_supported(config, task) -> None:
+    """Pre-flight: a ModelError now, before any stage trains, when a model of ``config`` has no layout structured pruning knows."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        _layout(task.auto_class().from_config(config))
+
+
 def blocks(model) -> list[Block]:
     layout, prefix, layers = _layout(model)
     names = {k: v for k, v in layout.items() if k not in ("heads_attr", "ffn_config")}

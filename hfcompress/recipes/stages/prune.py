@@ -23,6 +23,7 @@ from ...pruning import (
     structured_prune,
 )
 from ...pruning.masks import write_pruning_report
+from ...pruning.structured import check_supported as check_structured_support
 from ..context import RunContext
 from ..registry import StageConfig, register_callback, register_stage
 from ..schema import to_dict
@@ -58,6 +59,13 @@ class PruneStageConfig(StageConfig):
         self.training = validate_training(self.training, DistillationTrainingArguments if self.teacher else TrainingArguments)
         if self.calibration_samples < 1:
             raise ConfigError(f"calibration_samples {self.calibration_samples} must be at least 1")
+
+    def preflight(self, ctx: RunContext) -> None:
+        for ref in self.inputs():
+            ctx.planned_model(ref, self.trust_remote_code)  # a missing model fails here, before earlier stages train
+        planned = ctx.planned_model(self.model, self.trust_remote_code)
+        if self.structured is not None and planned is not None:
+            check_structured_support(planned.config, ctx.data().task)
 
     @property
     def callbacks(self) -> list[dict]:
