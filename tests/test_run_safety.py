@@ -46,18 +46,24 @@ def test_a_stale_lock_of_a_dead_process_is_reported_and_taken_over(tmp_path, cap
 @pytest.mark.slow
 def test_two_runs_into_one_output_directory_the_second_is_refused(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
     out = tmp_path / "run"
-    recipe = write_recipe(distill_recipe(tiny_teacher_dir, tiny_sst2_dir, out, epochs=2), tmp_path / "recipe.yaml")
+    # long enough that the first run is still training while the second starts, on any machine
+    recipe = write_recipe(distill_recipe(tiny_teacher_dir, tiny_sst2_dir, out, epochs=40), tmp_path / "recipe.yaml")
     first = start_cli("run", str(recipe), log=tmp_path / "first.log")
     try:
-        wait_for(lambda: (out / ".work").exists(), first, 600, "the first run to start training")
+        wait_for(lambda: (out / ".work" / "student").exists(), first, 600, "the first run to start distilling")
         second = cli("run", str(recipe), "--overwrite")
+        assert first.poll() is None, "the first run ended before the second started: the test proves nothing"
         line = _error_line(second)
         assert f"output directory {out} is in use by pid {first.pid}" in line, line
-        assert first.wait(timeout=900) == 0, (tmp_path / "first.log").read_text()[-3000:]
+        assert (out / "teacher" / STAGE_DONE_FILE).exists()  # the second deleted nothing
     finally:
-        first.kill()
+        first.send_signal(signal.SIGKILL)
         first.wait()
-    assert (out / "student" / STAGE_DONE_FILE).exists() and (out / "evaluation" / STAGE_DONE_FILE).exists()  # untouched by the second
+    # the killed run left its lock file: the next run reports the stale lock and takes over
+    third = cli("run", str(recipe), "stages.student.training.num_train_epochs=1", "--overwrite")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"took over the stale lock of pid {first.pid}" in third.stderr
+    assert (out / "evaluation" / STAGE_DONE_FILE).exists() and not lock_path(out).exists()
 
 
 def _flip_labels(data_dir, name="train.tsv"):
