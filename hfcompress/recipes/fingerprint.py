@@ -19,7 +19,6 @@ from ..artifacts import FINGERPRINT_FILE
 from ..utils.hashing import tree_hashes
 
 
-
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -113,9 +113,10 @@ def preflight(recipe: Recipe, ctx: RunContext, force: set[str] = frozenset()) ->
     produce in ``ctx.planned`` for the stages after it. With ``--resume``, a finished or interrupted
     stage whose fingerprint changed is an error naming the change, unless it is forced.
     """
+    data = None  # a run of card/push stages alone neither loads nor hashes the dataset
     if any(stage_cfg.uses_data for _, stage_cfg in recipe.stages):
         ctx.data()
-    data = data_fingerprint(recipe.resolved["data"])
+        data = data_fingerprint(recipe.resolved["data"])
     finished, restart = set(), set()
     for (kind, stage_cfg), stage in zip(recipe.stages, recipe.resolved["stages"]):
         name = stage_cfg.name
