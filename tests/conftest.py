@@ -26,6 +26,21 @@ def _require(path: Path) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``requires_optimum`` skip without the optimum extra; in the Optimum CI environment
+    (``HFC_REQUIRE_OPTIMUM=1``) they fail instead, so that a broken Optimum install cannot pass as skips."""
+    from hfcompress.utils.imports import optimum_onnx_missing
+
+    marked = [item for item in items if item.get_closest_marker("requires_optimum")]
+    reason = optimum_onnx_missing() if marked else None
+    if reason is None:
+        return
+    if os.environ.get("HFC_REQUIRE_OPTIMUM") == "1":
+        raise pytest.UsageError(f"HFC_REQUIRE_OPTIMUM=1 but {reason}")
+    for item in marked:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     return _require(MINILM)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 
 def lazy_exports(namespace: dict, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
@@ -28,6 +29,20 @@ def lazy_exports(namespace: dict, exports: dict[str, str]) -> tuple[Callable[[st
         return sorted(set(namespace) | set(exports))
 
     return __getattr__, __dir__
+
+
+def optimum_onnx_missing() -> Optional[str]:
+    """Why Optimum's ONNX exporter and ORTModel classes cannot be used here, or None when they can.
+
+    The reason is a sentence a user can act on: optimum-onnx 0.1.0 requires transformers<4.58.
+    """
+    if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.exporters.onnx") is None:
+        return 'optimum-onnx is not installed (pip install -e ".[optimum]" -c constraints-optimum.txt, on transformers 4.57)'
+    try:
+        importlib.import_module("optimum.onnxruntime")
+    except Exception as e:  # noqa: BLE001 - any failure (an incompatible transformers, say) means the same to the caller
+        return f"optimum.onnxruntime does not import beside this transformers ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+    return None
 
 
 def when_imported(name: str, callback: Callable[[], None]) -> None:
