@@ -1,4 +1,8 @@
-"""A local stand-in for the Hub API calls ``huggingface_hub`` 0.36 makes in create_repo, create_branch and upload_folder.
+"""A local stand-in for the Hub API calls ``huggingface_hub`` makes in create_repo, create_branch and create_commit.
+
+It answers both clients the project supports: 0.3x (requests; ``private`` in create_repo) and 2.x
+(httpx2; ``visibility``). Uploads take the plain LFS path: the tests set HF_HUB_DISABLE_XET=1, since
+Xet storage (hf_xet, 2.x's default for large files) talks to a separate CAS service this server does not fake.
 
 It binds to 127.0.0.1 only, records every request (with its Authorization header), stores what the
 commit endpoint receives (regular files inline, LFS files through the batch API and a PUT), and
@@ -42,6 +46,8 @@ class _Handler(BaseHTTPRequestHandler):
         data = json.dumps(payload if payload is not None else {}).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if status >= 400 and payload and "error" in payload:  # the Hub repeats the error in a header, which clients read
+            self.send_header("X-Error-Message", payload["error"])
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -72,7 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
             repo_id = f"{req.get('organization') or 'me'}/{req['name']}"
             if repo_id in state.repos:  # the Hub's 409 still carries the url, which create_repo(exist_ok=True) returns
                 return self._reply(409, {"error": "You already created this model repo", "url": f"{self.server.endpoint}/{repo_id}"})
-            state.repos[repo_id] = {"private": req.get("private"), "branches": {"main"}}
+            # huggingface_hub 0.x sends "private": bool, 1.x and later "visibility": "private" | "public"
+            private = req["visibility"] == "private" if "visibility" in req else req.get("private")
+            state.repos[repo_id] = {"private": private, "branches": {"main"}}
             return self._reply(200, {"url": f"{self.server.endpoint}/{repo_id}"})
         if path == "/api/validate-yaml":
             return self._reply(200, {"errors": [], "warnings": []})
@@ -118,6 +126,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         path, _ = self._record()
+        if not self._authorised():  # create_repo(exist_ok=True) asks for repo_info after a 401/403
+            return None
         self.server.state.unexpected.append(f"GET {path}")
         return self._reply(404, {"error": f"unexpected GET {path}"})
 

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
-from huggingface_hub.utils import reset_sessions
+
+try:  # huggingface_hub >= 1.0 shares one HTTP client
+    from huggingface_hub.utils import close_session as reset_http_session
+except ImportError:  # 0.x: one requests session per thread
+    from huggingface_hub.utils import reset_sessions as reset_http_session
 
 from hfcompress.errors import ConfigError
 from hfcompress.hub import CardConfig, write_model_card
@@ -52,11 +56,13 @@ def hub(monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)  # huggingface_hub read HF_ENDPOINT at import
         monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # the plain LFS upload: the fake has no Xet storage
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # read at import too
         monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
         monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-        reset_sessions()  # sessions made while offline refuse every request
+        reset_http_session()  # a session made while offline (0.x) or before NO_PROXY was set would not reach the fake
         yield server
-    reset_sessions()
+    reset_http_session()
 
 
 def _sha(path: Path) -> str:
@@ -103,6 +109,7 @@ def test_push_to_new_branch_as_pull_request(hub, model_folder):
     result = push_to_hub(model_folder, PushConfig(repo_id="me/tiny-student", revision="int8", create_pr=True))
     assert hub.state.unexpected == []
     assert hub.state.repos["me/tiny-student"]["branches"] == {"main", "int8"}  # second create_repo hit 409 and went on
+    assert hub.state.repos["me/tiny-student"]["private"] is False  # asked for public, on either client's wording
     last = hub.state.commits[-1]
     assert last["revision"] == "int8" and last["create_pr"] is True
     assert last["summary"] == "Upload tiny-student with hfcompress"
@@ -131,7 +138,7 @@ def test_rejected_token_is_a_one_line_error_without_the_token(hub, model_folder,
     with pytest.raises(PushError, match="HTTP 401.*token was rejected") as err:
         push_to_hub(model_folder, PushConfig(repo_id="me/tiny-student"))
     assert "\n" not in str(err.value) and "hf_wrong" not in str(err.value)
-    assert hub.state.commits == []
+    assert hub.state.commits == [] and hub.state.unexpected == []
 
 
 def test_local_problems_are_caught_before_any_request(hub, model_folder, tmp_path, monkeypatch):

@@ -1,4 +1,7 @@
-"""Pushing a model folder to the Hub with ``huggingface_hub`` (``create_repo`` + ``upload_folder``).
+"""Pushing a model folder to the Hub with ``huggingface_hub`` (``create_repo`` + one ``create_commit``).
+
+The same calls work on huggingface_hub 0.3x (the transformers 4.57 stack, HTTP through requests) and
+2.x (the transformers 5 stack, HTTP through httpx2, large files through Xet storage when hf_xet is installed).
 
 The token comes from ``HF_TOKEN`` or the saved login (``huggingface_hub.get_token``) and is only
 ever handed to ``HfApi``: it is never printed, logged, or written into a card, report or record.
@@ -13,7 +16,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Optional
 
-from huggingface_hub import HfApi, ModelCard, constants, get_token
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, constants, get_token
 from huggingface_hub.utils import HfHubHTTPError, HFValidationError, filter_repo_objects, validate_repo_id
 from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS as HUB_IGNORE_PATTERNS
 
@@ -86,7 +89,7 @@ def _mb(size: int) -> str:
 
 
 def plan_upload(folder: str | Path, cfg: PushConfig) -> UploadPlan:
-    """What ``upload_folder`` will send: the same file walk and the same pattern filter it uses."""
+    """The files ``push_to_hub`` commits: ``upload_folder``'s file walk and pattern filter, checked locally."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"folder {folder} does not exist: give the directory of a saved model (or a `hfcompress card --output` folder)")
@@ -123,18 +126,20 @@ def push_to_hub(folder: str | Path, cfg: PushConfig, dry_run: bool = False) -> d
     if not token:
         raise ConfigError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
     api = HfApi(token=token)  # the endpoint is huggingface_hub's: HF_ENDPOINT as read when it was imported
+    # One commit of exactly the planned files: upload_folder on huggingface_hub 2.x may split a folder into
+    # several commits and refuses a pull request against a branch (create_commit opens it against `revision`),
+    # and its own filter would be a second source of truth for what is published.
+    operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=plan.folder / path) for path in plan.files]
     try:
         repo_id = api.create_repo(cfg.repo_id, private=cfg.private, exist_ok=True, repo_type="model").repo_id
         if cfg.revision and cfg.revision != constants.DEFAULT_REVISION:
             api.create_branch(repo_id, branch=cfg.revision, exist_ok=True)
-        info = api.upload_folder(
+        info = api.create_commit(
             repo_id=repo_id,
-            folder_path=str(plan.folder),
+            operations=operations,
             revision=cfg.revision,
             create_pr=cfg.create_pr,
             commit_message=cfg.commit_message or f"Upload {Path(folder).resolve().name} with hfcompress",
-            allow_patterns=cfg.allow_patterns,
-            ignore_patterns=cfg.all_ignore_patterns,
         )
     except HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else None
