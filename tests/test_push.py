@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,16 @@ def test_rejected_token_is_a_one_line_error_without_the_token(hub, model_folder,
         push_to_hub(model_folder, PushConfig(repo_id="me/tiny-student"))
     assert "\n" not in str(err.value) and "hf_wrong" not in str(err.value)
     assert hub.state.commits == [] and hub.state.unexpected == []
+
+
+def test_unreachable_hub_is_a_one_line_error(hub, model_folder, monkeypatch):
+    with socket.socket() as free:  # a port nothing listens on once this socket is closed
+        free.bind(("127.0.0.1", 0))
+        dead_endpoint = f"http://127.0.0.1:{free.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", dead_endpoint)
+    with pytest.raises(PushError, match=re.escape(f"cannot reach {dead_endpoint} (ConnectionRefusedError: ") + ".*check the network connection") as err:
+        push_to_hub(model_folder, PushConfig(repo_id="me/tiny-student"))
+    assert "\n" not in str(err.value) and FAKE_TOKEN not in str(err.value)
 
 
 def test_local_problems_are_caught_before_any_request(hub, model_folder, tmp_path, monkeypatch):

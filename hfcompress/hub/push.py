@@ -20,6 +20,11 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, constants, get
 from huggingface_hub.utils import HfHubHTTPError, HFValidationError, filter_repo_objects, validate_repo_id
 from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS as HUB_IGNORE_PATTERNS
 
+try:  # huggingface_hub 2.x sends its requests through httpx2, 0.x through requests
+    from httpx2 import TransportError as NetworkError
+except ImportError:
+    from requests import RequestException as NetworkError
+
 from ..errors import ConfigError, HFCompressError
 from .validation import validate_card_data
 
@@ -146,6 +151,16 @@ def push_to_hub(folder: str | Path, cfg: PushConfig, dry_run: bool = False) -> d
         hint = {401: "the token was rejected: check HF_TOKEN or log in again",
                 403: "the token cannot write to this repo: use a write token or a namespace you own"}.get(status, "see the Hub's message")
         raise PushError(f"push to {cfg.repo_id} failed (HTTP {status}): {str(e).splitlines()[0]}; {hint}") from None
+    except NetworkError as e:
+        raise PushError(f"push to {cfg.repo_id} failed: cannot reach {api.endpoint} ({_root_cause(e)}); "
+                        "check the network connection, proxy settings and HF_ENDPOINT") from None
     except ValueError as e:  # metadata rejected by the Hub's validator, malformed server replies
         raise PushError(f"push to {cfg.repo_id} failed: {' '.join(str(e).split())}") from None
     return {**record, "repo_id": repo_id, "commit_url": info.commit_url, "commit_oid": info.oid, "pr_url": info.pr_url}
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost error of a chain (``[Errno 111] Connection refused``), not the HTTP client's wrappers around it."""
+    while (inner := error.__cause__ or error.__context__) is not None:
+        error = inner
+    return " ".join(f"{type(error).__name__}: {error}".split())
