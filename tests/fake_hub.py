@@ -60,10 +60,16 @@ class _Handler(BaseHTTPRequestHandler):
         return url.path, parse_qs(url.query)
 
     # --- endpoints
-    def _authorised(self) -> bool:
-        expected = self.server.valid_token
-        if expected is None or self.headers.get("Authorization") == f"Bearer {expected}":
+    def _authorised(self, write: bool = True) -> bool:
+        expected, read_only = self.server.valid_token, self.server.read_only_token
+        authorization = self.headers.get("Authorization")
+        if expected is None or authorization == f"Bearer {expected}":
             return True
+        if read_only is not None and authorization == f"Bearer {read_only}":
+            if not write:
+                return True
+            self._reply(403, {"error": "You don't have the rights to write to this repository"})
+            return False
         self._reply(401, {"error": "Invalid credentials in Authorization header"})
         return False
 
@@ -71,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = self._record()
         body = self._body()
         state = self.server.state
-        if not self._authorised():
+        if not self._authorised(write=path != "/api/validate-yaml"):  # checking a card's metadata writes nothing
             return None
         if path == "/api/repos/create":
             req = json.loads(body)
@@ -126,8 +132,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         path, _ = self._record()
-        if not self._authorised():  # create_repo(exist_ok=True) asks for repo_info after a 401/403
+        if not self._authorised(write=False):
             return None
+        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)", path):  # repo_info: create_repo(exist_ok=True) asks after a 403
+            repo = self.server.state.repos.get(m[1])
+            if repo is None:
+                return self._reply(404, {"error": "Repository not found"})
+            return self._reply(200, {"id": m[1], "private": repo["private"], "sha": "0" * 40})
         self.server.state.unexpected.append(f"GET {path}")
         return self._reply(404, {"error": f"unexpected GET {path}"})
 
@@ -165,9 +176,10 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeHub(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, valid_token: str | None = None, lifetime_s: float = 120.0):
+    def __init__(self, valid_token: str | None = None, read_only_token: str | None = None, lifetime_s: float = 120.0):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.valid_token = valid_token  # when set, API calls with another token get 401 as on the Hub
+        self.read_only_token = read_only_token  # may read (GET); its writes get 403, as a read token's do on the Hub
         self.state = FakeHubState()
         self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

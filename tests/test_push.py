@@ -25,6 +25,7 @@ from tests.conftest import tiny_bert_config
 from tests.fake_hub import FakeHub
 
 FAKE_TOKEN = "hf_fakeTOKEN0123456789abcdefghijklmnopq"
+READ_TOKEN = "hf_readONLYtoken0123456789abcdefghijklm"
 PICKLES = ("training_args.bin", "optimizer.pt", "rng_state_0.pth", "onnx/calibration.pkl")  # Trainer leftovers: pickles
 UPLOADED = {"README.md", "config.json", "model.safetensors", "eval_results.json", "onnx/model.onnx"}
 
@@ -53,7 +54,7 @@ def model_folder(tmp_path_factory) -> Path:
 @pytest.fixture
 def hub(monkeypatch):
     """The fake Hub, with huggingface_hub pointed at it and online for the duration of the test."""
-    with FakeHub(valid_token=FAKE_TOKEN) as server:
+    with FakeHub(valid_token=FAKE_TOKEN, read_only_token=READ_TOKEN) as server:
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)  # huggingface_hub read HF_ENDPOINT at import
@@ -141,6 +142,15 @@ def test_rejected_token_is_a_one_line_error_without_the_token(hub, model_folder,
         push_to_hub(model_folder, PushConfig(repo_id="me/tiny-student"))
     assert "\n" not in str(err.value) and "hf_wrong" not in str(err.value)
     assert hub.state.commits == [] and hub.state.unexpected == []
+
+
+def test_read_only_token_is_a_one_line_error_naming_the_fix(hub, model_folder, monkeypatch):
+    push_to_hub(model_folder, PushConfig(repo_id="me/tiny-student"))
+    monkeypatch.setenv("HF_TOKEN", READ_TOKEN)
+    with pytest.raises(PushError, match="HTTP 403.*cannot write to this repo: use a write token") as err:
+        push_to_hub(model_folder, PushConfig(repo_id="me/tiny-student"))  # create_repo's 403 is taken as "exists"
+    assert "\n" not in str(err.value) and READ_TOKEN not in str(err.value)
+    assert len(hub.state.commits) == 1 and hub.state.unexpected == []
 
 
 def test_unreachable_hub_is_a_one_line_error(hub, model_folder, monkeypatch):
