@@ -1,4 +1,4 @@
-"""Quantization: QAT matched to ONNX Runtime int8, post-training int8 through Optimum, bitsandbytes loading, TensorRT QDQ."""
+"""Quantization: QAT matched to ONNX Runtime int8, post-training int8 with ONNX Runtime, bitsandbytes loading, TensorRT QDQ."""
 
 from .bnb import BnbConfig, load_bnb, quantize_bnb
 from .config import PRESETS, PTQConfig, QATConfig, ort_scheme

@@ -1,8 +1,8 @@
 """What to quantize and how: the ONNX Runtime int8 schemes, QAT settings and post-training settings.
 
-``ort_scheme(preset, mode)`` is the single description of the arithmetic ONNX Runtime applies for an
-Optimum hardware preset; the QAT fake-quantization and the post-training quantizer both read it, so
-what is simulated during training is what ships.
+``ort_scheme(preset, mode)`` is the single description of the arithmetic ONNX Runtime applies for one
+of Optimum's hardware presets; the QAT fake-quantization and the post-training quantizer's arguments
+(``onnx_ptq.ort_quantizer_arguments``) are both derived from it, so what is simulated during training is what ships.
 """
 
 from __future__ import annotations
@@ -125,10 +125,10 @@ class QATConfig(_TargetsOrtScheme):
 
 @dataclass
 class PTQConfig(_TargetsOrtScheme):
-    """Post-training int8 quantization of an ONNX export with ONNX Runtime, through Optimum's ORTQuantizer."""
+    """Post-training int8 quantization of an ONNX export with ``onnxruntime.quantization``, with Optimum's presets."""
 
     mode: Mode = field(default="dynamic", metadata={"help": "'dynamic' (activations quantized per batch at run time) or 'static' (ranges calibrated on data, QDQ graph)."})
-    preset: Preset = field(default="avx2", metadata={"help": f"Optimum hardware preset, one of {PRESETS}; 'tensorrt' is static, symmetric int8 QDQ for TensorRT."})
+    preset: Preset = field(default="avx2", metadata={"help": f"Hardware preset (Optimum's AutoQuantizationConfig settings), one of {PRESETS}; 'tensorrt' is static, symmetric int8 QDQ for TensorRT."})
     per_channel: bool = field(default=True, metadata={"help": "One weight scale per output channel."})
     calibration_method: Literal["minmax", "percentile", "entropy"] = field(default="minmax", metadata={"help": f"Static only: how activation ranges are chosen, one of {CALIBRATION_METHODS}."})
     calibration_split: Optional[str] = field(default=None, metadata={"help": "Static only: dataset split drawn for calibration; default: the training split."})
@@ -137,7 +137,7 @@ class PTQConfig(_TargetsOrtScheme):
     quantize_embeddings: bool = field(default=False, metadata={"help": "Also quantize the embedding tables (Gather); on MiniLM they are half of the weights."})
     embedding_bits: Literal[8, 4] = field(
         default=8,
-        metadata={"help": "With quantize_embeddings: 8 (int8 per tensor, through Optimum) or 4 (blockwise int4 weight-only, ONNX Runtime's GatherBlockQuantized; half the bytes of int8)."},
+        metadata={"help": "With quantize_embeddings: 8 (int8 per tensor, with the Linear layers) or 4 (blockwise int4 weight-only, ONNX Runtime's GatherBlockQuantized; half the bytes of int8)."},
     )
     embedding_block_size: int = field(default=128, metadata={"help": "4-bit embeddings: values sharing one scale, along the hidden dimension (power of 2, >= 16)."})
     operators: Optional[list[str]] = field(
@@ -175,7 +175,7 @@ class PTQConfig(_TargetsOrtScheme):
     def operator_types(self) -> list[str]:
         if self.operators is not None:
             return list(self.operators)
-        # 4-bit embeddings are quantized after Optimum's int8 pass, by ONNX Runtime's block quantizer
+        # 4-bit embeddings are quantized after the int8 pass, by ONNX Runtime's block quantizer
         return ["MatMul", "Gemm"] + (["Gather"] if self.quantize_embeddings and self.embedding_bits == 8 else [])
 
 

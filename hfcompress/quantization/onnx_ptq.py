@@ -1,15 +1,20 @@
-"""Post-training int8 quantization of an ONNX export with ONNX Runtime, through Optimum's ORTQuantizer.
+"""Post-training int8 quantization of an ONNX export with ``onnxruntime.quantization``.
+
+The presets are Optimum's ``AutoQuantizationConfig.<preset>`` settings, spelled out for
+``quantize_dynamic``/``quantize_static`` (:func:`ort_quantizer_arguments`), so the graphs are the ones
+Optimum's ORTQuantizer writes (tests/test_optimum_parity.py) without needing Optimum.
 
 Dynamic mode quantizes weights ahead of time and activations per batch at run time (MatMulInteger).
 Static mode calibrates activation ranges on examples drawn from a dataset split (MinMax, Percentile
 or Entropy) and writes a QDQ graph, by default trimmed to the Linear layers' inputs and weights (what
 QAT simulates; :func:`keep_linear_input_qdq`); ranges learned by QAT (``qat_ranges.safetensors`` beside the
-model) replace the calibrated ranges of the Linear layers' inputs, so the shipped model uses the
-ranges it was trained with.
+model) replace the calibrated ranges of the Linear layers' inputs (ONNX Runtime's ``TensorQuantOverrides``),
+so the shipped model uses the ranges it was trained with.
 """
 
 from __future__ import annotations
 
+import ast
 import logging
 import tempfile
 from pathlib import Path
@@ -43,17 +48,71 @@ def attention_matmuls(onnx_path: Path) -> list[str]:
     return [node.name for node in graph.node if node.op_type == "MatMul" and not any(from_weight(i) for i in node.input)]
 
 
-def optimum_quantization_config(config: PTQConfig, onnx_path: Optional[Path] = None):
-    """Optimum's ``AutoQuantizationConfig.<preset>`` for ``config`` (``onnx_path`` names the attention MatMuls to leave in fp32)."""
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+def ort_quantizer_arguments(config: PTQConfig, onnx_path: Optional[Path] = None) -> dict:
+    """Keyword arguments of ``onnxruntime.quantization.quantize_dynamic`` (or ``quantize_static``) for ``config``.
 
+    They are what Optimum's ``AutoQuantizationConfig.<preset>`` hands ONNX Runtime, derived from the
+    config's :func:`~hfcompress.quantization.config.ort_scheme` (what QAT simulates); ``onnx_path``
+    names the attention MatMuls to leave in fp32.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    scheme = config.scheme
     exclude = list(config.exclude_nodes)
     if onnx_path is not None and not config.quantize_attention_matmuls:
         exclude += attention_matmuls(onnx_path)
-    kwargs = dict(per_channel=config.per_channel, operators_to_quantize=config.operator_types(), nodes_to_exclude=exclude)
-    if config.preset == "tensorrt":
-        return AutoQuantizationConfig.tensorrt(**kwargs)
-    return getattr(AutoQuantizationConfig, config.preset)(is_static=config.mode == "static", **kwargs)
+    tensorrt = config.preset == "tensorrt"
+
+    def qtype(grid) -> QuantType:
+        return QuantType.QUInt8 if grid.dtype == "uint8" else QuantType.QInt8
+
+    arguments = dict(
+        op_types_to_quantize=config.operator_types(),
+        per_channel=scheme.per_channel,
+        reduce_range=False,  # every preset uses the full 8-bit range
+        weight_type=qtype(scheme.weights),
+        nodes_to_exclude=exclude,
+        extra_options={
+            "WeightSymmetric": scheme.weights.symmetric,
+            "ActivationSymmetric": scheme.activations.symmetric,
+            "ForceSymmetric": scheme.weights.symmetric and scheme.activations.symmetric,
+            "EnableSubgraph": onnx_path is not None and has_subgraphs(onnx_path),
+            # TensorRT wants a Q/DQ pair on every weight and a dedicated pair per consumer
+            "AddQDQPairToWeight": tensorrt,
+            "DedicatedQDQPair": tensorrt,
+            "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+            # quantize_dynamic would skip activation-by-activation MatMuls; attention_matmuls() decides that instead
+            "MatMulConstBOnly": False,
+        },
+    )
+    if config.mode == "static":
+        methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
+        arguments.update(quant_format=QuantFormat.QDQ, activation_type=qtype(scheme.activations), calibrate_method=methods[config.calibration_method])
+        # the calibrators' settings as Optimum's AutoCalibrationConfig sets them (histogram bins: ONNX Runtime's defaults, the same)
+        arguments["extra_options"].update(CalibTensorRangeSymmetric=False, CalibMovingAverage=False, CalibMovingAverageConstant=0.01)
+        if config.calibration_method == "percentile":
+            arguments["extra_options"]["CalibPercentile"] = config.percentile
+    return arguments
+
+
+def describe_arguments(function: str, arguments: dict) -> dict:
+    """``arguments`` as JSON for quantization.json: ONNX Runtime's enums by name."""
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return getattr(value, "name", value)
+
+    return {"function": f"onnxruntime.quantization.{function}", **plain(arguments)}
+
+
+def has_subgraphs(onnx_path: Path) -> bool:
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return any(node.op_type in ("If", "Loop", "Scan", "SequenceMap") for node in graph.node)
 
 
 def find_onnx_file(directory: Path) -> Optional[Path]:
@@ -62,62 +121,92 @@ def find_onnx_file(directory: Path) -> Optional[Path]:
     return (preferred or files or [None])[0]
 
 
-def calibration_dataset(data: TaskData, tokenizer, config: PTQConfig, seed: int, input_names: list[str]):
+def calibration_features(data: TaskData, tokenizer, config: PTQConfig, seed: int, input_names: list[str]) -> dict[str, list]:
     """A seeded random subset of ``config.calibration_split`` (default: the training split), as the graph's inputs.
 
     The task tokenizes it as the model was trained (pairs, pre-split words) and only the inputs the
     ONNX graph has are kept, padded to the longest row: the histogram calibrators need equal shapes.
     """
-    import datasets
-
     split = config.calibration_split or data.cfg.train_split
     if split not in data.raw:
         raise DataError(f"calibration split '{split}' is not loaded (splits: {sorted(data.raw)}): set calibration_split to one of them")
     raw = data.raw[split].shuffle(seed=seed).select(range(min(config.calibration_samples, len(data.raw[split]))))
-    return datasets.Dataset.from_dict(data.task.calibration_features(raw, tokenizer, data.cfg, input_names))
+    return data.task.calibration_features(raw, tokenizer, data.cfg, input_names)
 
 
-def calibration_config(dataset, config: PTQConfig):
-    from optimum.onnxruntime.configuration import AutoCalibrationConfig
+def calibration_reader(features: dict[str, list], onnx_path: Path):
+    """An ONNX Runtime CalibrationDataReader feeding ``features`` one row at a time, in the graph inputs' dtypes."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+    from onnxruntime.quantization import CalibrationDataReader
 
-    if config.calibration_method == "minmax":
-        return AutoCalibrationConfig.minmax(dataset)
-    if config.calibration_method == "percentile":
-        return AutoCalibrationConfig.percentiles(dataset, percentile=config.percentile)
-    return AutoCalibrationConfig.entropy(dataset)
+    dtypes = {i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in onnx.load(str(onnx_path), load_external_data=False).graph.input}
+
+    class RowReader(CalibrationDataReader):
+        def __init__(self):
+            rows = len(next(iter(features.values())))
+            self.batches = iter([{name: np.asarray(column[i : i + 1], dtype=dtypes[name]) for name, column in features.items()} for i in range(rows)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    return RowReader()
+
+
+def module_of(node) -> Optional[str]:
+    """The PyTorch module path a MatMul/Gemm node computes a Linear layer of, or None.
+
+    The dynamo exporter records the module scopes in the node's metadata (its node names say nothing);
+    Optimum's (TorchScript) exporter names the node after the path: ``/bert/encoder/layer.0/attention/self/query/MatMul``.
+    """
+    meta = {p.key: p.value for p in node.metadata_props}
+    if "pkg.torch.onnx.name_scopes" in meta:
+        scopes = ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])
+        classes = ast.literal_eval(meta.get("pkg.torch.onnx.class_hierarchy", "[]"))
+        # the innermost scope is the aten op; the module calling aten.linear is the Linear layer
+        return scopes[-2] if len(scopes) >= 2 and classes[-1:] == ["aten.linear.default"] else None
+    if node.name.startswith("/"):
+        return node.name.strip("/").rsplit("/", 1)[0].replace("/", ".")
+    return None
 
 
 def linear_input_tensors(onnx_path: Path) -> dict[str, str]:
-    """Map PyTorch Linear module names to the ONNX tensor feeding their MatMul/Gemm.
+    """Map the module path of each Linear layer in the graph to the ONNX tensor feeding its MatMul/Gemm.
 
-    Optimum's exporter names nodes after the module path: ``/bert/encoder/layer.0/attention/self/query/MatMul``
-    is module ``bert.encoder.layer.0.attention.self.query``.
+    Paths are as the exporter saw them: the dynamo exporter's start with its wrapper's attribute (``model.bert...``).
     """
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     inputs = {}
     for node in graph.node:
-        if node.op_type in ("MatMul", "Gemm") and node.name.startswith("/"):
-            module = node.name.strip("/").rsplit("/", 1)[0].replace("/", ".")
+        module = module_of(node) if node.op_type in ("MatMul", "Gemm") else None
+        if module is not None:
             inputs[module] = node.input[0]
     return inputs
 
 
-def apply_qat_ranges(ranges, qat: dict[str, tuple[float, float]], tensor_of_module: dict[str, str]) -> int:
-    """Replace calibrated ranges by QAT ranges for the tensors feeding QAT layers; returns how many were replaced."""
-    from onnxruntime.quantization.calibrate import TensorData
+def qat_range_overrides(qat: dict[str, tuple[float, float]], tensor_of_module: dict[str, str]) -> tuple[dict, list[str]]:
+    """ONNX Runtime ``TensorQuantOverrides`` giving the tensors that feed QAT layers their QAT ranges, and the QAT layers found in no node.
 
+    A graph module matches the QAT layer whose name is its longest dotted suffix (the exporter may wrap
+    the model, prefixing every path).
+    """
     per_tensor: dict[str, tuple[float, float]] = {}
-    for module, (lo, hi) in qat.items():
-        tensor = tensor_of_module.get(module)
-        if tensor is None:
+    used = set()
+    for path, tensor in tensor_of_module.items():
+        matches = [name for name in qat if path == name or path.endswith(f".{name}")]
+        if not matches:
             continue
+        name = max(matches, key=len)
+        used.add(name)
+        lo, hi = qat[name]
         old = per_tensor.get(tensor, (lo, hi))
         per_tensor[tensor] = (min(lo, old[0]), max(hi, old[1]))  # q/k/v share their input: cover all three
-    for tensor, (lo, hi) in per_tensor.items():
-        ranges.data[tensor] = TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
-    return len(per_tensor)
+    overrides = {
+        tensor: [{"rmin": np.array(lo, dtype=np.float32), "rmax": np.array(hi, dtype=np.float32)}] for tensor, (lo, hi) in per_tensor.items()
+    }
+    return overrides, sorted(set(qat) - used)
 
 
 def keep_linear_input_qdq(onnx_path: Path) -> int:
@@ -205,11 +294,12 @@ def quantize_onnx(
 ) -> Path:
     """Quantize ``model`` (a directory with an ``.onnx`` file, or a PyTorch checkpoint directory/Hub id, exported first) to int8.
 
-    Writes ``output_dir/model_quantized.onnx`` with the config, tokenizer, Optimum's ``ort_config.json``
-    and ``quantization.json``; returns the path of the ``.onnx`` file. Static mode needs ``data``.
+    Writes ``output_dir/model_quantized.onnx`` with the config, the tokenizer and ``quantization.json``
+    (the scheme, the calibration and ONNX Runtime's quantizer arguments); returns the path of the
+    ``.onnx`` file. Static mode needs ``data``.
     """
-    from optimum.onnxruntime import ORTQuantizer
-    from transformers import AutoTokenizer
+    from onnxruntime.quantization import quantize_dynamic, quantize_static
+    from transformers import AutoConfig, AutoTokenizer
 
     config = config or PTQConfig()
     model = Path(str(model))
@@ -224,32 +314,46 @@ def quantize_onnx(
 
             onnx_file = export_onnx(model, Path(work) / "onnx")
         onnx_dir = onnx_file.parent
-        quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name=onnx_file.name)
-        ort_config = optimum_quantization_config(config, onnx_file)
-        ranges, calibration, qat_used = None, None, 0
+        try:
+            model_config, tokenizer = AutoConfig.from_pretrained(onnx_dir), AutoTokenizer.from_pretrained(onnx_dir)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{onnx_dir} has no readable config and tokenizer beside {onnx_file.name} ({str(e).splitlines()[0][:160]}): export with hfcompress export, which writes them") from e
+        arguments = ort_quantizer_arguments(config, onnx_file)
+        quantized = staging / f"{onnx_file.stem}_quantized.onnx"
+        calibration = None
         if config.mode == "static":
-            tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
-            dataset = calibration_dataset(data, tokenizer, config, seed, onnx_input_names(onnx_file))
-            ranges = quantizer.fit(
-                dataset, calibration_config(dataset, config), onnx_augmented_model_name=Path(work) / "augmented.onnx",
-                operators_to_quantize=ort_config.operators_to_quantize,
-            )
+            features = calibration_features(data, tokenizer, config, seed, onnx_input_names(onnx_file))
             qat = load_qat_ranges(source) if config.qat_ranges and source.is_dir() else None
+            qat_used, unmatched = 0, []
             if qat:
-                qat_used = apply_qat_ranges(ranges, qat, linear_input_tensors(onnx_file))
+                overrides, unmatched = qat_range_overrides(qat, linear_input_tensors(onnx_file))
+                if not overrides:
+                    raise ModelError(
+                        f"none of the {len(qat)} QAT ranges in {source} names a Linear layer of {onnx_file.name} (e.g. {sorted(qat)[0]}): "
+                        "re-export the QAT checkpoint with hfcompress export, or set qat_ranges: false to calibrate every range"
+                    )
+                if unmatched:
+                    logger.warning("hfcompress: %d QAT layers have no MatMul/Gemm in %s and keep calibrated ranges: %s", len(unmatched), onnx_file.name, unmatched)
+                arguments["extra_options"]["TensorQuantOverrides"] = overrides
+                qat_used = len(overrides)
                 logger.info("hfcompress: %d activation ranges taken from QAT (%s)", qat_used, source)
+            quantize_static(onnx_file, quantized, calibration_reader(features, onnx_file), **arguments)
+            arguments["extra_options"].pop("TensorQuantOverrides", None)  # recorded as qat_ranges_used
             calibration = {
                 "method": config.calibration_method,
                 "split": config.calibration_split or data.cfg.train_split,
-                "samples": len(dataset),
+                "samples": len(next(iter(features.values()))),
                 "seed": seed,
                 **({"percentile": config.percentile} if config.calibration_method == "percentile" else {}),
                 "qat_ranges_used": qat_used,
+                **({"qat_layers_unmatched": unmatched} if unmatched else {}),
             }
-        quantizer.quantize(ort_config, save_dir=staging, calibration_tensors_range=ranges)
-        quantized = staging / f"{onnx_file.stem}_quantized.onnx"
+        else:
+            quantize_dynamic(onnx_file, quantized, **arguments)
         if not quantized.is_file():
             raise ModelError(f"ONNX Runtime wrote no quantized model for {onnx_file}: check the export")
+        model_config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
         linear_inputs_only = config.mode == "static" and config.preset != "tensorrt" and config.linear_inputs_only
         if linear_inputs_only:
             keep_linear_input_qdq(quantized)
@@ -272,13 +376,14 @@ def quantize_onnx(
                 **config.scheme.describe(),
                 "preset": config.preset,
                 "calibration": calibration,
-                "operators": list(ort_config.operators_to_quantize),
+                "operators": list(arguments["op_types_to_quantize"]),
                 "embeddings_quantized": config.quantize_embeddings,
                 **({"embedding_bits": config.embedding_bits, "embedding_block_size": config.embedding_block_size} if config.quantize_embeddings else {}),
                 "attention_matmuls_quantized": config.quantize_attention_matmuls,
                 **({"qdq": "linear inputs only" if linear_inputs_only else "onnxruntime"} if config.mode == "static" else {}),
                 "onnx_file": quantized.name,
                 "source": str(source),
+                "quantizer": describe_arguments(f"quantize_{config.mode}", arguments),
                 **({"tensorrt": tensorrt} if tensorrt else {}),
             },
         )

@@ -1,7 +1,7 @@
 """Quantization-aware training: fake quantization of Linear layers with straight-through gradients.
 
-Why our own fake-quant modules rather than torchao's QAT: the model that ships is ONNX Runtime int8
-(through Optimum), and torchao 0.18's ``IntxFakeQuantizeConfig`` cannot express it. Its activation
+Why our own fake-quant modules rather than torchao's QAT: the model that ships is ONNX Runtime int8,
+and torchao 0.18's ``IntxFakeQuantizeConfig`` cannot express it. Its activation
 fake quantization is per token only (ORT quantizes each activation tensor with one scale), and its
 symmetric int8 grid is [-128, 127] with scale absmax/127.5 where ORT uses [-127, 127] with absmax/127
 (and uint8 with zero point 128 for the avx2 preset). The modules below reproduce ORT's formulas
