@@ -1,4 +1,4 @@
-"""Post-training int8 through Optimum/ONNX Runtime, TensorRT QDQ structure, bitsandbytes, the quantize stage."""
+"""Post-training int8 with ONNX Runtime on either exporter's graphs, TensorRT QDQ structure, bitsandbytes, the quantize stage."""
 
 import json
 import shutil
@@ -11,6 +11,7 @@ from onnx import numpy_helper
 
 from hfcompress.data import DataConfig, TaskData
 from hfcompress.errors import ConfigError, ModelError
+from hfcompress.export import export_onnx
 from hfcompress.quantization import BnbConfig, PTQConfig, QATConfig, load_bnb, quantize_bnb, quantize_onnx
 from hfcompress.quantization.qat import QUANTIZATION_FILE, fold_qat, prepare_qat, save_qat_ranges
 from hfcompress.quantization.tensorrt import (
@@ -20,7 +21,42 @@ from hfcompress.quantization.tensorrt import (
     trtexec_command,
 )
 
+from hfcompress.utils.imports import optimum_onnx_missing
 from tests.conftest import assert_compression_summary
+
+# graphs from both exporters where Optimum's is installed; the default one of this environment otherwise
+BACKENDS = ["dynamo", pytest.param("optimum", marks=pytest.mark.requires_optimum)]
+DEFAULT_BACKEND = "dynamo" if optimum_onnx_missing() else "optimum"
+
+
+def _export(model_dir, out, backend=DEFAULT_BACKEND):
+    """``model_dir`` exported to ``out`` (model.onnx with its config and tokenizer); returns ``out``."""
+    return export_onnx(model_dir, out, backend=backend, batch_sizes=[2], sequence_lengths=[16]).parent
+
+
+def _initializer_types(path, part):
+    """Data types of the initializers whose name contains ``part`` (both exporters keep the module path in embedding names)."""
+    return {t.data_type for t in onnx.load(str(path)).graph.initializer if part in t.name}
+
+
+def _integer_matmul_weight_types(path):
+    """Data types of the weights the integer MatMuls read."""
+    graph = onnx.load(str(path)).graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    return {types[n.input[1]] for n in graph.node if n.op_type == "MatMulInteger" and n.input[1] in types}
+
+
+def _linear_input_scales(path):
+    """Scale of each activation DequantizeLinear read by a MatMul/Gemm (a Linear input), by tensor."""
+    graph = onnx.load(str(path)).graph
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    scales = {}
+    for node in graph.node:
+        dq = producer.get(node.input[0]) if node.op_type in ("MatMul", "Gemm") else None
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] not in values:
+            scales[dq.input[0]] = float(values[dq.input[1]])
+    return scales
 
 
 def _ops(path):
@@ -42,32 +78,34 @@ def tiny_data(tiny_sst2_dir):
     return TaskData(DataConfig(path=str(tiny_sst2_dir), eval_split="dev"))
 
 
-def test_dynamic_int8_quantizes_every_linear_and_embeddings_only_when_asked(tiny_teacher_dir, tmp_path):
-    plain = quantize_onnx(tiny_teacher_dir, tmp_path / "dyn")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dynamic_int8_quantizes_every_linear_and_embeddings_only_when_asked(tiny_teacher_dir, tmp_path, backend):
+    onnx_dir = _export(tiny_teacher_dir, tmp_path / "fp32", backend)
+    plain = quantize_onnx(onnx_dir, tmp_path / "dyn")
     ops = _ops(plain)
     # 4 layers x (q, k, v, attention output, intermediate, output) + pooler + classifier; attention's Q·Kᵀ and softmax·V stay fp32
     assert ops.count("MatMulInteger") == 4 * 6 + 2 and ops.count("MatMul") == 4 * 2
     info = json.loads((tmp_path / "dyn" / QUANTIZATION_FILE).read_text())
     assert info["method"] == "dynamic" and info["weights"] == "uint8 symmetric per-channel" and not info["embeddings_quantized"]
     assert assert_compression_summary(tmp_path / "dyn", "dynamic").settings["weights"] == info["weights"]
-    init_types = {t.name: t.data_type for t in onnx.load(str(plain)).graph.initializer}
-    assert init_types["bert.embeddings.word_embeddings.weight"] == onnx.TensorProto.FLOAT
+    assert info["quantizer"]["function"] == "onnxruntime.quantization.quantize_dynamic" and info["quantizer"]["weight_type"] == "QUInt8"
+    assert _integer_matmul_weight_types(plain) == {onnx.TensorProto.UINT8}  # avx2: uint8 weights, as recorded
+    assert _initializer_types(plain, "word_embeddings") == {onnx.TensorProto.FLOAT}
+    assert {p.name for p in (tmp_path / "dyn").iterdir()} >= {"model_quantized.onnx", "config.json", "tokenizer_config.json", QUANTIZATION_FILE}
 
-    with_emb = quantize_onnx(tiny_teacher_dir, tmp_path / "dyn-emb", PTQConfig(quantize_embeddings=True))
-    init_types = {t.name: t.data_type for t in onnx.load(str(with_emb)).graph.initializer}
-    assert init_types["bert.embeddings.word_embeddings.weight_quantized"] == onnx.TensorProto.UINT8
+    with_emb = quantize_onnx(onnx_dir, tmp_path / "dyn-emb", PTQConfig(quantize_embeddings=True, preset="avx512_vnni"))
+    assert onnx.TensorProto.UINT8 in _initializer_types(with_emb, "word_embeddings")  # embeddings: uint8 asymmetric per tensor
+    assert _integer_matmul_weight_types(with_emb) == {onnx.TensorProto.INT8}  # avx512_vnni: int8 weights
     assert with_emb.stat().st_size < 0.5 * plain.stat().st_size  # the embeddings dominate this tiny model
-    with_attention = quantize_onnx(tiny_teacher_dir, tmp_path / "dyn-att", PTQConfig(quantize_attention_matmuls=True))
+    with_attention = quantize_onnx(onnx_dir, tmp_path / "dyn-att", PTQConfig(quantize_attention_matmuls=True))
     assert _ops(with_attention).count("MatMulInteger") == 4 * 8 + 2
     with pytest.raises(ConfigError, match="already exists"):
-        quantize_onnx(tiny_teacher_dir, tmp_path / "dyn")
+        quantize_onnx(onnx_dir, tmp_path / "dyn")
 
 
 def test_4bit_embeddings_halve_the_tables_and_keep_the_outputs(tiny_teacher_dir, tokenizer, tmp_path):
-    from hfcompress.export import export_onnx
-
     texts = ["a good film", "so dull and long", "great fun all along", "no way"]
-    fp32 = export_onnx(tiny_teacher_dir, tmp_path / "fp32")
+    fp32 = _export(tiny_teacher_dir, tmp_path / "fp32") / "model.onnx"
     int8 = quantize_onnx(fp32.parent, tmp_path / "emb8", PTQConfig(quantize_embeddings=True))
     int4 = quantize_onnx(fp32.parent, tmp_path / "emb4", PTQConfig(quantize_embeddings=True, embedding_bits=4, embedding_block_size=32))
     ops = _ops(int4)
@@ -108,15 +146,17 @@ def test_static_needs_data_before_any_work(tiny_teacher_dir, tmp_path):
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
 def test_static_int8_calibrates_on_a_split(tiny_teacher_dir, tiny_data, tmp_path, method):
-    out = quantize_onnx(tiny_teacher_dir, tmp_path / method, PTQConfig(mode="static", calibration_method=method, calibration_samples=16), tiny_data)
+    out = quantize_onnx(_export(tiny_teacher_dir, tmp_path / "fp32"), tmp_path / method, PTQConfig(mode="static", calibration_method=method, calibration_samples=16), tiny_data)
     ops = _ops(out)
     assert ops.count("QuantizeLinear") > 0 and "MatMulInteger" not in ops
     info = json.loads((tmp_path / method / QUANTIZATION_FILE).read_text())
     assert info["calibration"]["method"] == method and info["calibration"]["samples"] == 16 and info["calibration"]["split"] == "train"
+    assert info["quantizer"]["calibrate_method"] == {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}[method]
     assert assert_compression_summary(tmp_path / method, "static").settings["calibration"] == info["calibration"]
 
 
-def test_static_qdq_is_only_where_linear_layers_read(tiny_teacher_dir, tiny_data, tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_static_qdq_is_only_where_linear_layers_read(tiny_teacher_dir, tiny_data, tmp_path, backend):
     """By default every activation Q/DQ feeds a MatMul/Gemm: residual additions and Linear outputs (the logits too)
     stay float, as QAT simulates, and ONNX Runtime runs each Linear as an integer MatMul with a float output.
     linear_inputs_only=False keeps ONNX Runtime's graph, which requantizes every output."""
@@ -129,7 +169,8 @@ def test_static_qdq_is_only_where_linear_layers_read(tiny_teacher_dir, tiny_data
         requantized = [n.name for n in graph.node if n.op_type == "QuantizeLinear" and producer.get(n.input[0]) in ("MatMul", "Gemm")]
         return dq_consumers, requantized, producer["logits"]
 
-    trimmed = quantize_onnx(tiny_teacher_dir, tmp_path / "trimmed", PTQConfig(mode="static", calibration_samples=8), tiny_data)
+    onnx_dir = _export(tiny_teacher_dir, tmp_path / "fp32", backend)
+    trimmed = quantize_onnx(onnx_dir, tmp_path / "trimmed", PTQConfig(mode="static", calibration_samples=8), tiny_data)
     dq_consumers, requantized, logits_from = graph_facts(trimmed)
     assert dq_consumers == {"MatMul", "Gemm"} and not requantized and logits_from == "Gemm"
     options = ort.SessionOptions()
@@ -140,7 +181,7 @@ def test_static_qdq_is_only_where_linear_layers_read(tiny_teacher_dir, tiny_data
     assert json.loads((tmp_path / "trimmed" / QUANTIZATION_FILE).read_text())["qdq"] == "linear inputs only"
 
     config = PTQConfig(mode="static", calibration_samples=8, linear_inputs_only=False)
-    full = quantize_onnx(tiny_teacher_dir, tmp_path / "full", config, tiny_data)
+    full = quantize_onnx(onnx_dir, tmp_path / "full", config, tiny_data)
     dq_consumers, requantized, logits_from = graph_facts(full)
     assert {"Add", "LayerNormalization"} & dq_consumers and len(requantized) >= 4 * 6 + 2 and logits_from == "DequantizeLinear"
     assert json.loads((tmp_path / "full" / QUANTIZATION_FILE).read_text())["qdq"] == "onnxruntime"
@@ -163,29 +204,54 @@ def _qat_checkpoint(tiny_teacher_dir, model_dir):
 
 
 def _check_qat_ranges_used(out, output_dir):
-    """The QDQ scale of the first layer's input follows the QAT range, and quantization.json says QAT ranges were used."""
-    scales = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
-    scale = scales["/bert/embeddings/LayerNorm/LayerNormalization_output_0_scale"]
-    assert float(scale) == pytest.approx(12.0 / 255, rel=1e-6)  # uint8 asymmetric over [-8, 4]
-    assert json.loads((output_dir / QUANTIZATION_FILE).read_text())["calibration"]["qat_ranges_used"] > 0
+    """Every Linear input's QDQ scale follows the QAT range (all [-8, 4]), and quantization.json counts them."""
+    scales = _linear_input_scales(out)
+    assert len(scales) == 4 * 4 + 2  # per layer: q/k/v's shared input, attention output, intermediate, output; pooler, classifier
+    assert all(scale == pytest.approx(12.0 / 255, rel=1e-6) for scale in scales.values())  # uint8 asymmetric over [-8, 4]
+    assert json.loads((output_dir / QUANTIZATION_FILE).read_text())["calibration"]["qat_ranges_used"] == len(scales)
 
 
-def test_static_uses_qat_ranges_for_linear_inputs(tiny_teacher_dir, tiny_data, tmp_path):
-    """Ranges saved by QAT replace the calibrated ones."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_static_uses_qat_ranges_for_linear_inputs(tiny_teacher_dir, tiny_data, tmp_path, backend):
+    """Ranges saved by QAT replace the calibrated ones, matched to either exporter's MatMul/Gemm nodes."""
     model_dir = _qat_checkpoint(tiny_teacher_dir, tmp_path / "qat-model")
-    out = quantize_onnx(model_dir, tmp_path / "static", PTQConfig(mode="static", calibration_samples=8), tiny_data)
+    onnx_dir = _export(model_dir, tmp_path / "onnx", backend)
+    out = quantize_onnx(onnx_dir, tmp_path / "static", PTQConfig(mode="static", calibration_samples=8), tiny_data)
     _check_qat_ranges_used(out, tmp_path / "static")
+    calibrated = quantize_onnx(onnx_dir, tmp_path / "calibrated", PTQConfig(mode="static", calibration_samples=8, qat_ranges=False), tiny_data)
+    assert not any(scale == pytest.approx(12.0 / 255, rel=1e-6) for scale in _linear_input_scales(calibrated).values())
+
+
+def test_qat_ranges_matching_no_layer_fail_and_unmatched_ones_are_reported(tiny_teacher_dir, tiny_data, tmp_path, caplog):
+    """A QAT checkpoint whose ranges reach no node must not quietly ship calibrated ranges."""
+    from safetensors.torch import load_file, save_file
+
+    from hfcompress.quantization.qat import RANGES_FILE
+
+    onnx_dir = _export(_qat_checkpoint(tiny_teacher_dir, tmp_path / "qat-model"), tmp_path / "onnx")
+    ranges = load_file(str(onnx_dir / RANGES_FILE))
+    extra = {k.replace("layer.0.", "layer.9."): v.clone() for k, v in ranges.items() if ".layer.0.attention.self.query." in k}
+    save_file({**ranges, **extra}, str(onnx_dir / RANGES_FILE))
+    with caplog.at_level("WARNING", logger="hfcompress"):
+        quantize_onnx(onnx_dir, tmp_path / "partial", PTQConfig(mode="static", calibration_samples=8), tiny_data)
+    calibration = json.loads((tmp_path / "partial" / QUANTIZATION_FILE).read_text())["calibration"]
+    assert calibration["qat_layers_unmatched"] == ["bert.encoder.layer.9.attention.self.query"] and calibration["qat_ranges_used"] == 18
+    assert "bert.encoder.layer.9.attention.self.query" in caplog.text
+
+    save_file(extra, str(onnx_dir / RANGES_FILE))
+    with pytest.raises(ModelError, match="none of the 1 QAT ranges"):
+        quantize_onnx(onnx_dir, tmp_path / "none", PTQConfig(mode="static", calibration_samples=8), tiny_data)
+    assert not (tmp_path / "none").exists()
 
 
 def test_export_carries_qat_ranges_to_static_int8(tiny_teacher_dir, tiny_data, tmp_path):
     """finetune(+qat) -> export -> quantize(static): the export holds the QAT files, so int8 uses (and is checked against) them."""
-    from hfcompress.export import export_onnx
     from hfcompress.quantization.qat import RANGES_FILE
     from hfcompress.recipes.stages.quantize import check_matches_qat, qat_scheme_of
 
     model_dir = _qat_checkpoint(tiny_teacher_dir, tmp_path / "qat-model")
     export_dir = tmp_path / "onnx"
-    export_onnx(model_dir, export_dir, batch_sizes=[2], sequence_lengths=[16])
+    _export(model_dir, export_dir)
     for name in (RANGES_FILE, QUANTIZATION_FILE):
         assert (export_dir / name).read_bytes() == (model_dir / name).read_bytes()
     assert assert_compression_summary(export_dir, "qat") == assert_compression_summary(model_dir, "qat")
@@ -198,12 +264,14 @@ def test_export_carries_qat_ranges_to_static_int8(tiny_teacher_dir, tiny_data, t
         check_matches_qat(str(export_dir), qat_scheme_of(export_dir), PTQConfig(preset="avx512_vnni", mode="static"))
 
     plain = tmp_path / "plain-onnx"  # a checkpoint without QAT exports without them
-    export_onnx(tiny_teacher_dir, plain, batch_sizes=[1], sequence_lengths=[8])
+    _export(tiny_teacher_dir, plain)
     assert not (plain / RANGES_FILE).exists() and not (plain / QUANTIZATION_FILE).exists()
 
 
-def test_tensorrt_qdq_graph_structure(tiny_teacher_dir, tiny_data, tmp_path):
-    out = quantize_onnx(tiny_teacher_dir, tmp_path / "trt", PTQConfig(mode="static", preset="tensorrt", calibration_samples=8), tiny_data)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tensorrt_qdq_graph_structure(tiny_teacher_dir, tiny_data, tmp_path, backend):
+    onnx_dir = _export(tiny_teacher_dir, tmp_path / "fp32", backend)
+    out = quantize_onnx(onnx_dir, tmp_path / "trt", PTQConfig(mode="static", preset="tensorrt", calibration_samples=8), tiny_data)
     report = check_tensorrt_qdq(out)
     assert report["quantized_matmuls"] == 4 * 6 + 2 and len(report["float_matmuls"]) == 4 * 2  # attention matmuls in fp32 by default
     assert report["per_channel_weights"] == 4 * 6 + 2  # every Linear weight has one scale per output channel
@@ -214,24 +282,23 @@ def test_tensorrt_qdq_graph_structure(tiny_teacher_dir, tiny_data, tmp_path):
     assert "--int8" in info["tensorrt"]["trtexec"] and "input_ids:32x128" in info["tensorrt"]["trtexec"]
     assert info["tensorrt"]["onnxruntime_provider_options"] == tensorrt_provider_options()
     # the dynamic (MatMulInteger) graph is not TensorRT-ready
-    dynamic = quantize_onnx(tiny_teacher_dir, tmp_path / "dyn")
+    dynamic = quantize_onnx(onnx_dir, tmp_path / "dyn")
     with pytest.raises(ModelError, match="ONNX Runtime-only"):
         check_tensorrt_qdq(dynamic)
 
 
 def test_trtexec_command_reads_graph_inputs(tiny_teacher_dir, tmp_path):
-    from hfcompress.export import export_onnx
-
-    path = export_onnx(tiny_teacher_dir, tmp_path / "onnx")
+    path = _export(tiny_teacher_dir, tmp_path / "onnx") / "model.onnx"
     cmd = trtexec_command(path, max_batch=8, max_length=64)
-    assert cmd.startswith("trtexec --onnx=") and "--maxShapes=input_ids:8x64,attention_mask:8x64,token_type_ids:8x64" in cmd
+    max_shapes = cmd.split("--maxShapes=")[1].split()[0].split(",")
+    assert cmd.startswith("trtexec --onnx=") and sorted(max_shapes) == ["attention_mask:8x64", "input_ids:8x64", "token_type_ids:8x64"]
 
 
 def test_tensorrt_engine_builds_where_tensorrt_and_a_gpu_exist(tiny_teacher_dir, tiny_data, tmp_path):
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (no NVIDIA GPU on this machine or in CI)")
     if not torch.cuda.is_available():
         pytest.skip("TensorRT needs an NVIDIA GPU; none is visible")
-    out = quantize_onnx(tiny_teacher_dir, tmp_path / "trt", PTQConfig(mode="static", preset="tensorrt", calibration_samples=8), tiny_data)
+    out = quantize_onnx(_export(tiny_teacher_dir, tmp_path / "fp32"), tmp_path / "trt", PTQConfig(mode="static", preset="tensorrt", calibration_samples=8), tiny_data)
     engine = build_tensorrt_engine(out, tmp_path / "model.plan", max_batch=4, max_length=32)
     assert engine.stat().st_size > 0 and trt is not None
 
@@ -329,7 +396,8 @@ def test_quantize_stage_after_qat_training_in_a_recipe(tiny_teacher_dir, tiny_ss
             {"stage": "finetune", "name": "qat_model", "model": str(tiny_teacher_dir),
              "training": {"max_steps": 3, "per_device_train_batch_size": 16, "save_strategy": "no", "use_cpu": True},
              "callbacks": [{"type": "qat", "preset": "avx2", "mode": "static", "start_step": 1}]},
-            {"stage": "quantize", "name": "int8", "model": "qat_model", "onnx": {"mode": "static", "calibration_samples": 8}},
+            {"stage": "export", "name": "onnx", "model": "qat_model", "backend": DEFAULT_BACKEND, "batch_sizes": [2], "sequence_lengths": [16]},
+            {"stage": "quantize", "name": "int8", "model": "onnx", "onnx": {"mode": "static", "calibration_samples": 8}},
             {"stage": "quantize", "name": "bnb4", "model": "qat_model", "backend": "bitsandbytes", "bnb": {"bits": 4}},
         ],
     }
@@ -343,7 +411,7 @@ def test_quantize_stage_after_qat_training_in_a_recipe(tiny_teacher_dir, tiny_ss
     assert info["calibration"]["qat_ranges_used"] > 0 and (outputs["int8"] / "model_quantized.onnx").exists()
     assert json.loads((outputs["bnb4"] / QUANTIZATION_FILE).read_text())["method"] == "bnb-4bit"
 
-    recipe["stages"][1]["onnx"]["mode"] = "dynamic"  # QAT simulated static: quantizing dynamically is refused
+    recipe["stages"][2]["onnx"]["mode"] = "dynamic"  # QAT simulated static: quantizing dynamically is refused
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(ConfigError, match="trained with QAT"):
         run_recipe(path, overwrite=True)

@@ -230,17 +230,18 @@ def test_qat_callback_not_started_leaves_no_ranges(tmp_path, tokenizer):
 @pytest.mark.parametrize(
     "preset, mode", [(p, m) for p in ("avx2", "avx512", "avx512_vnni", "arm64") for m in ("dynamic", "static")] + [("tensorrt", "static")]
 )
-def test_simulated_scheme_is_the_one_optimum_configures(preset, mode):
-    """QAT's scheme and Optimum's AutoQuantizationConfig preset agree on dtypes, symmetry, granularity and mode."""
+def test_simulated_scheme_is_the_one_onnxruntime_is_asked_for(preset, mode):
+    """QAT's scheme and the arguments the quantize stage passes onnxruntime.quantization agree on dtypes, symmetry, granularity and mode
+    (tests/test_optimum_parity.py checks those arguments against Optimum's AutoQuantizationConfig presets)."""
     from onnxruntime.quantization import QuantType
 
-    from hfcompress.quantization.onnx_ptq import optimum_quantization_config
+    from hfcompress.quantization.onnx_ptq import ort_quantizer_arguments
 
-    config = PTQConfig(preset=preset, mode=mode)
-    optimum, scheme = optimum_quantization_config(config), config.scheme
-    assert (optimum.weights_dtype == QuantType.QUInt8) == (scheme.weights.dtype == "uint8")
-    assert optimum.weights_symmetric == scheme.weights.symmetric
-    assert (optimum.activations_dtype == QuantType.QUInt8) == (scheme.activations.dtype == "uint8")
-    assert optimum.activations_symmetric == scheme.activations.symmetric
-    assert optimum.per_channel == scheme.per_channel and optimum.is_static == (not scheme.dynamic_activations)
-    assert QATConfig(preset=preset, mode=mode).scheme == scheme
+    scheme = QATConfig(preset=preset, mode=mode).scheme
+    arguments = ort_quantizer_arguments(PTQConfig(preset=preset, mode=mode))
+    extra = arguments["extra_options"]
+    assert (arguments["weight_type"] == QuantType.QUInt8) == (scheme.weights.dtype == "uint8") and extra["WeightSymmetric"] == scheme.weights.symmetric
+    # dynamic activations are always uint8 (DynamicQuantizeLinear): quantize_dynamic takes no activation type
+    assert (arguments.get("activation_type", QuantType.QUInt8) == QuantType.QUInt8) == (scheme.activations.dtype == "uint8")
+    assert extra["ActivationSymmetric"] == scheme.activations.symmetric
+    assert arguments["per_channel"] == scheme.per_channel and ("calibrate_method" in arguments) == (not scheme.dynamic_activations)
