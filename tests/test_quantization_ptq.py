@@ -303,23 +303,51 @@ def test_tensorrt_engine_builds_where_tensorrt_and_a_gpu_exist(tiny_teacher_dir,
     assert engine.stat().st_size > 0 and trt is not None
 
 
+def _export_encoder(model_dir, out, backend):
+    """A pre-trained encoder's ``last_hidden_state`` as ONNX: Optimum's feature-extraction export, or torch.onnx.export(dynamo=True)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    if backend == "optimum":
+        from optimum.exporters.onnx import main_export
+
+        main_export(str(model_dir), output=str(out), task="feature-extraction", do_validation=False)
+        return out / "model.onnx"
+    model, tokenizer = AutoModel.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    sample = tokenizer(["a first sentence", "and a longer second one"], padding=True, return_tensors="pt")
+    names = list(sample.keys())
+
+    class Encoder(torch.nn.Module):
+        def forward(self, *inputs):
+            return model(**dict(zip(names, inputs))).last_hidden_state
+
+    dims = {0: "batch_size", 1: "sequence_length"}
+    program = torch.onnx.export(Encoder(), tuple(sample.values()), dynamo=True, input_names=names, output_names=["last_hidden_state"],
+                                dynamic_shapes=(tuple(dims for _ in names),))
+    out.mkdir(parents=True)
+    program.save(str(out / "model.onnx"))
+    model.config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out / "model.onnx"
+
+
 @pytest.mark.integration
-def test_int8_onnx_agrees_with_fp32_on_real_sentences(minilm_path, sst2_path, tmp_path):
-    """Pre-trained MiniLM on 16 SST-2 dev sentences: the dynamic int8 (avx2) encoder output stays close to fp32.
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int8_onnx_agrees_with_fp32_on_real_sentences(minilm_path, sst2_path, tmp_path, backend):
+    """Pre-trained MiniLM on 16 SST-2 dev sentences: the dynamic int8 (avx2) encoder output stays close to fp32, from either exporter.
 
     Stated tolerance, over the non-padding tokens of ``last_hidden_state``: relative error
     ||int8 - fp32|| / ||fp32|| <= 0.20, mean token cosine similarity >= 0.98 and every token's >= 0.95
     (measured: 0.145, 0.990, 0.977). The classifier head of this checkpoint is untrained, so its logits would
     say nothing; the trained student's int8 accuracy is in benchmarks/results/quantization_sst2.md.
     """
-    from optimum.exporters.onnx import main_export
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    main_export(str(minilm_path), output=str(tmp_path / "fp32"), task="feature-extraction", do_validation=False)
-    int8 = quantize_onnx(tmp_path / "fp32", tmp_path / "int8")
+    fp32 = _export_encoder(minilm_path, tmp_path / "fp32", backend)
+    int8 = quantize_onnx(fp32.parent, tmp_path / "int8")
     texts = [line.split("\t")[0] for line in (sst2_path / "dev.tsv").read_text().splitlines()[1:17]]
-    a, b = _session_logits(tmp_path / "fp32" / "model.onnx", tokenizer, texts), _session_logits(int8, tokenizer, texts)
+    a, b = _session_logits(fp32, tokenizer, texts), _session_logits(int8, tokenizer, texts)
     keep = tokenizer(texts, padding=True, return_tensors="np")["attention_mask"].astype(bool)
     a, b = a[keep], b[keep]
     assert np.linalg.norm(a - b) / np.linalg.norm(a) <= 0.20
