@@ -134,12 +134,46 @@ def load_model(
         if id2label:
             config.id2label = dict(id2label)
             config.label2id = {v: k for k, v in id2label.items()}
+    from .pruning.structured import check_recorded_heads, recorded_heads
+
+    model_class = task.auto_class()
+    if recorded_heads(config):
+        check_recorded_heads(config)
+        if not TRANSFORMERS_REMOVES_PRUNED_HEADS:
+            model_class = with_recorded_heads(model_class, config)
     try:
-        return task.auto_class().from_pretrained(
-            name_or_path, config=config, trust_remote_code=trust_remote_code, **kwargs
-        )
+        return model_class.from_pretrained(name_or_path, config=config, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
         raise _describe_load_error(name_or_path, e) from e
+
+
+# Transformers 4 removes the heads config.pruned_heads records while building a model (from_pretrained included);
+# transformers 5 dropped head pruning, so a slimmed checkpoint's attention weights no longer fit the model it builds.
+TRANSFORMERS_REMOVES_PRUNED_HEADS = hasattr(PreTrainedModel, "prune_heads")
+
+_WITH_RECORDED_HEADS: dict[type, type] = {}
+
+
+def with_recorded_heads(auto_class, config) -> type:
+    """The model class ``auto_class`` maps ``config`` to, built with the heads ``config.pruned_heads`` records removed.
+
+    For transformers 5. Removing them in ``__init__``, before ``from_pretrained`` loads the weights, keeps
+    everything it does (Hub ids, shards, dtype, device_map, bitsandbytes). The subclass keeps its base's
+    name and module, so ``save_pretrained`` writes the same architecture.
+    """
+    from .pruning.structured import remove_recorded_heads
+
+    base = auto_class._model_mapping.get(type(config), None)
+    if base is None:  # remote code: from_pretrained stops at the size mismatch
+        return auto_class
+    if base not in _WITH_RECORDED_HEADS:
+
+        def __init__(self, config, *args, **kwargs):
+            base.__init__(self, config, *args, **kwargs)
+            remove_recorded_heads(self)
+
+        _WITH_RECORDED_HEADS[base] = type(base.__name__, (base,), {"__init__": __init__, "__module__": base.__module__, "__qualname__": base.__qualname__})
+    return _WITH_RECORDED_HEADS[base]
 
 
 def load_checkpoint(name_or_path: str, task: Optional[str | Task] = None, trust_remote_code: bool = False):

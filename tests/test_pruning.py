@@ -14,6 +14,7 @@ from transformers import (
     DistilBertForSequenceClassification,
     GPT2Config,
     GPT2LMHeadModel,
+    PreTrainedModel,
     RobertaConfig,
     RobertaForSequenceClassification,
     Trainer,
@@ -34,6 +35,7 @@ from hfcompress.pruning import magnitude_prune, sparsity_of, structured_prune
 from hfcompress.pruning.magnitude import magnitude_masks, prunable_weights
 from hfcompress.pruning.masks import MASKS_FILE, REPORT_FILE, apply_masks
 from hfcompress.pruning.schedules import Schedule, cubic_sparsity
+from hfcompress.modeling import load_model
 from hfcompress.pruning.structured import group_masks, importance_scores, select_removed, slim
 from tests.conftest import assert_compression_summary, save_tiny_wordpiece_tokenizer, tiny_bert_config
 
@@ -292,7 +294,55 @@ def test_slimmed_model_equals_masked_model(make, heads_scope):
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in masked.parameters())
 
 
-def test_uneven_heads_reload_and_export_to_onnx(tmp_path):
+@pytest.mark.parametrize("make", [_bert, _roberta, _distilbert], ids=["bert", "roberta", "distilbert"])
+def test_slimmed_checkpoint_reloads_through_load_model_with_identical_logits(make, tmp_path):
+    model = make().eval()
+    slim(model, {0: [1], 1: [0, 2]}, {layer: [layer + 3] for layer in range(model.config.num_hidden_layers)})
+    slim(model, {0: [0, 1]}, {})  # current indices: layer 0 has heads 0, 2, 3 left, so this removes 0 and 2
+    assert model.config.pruned_heads == {0: [0, 1, 2], 1: [0, 2]}
+    model.save_pretrained(tmp_path / "slim", max_shard_size="20KB")
+    assert len(list((tmp_path / "slim").glob("*.safetensors"))) > 1, "the checkpoint should be sharded"
+    # transformers 4's format, which its from_pretrained re-applies: string layer keys, original head indices
+    assert json.loads((tmp_path / "slim" / "config.json").read_text())["pruned_heads"] == {"0": [0, 1, 2], "1": [0, 2]}
+    reloaded = load_model(str(tmp_path / "slim")).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**_inputs()).logits, model(**_inputs()).logits)
+    assert {k: v.shape for k, v in reloaded.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    reloaded.save_pretrained(tmp_path / "again")  # a reloaded model saves the same architecture and pruned heads
+    saved = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert saved["architectures"] == [type(model).__name__] and saved["pruned_heads"] == {"0": [0, 1, 2], "1": [0, 2]}
+
+
+@pytest.mark.skipif(not hasattr(PreTrainedModel, "prune_heads"), reason="transformers 5 has no prune_heads and no longer re-applies config.pruned_heads")
+def test_slimming_matches_transformers_4_prune_heads_and_its_from_pretrained_reloads_it(tmp_path):
+    model = _bert().eval()
+    slim(model, {0: [1], 1: [0, 2]}, {})
+    slim(model, {0: [0, 1]}, {})
+    reference = _bert().eval()
+    reference.prune_heads({0: [1], 1: [0, 2]})
+    reference.prune_heads({0: [0, 2]})  # prune_heads takes original indices
+    assert {k: sorted(v) for k, v in reference.config.pruned_heads.items()} == model.config.pruned_heads
+    for (name, ours), (_, theirs) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(ours, theirs), name
+    model.save_pretrained(tmp_path / "slim")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "slim").eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**_inputs()).logits, model(**_inputs()).logits)
+
+
+def test_slimming_keeps_the_dtype_and_a_bad_pruned_heads_is_a_one_line_error(tmp_path):
+    model = _bert().to(torch.bfloat16)
+    structured_prune(model, heads_fraction=0.5, ffn_fraction=0.25)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    model.save_pretrained(tmp_path / "slim")
+    assert {p.dtype for p in load_model(str(tmp_path / "slim"), dtype=torch.bfloat16).parameters()} == {torch.bfloat16}
+    config = json.loads((tmp_path / "slim" / "config.json").read_text())
+    (tmp_path / "slim" / "config.json").write_text(json.dumps({**config, "pruned_heads": {"9": [0]}}))
+    with pytest.raises(ModelError, match=r"pruned_heads names heads \[0\] of layer 9, but the model has 4 layers"):
+        load_model(str(tmp_path / "slim"))
+
+
+def test_uneven_heads_export_to_onnx(tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     from hfcompress.export import export_onnx
 
@@ -302,11 +352,9 @@ def test_uneven_heads_reload_and_export_to_onnx(tmp_path):
     assert report["intermediate_size"] == 48 and model.config.intermediate_size == 48
     model.save_pretrained(tmp_path / "slim")
     save_tiny_wordpiece_tokenizer(tmp_path / "slim", VOCAB)
-    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "slim").eval()
     inputs = _inputs()
     with torch.no_grad():
         expected = model(**inputs).logits
-        torch.testing.assert_close(reloaded(**inputs).logits, expected)
     onnx_file = export_onnx(tmp_path / "slim", tmp_path / "onnx")
     session = onnxruntime.InferenceSession(str(onnx_file))
     feed = {i.name: inputs.get(i.name, torch.zeros_like(inputs["input_ids"])).numpy() for i in session.get_inputs()}
@@ -338,7 +386,7 @@ def test_structured_callback_slims_gradually_and_resumes(tmp_path):
     for (name, p_ref), (_, p) in zip(ref_model.named_parameters(), model.named_parameters()):
         torch.testing.assert_close(p, p_ref, rtol=1e-5, atol=1e-6, msg=name)
     trainer.save_model(str(tmp_path / "final"))
-    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "final").eval()
+    reloaded = load_model(str(tmp_path / "final")).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**_inputs()).logits, model.eval()(**_inputs()).logits)
     assert json.loads((out / "out" / REPORT_FILE).read_text())["intermediate_size"] == 32
@@ -370,7 +418,7 @@ def test_prune_stage_with_and_without_training_and_pruning_callback_in_distill(t
     assert oneshot["global_sparsity"] == pytest.approx(0.6, abs=1e-4)
     assert assert_compression_summary(outputs["oneshot"], "magnitude").results["global_sparsity"] == oneshot["global_sparsity"]
     assert assert_compression_summary(outputs["slim"], "structured").tables[0]["columns"] == ["layer", "attention heads kept"]
-    slimmed = AutoModelForSequenceClassification.from_pretrained(outputs["slim"])
+    slimmed = load_model(str(outputs["slim"]))
     assert slimmed.config.intermediate_size == 32 and all(n == 3 for n in json.loads((outputs["slim"] / REPORT_FILE).read_text())["heads_kept"].values())
     sparse = json.loads((outputs["sparse_student"] / REPORT_FILE).read_text())
     assert sparse["pattern"] == "2:4" and sparse["global_sparsity"] == pytest.approx(0.5)

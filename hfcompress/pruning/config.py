@@ -96,7 +96,7 @@ class StructuredPruningConfig:
     heads_scope: Literal["per_layer", "global"] = field(
         default="per_layer",
         metadata={"help": "'per_layer': the same number of heads removed in every layer; 'global': ranked across layers "
-                  "(uneven heads, recorded in config.pruned_heads so from_pretrained re-applies them)."},
+                  "(uneven heads, recorded in config.pruned_heads: hfcompress's load_model, and transformers 4's from_pretrained, re-apply them)."},
     )
     schedule: Literal["one_shot", "cubic"] = field(
         default="one_shot", metadata={"help": "During training: mask everything at start_step, or grow the removed fraction with the cubic schedule."}

@@ -1,10 +1,15 @@
 """Structured pruning: remove attention heads and FFN neurons by importance, then slim the model physically.
 
 During training, removed heads/neurons are masked (their weights zeroed, like magnitude masks); at the
-end the model is slimmed: heads through transformers' ``prune_heads`` (recorded in
-``config.pruned_heads``, which ``from_pretrained`` re-applies), FFN neurons by cutting the two FFN
-Linear layers to the same number of neurons in every layer, so only ``intermediate_size`` changes.
-A masked head or neuron contributes exactly zero, so the slimmed model computes what the masked one did.
+end the model is slimmed: heads by cutting their rows from the query/key/value projections and their
+columns from the attention output projection, FFN neurons by cutting the two FFN Linear layers to the
+same number of neurons in every layer, so only ``intermediate_size`` changes. A masked head or neuron
+contributes exactly zero, so the slimmed model computes what the masked one did.
+
+The removed heads are recorded in ``config.pruned_heads`` ({layer: [original head indices]}), the
+format transformers 4 re-applies in ``from_pretrained``. Transformers 5 dropped head pruning and
+ignores the field, so :func:`hfcompress.modeling.load_model` gives the model those shapes itself
+(:func:`remove_recorded_heads`) before the weights load.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import torch
-from transformers.pytorch_utils import prune_linear_layer
+from torch import nn
 
 from ..errors import ModelError
 from ..targets import replace_module
@@ -37,12 +42,15 @@ class Block:
 
 
 # Module names inside a block, per layout; BERT covers RoBERTa, XLM-R, ELECTRA and other BERT-likes.
+# heads_attr/width_attr: the attention module's head count and q/k/v width (heads x head size), by the
+# names transformers 4.57 and 5.x both use; forward reads them to reshape.
 _LAYOUTS = {
     "bert": dict(q="attention.self.query", k="attention.self.key", v="attention.self.value", o="attention.output.dense",
                  fc_in="intermediate.dense", fc_out="output.dense", attention="attention.self", heads_attr="num_attention_heads",
-                 ffn_config="intermediate_size"),
+                 width_attr="all_head_size", ffn_config="intermediate_size"),
     "distilbert": dict(q="attention.q_lin", k="attention.k_lin", v="attention.v_lin", o="attention.out_lin",
-                       fc_in="ffn.lin1", fc_out="ffn.lin2", attention="attention", heads_attr="n_heads", ffn_config="hidden_dim"),
+                       fc_in="ffn.lin1", fc_out="ffn.lin2", attention="attention", heads_attr="n_heads", width_attr="dim",
+                       ffn_config="hidden_dim"),
 }
 
 
@@ -68,7 +76,7 @@ def check_supported(config, task) -> None:
 
 def blocks(model) -> list[Block]:
     layout, prefix, layers = _layout(model)
-    names = {k: v for k, v in layout.items() if k not in ("heads_attr", "ffn_config")}
+    names = {k: v for k, v in layout.items() if k not in ("heads_attr", "width_attr", "ffn_config")}
     return [Block(prefix=f"{prefix}.{i}", **{k: f"{prefix}.{i}.{v}" for k, v in names.items()}) for i in range(len(layers))]
 
 
@@ -196,32 +204,93 @@ def group_masks(model, heads: dict[int, list[int]], neurons: dict[int, list[int]
     return masks
 
 
+def recorded_heads(config) -> dict[int, list[int]]:
+    """``config.pruned_heads`` with int layer keys: the heads removed so far, by their original index ({} when none).
+
+    Transformers 4 turns the JSON's string keys back into ints when loading; transformers 5 no longer
+    knows the field and leaves them strings.
+    """
+    return {int(layer): sorted(heads) for layer, heads in (getattr(config, "pruned_heads", None) or {}).items() if heads}
+
+
+def check_recorded_heads(config) -> None:
+    """A ModelError, before a model is built, when ``config.pruned_heads`` names a layer or head the config does not have."""
+    layers, heads = config.num_hidden_layers, config.num_attention_heads
+    for layer, removed in recorded_heads(config).items():
+        if not 0 <= layer < layers or not set(removed) < set(range(heads)):
+            raise ModelError(
+                f"config.pruned_heads names heads {removed} of layer {layer}, but the model has {layers} layers of {heads} heads "
+                "and keeps at least one per layer: fix pruned_heads in config.json, or slim and save the model again"
+            )
+
+
+@torch.no_grad()
+def _kept_linear(layer: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
+    """A Linear with only the ``keep`` rows (``dim=0``, outputs) or columns (``dim=1``, inputs) of ``layer``, on its device and in its dtype.
+
+    (transformers' ``prune_linear_layer`` returns float32 layers, which would leave a bf16 model mixed.)
+    """
+    weight = layer.weight.index_select(dim, keep)
+    kept = nn.Linear(weight.shape[1], weight.shape[0], bias=layer.bias is not None, device=weight.device, dtype=weight.dtype)
+    kept.weight.copy_(weight)
+    if layer.bias is not None:
+        kept.bias.copy_(layer.bias if dim == 1 else layer.bias[keep])
+    return kept
+
+
+def _remove_heads(model, block: Block, removed: list[int]) -> None:
+    """Cut heads (current indices) out of a block: rows of q/k/v, columns of the output projection, and the head count."""
+    layout = _layout(model)[0]
+    heads, size = _heads_and_size(model, block)
+    kept = sorted(set(range(heads)) - set(removed))
+    keep = torch.tensor([h * size + i for h in kept for i in range(size)], device=model.get_submodule(block.q).weight.device)
+    for name in (block.q, block.k, block.v):
+        replace_module(model, name, _kept_linear(model.get_submodule(name), keep, dim=0))
+    replace_module(model, block.o, _kept_linear(model.get_submodule(block.o), keep, dim=1))
+    attention = model.get_submodule(block.attention)
+    setattr(attention, layout["heads_attr"], len(kept))
+    setattr(attention, layout["width_attr"], len(kept) * size)
+
+
 @torch.no_grad()
 def slim(model, heads: dict[int, list[int]], neurons: dict[int, list[int]]) -> None:
-    """Physically remove heads (current indices, per layer) and FFN neurons (the same count in every layer) in place."""
-    counts = {len(v) for v in neurons.values()}
-    if len(counts) > 1:
-        raise ModelError(f"remove the same number of FFN neurons in every layer (got {sorted(counts)}) so the config keeps one intermediate_size")
+    """Physically remove heads (current indices, per layer) and FFN neurons (the same count in every layer) in place.
+
+    The removed heads join ``config.pruned_heads`` by their original index, as transformers 4's ``prune_heads`` recorded them.
+    """
     layout = _layout(model)[0]
     block_list = blocks(model)
+    counts = {len(neurons.get(layer, [])) for layer in range(len(block_list))}
+    if len(counts) > 1:
+        raise ModelError(f"remove the same number of FFN neurons in every layer (got {sorted(counts)}) so the config keeps one intermediate_size")
     for layer, removed in neurons.items():
         if not removed:
             continue
         fc_in, fc_out = block_list[layer].fc_in, block_list[layer].fc_out
         fc_in_module = model.get_submodule(fc_in)
         keep = torch.tensor(sorted(set(range(fc_in_module.out_features)) - set(removed)), device=fc_in_module.weight.device)
-        replace_module(model, fc_in, prune_linear_layer(fc_in_module, keep, dim=0))
-        replace_module(model, fc_out, prune_linear_layer(model.get_submodule(fc_out), keep, dim=1))
+        replace_module(model, fc_in, _kept_linear(fc_in_module, keep, dim=0))
+        replace_module(model, fc_out, _kept_linear(model.get_submodule(fc_out), keep, dim=1))
         setattr(model.config, layout["ffn_config"], len(keep))
-    # prune_heads takes the heads' original indices; a model pruned before keeps the rest in order.
-    original = {}
+    recorded = recorded_heads(model.config)
     for layer, removed in heads.items():
         if removed:
-            already = set(model.config.pruned_heads.get(layer, []))
-            remaining = [h for h in range(model.config.num_attention_heads) if h not in already]
-            original[layer] = [remaining[h] for h in removed]
-    if original:
-        model.prune_heads(original)
+            remaining = [h for h in range(model.config.num_attention_heads) if h not in recorded.get(layer, [])]
+            _remove_heads(model, block_list[layer], removed)
+            recorded[layer] = sorted(recorded.get(layer, []) + [remaining[h] for h in removed])
+    if recorded:
+        model.config.pruned_heads = recorded
+
+
+@torch.no_grad()
+def remove_recorded_heads(model) -> None:
+    """Give a model just built from its config, with all heads, the attention shapes that ``config.pruned_heads`` records.
+
+    Transformers 4 does this itself while building the model; transformers 5 no longer does.
+    """
+    block_list = blocks(model)
+    for layer, removed in recorded_heads(model.config).items():
+        _remove_heads(model, block_list[layer], removed)
 
 
 def structure_report(model, config: Optional[StructuredPruningConfig] = None, params_before: Optional[int] = None) -> dict:
@@ -234,7 +303,7 @@ def structure_report(model, config: Optional[StructuredPruningConfig] = None, pa
         "heads_fraction": config.heads_fraction if config else None,
         "ffn_fraction": config.ffn_fraction if config else None,
         "heads_kept": {i: _heads_and_size(model, b)[0] for i, b in enumerate(blocks(model))},
-        "pruned_heads": {int(k): sorted(v) for k, v in (model.config.pruned_heads or {}).items()},
+        "pruned_heads": recorded_heads(model.config),
         "intermediate_size": getattr(model.config, layout["ffn_config"]),
         "num_parameters_before": params_before,
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
