@@ -176,6 +176,19 @@ def with_recorded_heads(auto_class, config) -> type:
     return _WITH_RECORDED_HEADS[base]
 
 
+def empty_model(config, task: str | Task = DEFAULT_TASK) -> PreTrainedModel:
+    """The model ``load_model`` builds for ``config``, without weights (on the meta device): its module names and shapes."""
+    from accelerate import init_empty_weights
+
+    from .pruning.structured import recorded_heads, remove_recorded_heads
+
+    with init_empty_weights():
+        model = get_task(task).auto_class().from_config(config)
+        if recorded_heads(config) and not TRANSFORMERS_REMOVES_PRUNED_HEADS:
+            remove_recorded_heads(model)
+    return model
+
+
 def load_checkpoint(name_or_path: str, task: Optional[str | Task] = None, trust_remote_code: bool = False):
     """``(model, tokenizer, task)`` of a checkpoint; the task is inferred from its config when not given."""
     tokenizer = load_tokenizer(name_or_path, trust_remote_code)

@@ -35,7 +35,7 @@ from hfcompress.pruning import magnitude_prune, sparsity_of, structured_prune
 from hfcompress.pruning.magnitude import magnitude_masks, prunable_weights
 from hfcompress.pruning.masks import MASKS_FILE, REPORT_FILE, apply_masks
 from hfcompress.pruning.schedules import Schedule, cubic_sparsity
-from hfcompress.modeling import load_model
+from hfcompress.modeling import empty_model, load_config, load_model
 from hfcompress.pruning.structured import group_masks, importance_scores, select_removed, slim
 from tests.conftest import assert_compression_summary, save_tiny_wordpiece_tokenizer, tiny_bert_config
 
@@ -307,7 +307,9 @@ def test_slimmed_checkpoint_reloads_through_load_model_with_identical_logits(mak
     reloaded = load_model(str(tmp_path / "slim")).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(**_inputs()).logits, model(**_inputs()).logits)
-    assert {k: v.shape for k, v in reloaded.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in reloaded.state_dict().items()} == shapes
+    assert {k: v.shape for k, v in empty_model(load_config(str(tmp_path / "slim"))).state_dict().items()} == shapes  # bnb's skeleton
     reloaded.save_pretrained(tmp_path / "again")  # a reloaded model saves the same architecture and pruned heads
     saved = json.loads((tmp_path / "again" / "config.json").read_text())
     assert saved["architectures"] == [type(model).__name__] and saved["pruned_heads"] == {"0": [0, 1, 2], "1": [0, 2]}

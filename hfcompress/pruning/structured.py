@@ -68,10 +68,9 @@ def _layout(model) -> tuple[dict, str, list]:
 
 def check_supported(config, task) -> None:
     """Pre-flight: a ModelError now, before any stage trains, when a model of ``config`` has no layout structured pruning knows."""
-    from accelerate import init_empty_weights
+    from ..modeling import empty_model
 
-    with init_empty_weights():
-        _layout(task.auto_class().from_config(config))
+    _layout(empty_model(config, task))
 
 
 def blocks(model) -> list[Block]:

@@ -16,7 +16,7 @@ from typing import Literal, Optional
 import torch
 
 from ..errors import ConfigError
-from ..modeling import load_model, load_tokenizer
+from ..modeling import empty_model, load_model, load_tokenizer
 from ..tasks import get_task, task_of
 from ..utils.io import atomic_output_dir
 from .config import write_quantization_report
@@ -77,11 +77,9 @@ def cpu_4bit_skip_modules(model_config, task, skip_modules: Optional[list[str]])
     Every such layer is kept on every CPU, not only where AVX-512 would fail on it, so a 4-bit
     checkpoint behaves the same on every machine it is loaded on.
     """
-    from accelerate import init_empty_weights
     from transformers.integrations import get_keys_to_not_convert
 
-    with init_empty_weights():
-        skeleton = task.auto_class().from_config(model_config)
+    skeleton = empty_model(model_config, task)  # a slimmed checkpoint's narrower attention layers included
     kept = list(skip_modules) if skip_modules is not None else get_keys_to_not_convert(skeleton)
     misfits = [
         name for name, module in skeleton.named_modules()
