@@ -16,7 +16,7 @@ import numpy as np
 
 from ..artifacts import PARITY_FILE  # noqa: F401  (re-exported: callers and tests import it from here)
 from ..errors import HFCompressError
-from ..tasks import TextInput, tokenize_inputs
+from ..tasks import Task, TextInput, task_of, tokenize_inputs
 
 
 # Real sentences of different lengths and styles, used when no texts or dataset are given.
@@ -59,21 +59,6 @@ def parity_batch(tokenizer, texts: Sequence[TextInput], batch_size: int, length:
     return {name: np.asarray(value) for name, value in encoded.items()}
 
 
-def onnx_feeds(batch: dict[str, np.ndarray], input_names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The inputs an ONNX graph asks for, from a tokenized batch (zeros for absent token types, positions from the mask)."""
-    feeds = {}
-    for name in input_names:
-        if name in batch:
-            feeds[name] = batch[name].astype(np.int64)
-        elif name == "token_type_ids":
-            feeds[name] = np.zeros_like(batch["input_ids"], dtype=np.int64)
-        elif name == "position_ids":
-            feeds[name] = np.clip(np.cumsum(batch["attention_mask"], -1) - 1, 0, None).astype(np.int64)
-        else:
-            raise ParityError(f"the ONNX model needs an input '{name}' that a tokenizer does not give: check the exported task")
-    return feeds
-
-
 def check_parity(
     model,
     onnx_path: str | os.PathLike,
@@ -82,15 +67,18 @@ def check_parity(
     batch_sizes: Sequence[int] = (1, 4),
     sequence_lengths: Sequence[int] = (16, 128),
     atol: float = 1e-4,
+    task: Optional[Task] = None,
 ) -> dict:
     """Compare ``model`` (PyTorch) with ``onnx_path`` (ONNX Runtime, CPU) at every batch size x length.
 
-    Returns ``{"max_abs_diff", "tolerance", "passed", "checks": [{"batch_size", "sequence_length", "max_abs_diff"}]}``;
+    Both get the same inputs: the graph's, with those a tokenizer does not give derived by ``task``
+    (default: the model's). Returns ``{"max_abs_diff", "tolerance", "passed", "checks": [{"batch_size", "sequence_length", "max_abs_diff"}]}``;
     lengths beyond the model's maximum are capped to it.
     """
     import onnxruntime as ort
     import torch
 
+    task = task or task_of(model)
     texts = list(texts or DEFAULT_PARITY_TEXTS)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2-style tokenizers have no pad token
@@ -104,7 +92,7 @@ def check_parity(
     checks = []
     for length in sorted({min(length, max_length) for length in sequence_lengths}):
         for batch_size in batch_sizes:
-            feeds = onnx_feeds(parity_batch(tokenizer, texts, batch_size, length), input_names)
+            feeds = task.onnx_feeds(parity_batch(tokenizer, texts, batch_size, length), input_names)
             onnx_outputs = dict(zip(output_names, session.run(None, feeds)))
             with torch.no_grad():
                 torch_outputs = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})

@@ -35,7 +35,8 @@ class Task:
 
     ``name`` is the Hub's pipeline tag and Optimum's export task; ``auto_model`` and ``ort_model``
     name the transformers and ``optimum.onnxruntime`` classes; ``architecture_suffixes`` recognise
-    a checkpoint's task from ``config.architectures``.
+    a checkpoint's task from ``config.architectures``; ``onnx_inputs`` are the inputs its ONNX graph
+    may take, in the order Optimum's exporter gives them (see :meth:`onnx_input_names`).
     """
 
     name: str
@@ -48,6 +49,7 @@ class Task:
     per_token: bool = True  # one prediction per token (False: one per example)
     label_shift: int = 0  # causal LMs predict the next token: labels are shifted by one
     pre_split_words: bool = False  # the text column holds lists of words (tokenized with is_split_into_words)
+    onnx_inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
 
     @property
     def pipeline_tag(self) -> str:
@@ -112,18 +114,48 @@ class Task:
     def calibration_features(self, rows, tokenizer, cfg: DataConfig, input_names: Sequence[str]) -> dict:
         """Static-quantization calibration batch: the graph's inputs only, padded to the longest row."""
         self.prepare_tokenizer(tokenizer)
-        enc = dict(self.tokenize_rows(rows, tokenizer, cfg, padding="longest"))
-        enc.update(self.derived_inputs(enc))
-        missing = [n for n in input_names if n not in enc]
+        enc = self.tokenize_rows(rows, tokenizer, cfg, padding="longest")
+        return {name: value.tolist() for name, value in self.onnx_feeds(enc, input_names).items()}
+
+    # --- ONNX graphs --------------------------------------------------------------------------
+
+    def onnx_input_names(self, model, tokenizer) -> list[str]:
+        """The inputs of ``model``'s exported graph for this task: the names and order Optimum's exporter gives.
+
+        Of :attr:`onnx_inputs`, those ``model.forward`` takes; segment ids (``token_type_ids``) only
+        where the tokenizer produces them and the model embeds more than one segment type, which is
+        how Optimum's per-architecture configs decide (BERT, ALBERT, ELECTRA: yes; RoBERTa,
+        DistilBERT, DeBERTa-v3, GPT-2: no).
+        """
+        import inspect
+
+        accepted = inspect.signature(model.forward).parameters
+        names = [name for name in self.onnx_inputs if name in accepted]
+        takes_segments = "token_type_ids" in tokenizer.model_input_names and getattr(model.config, "type_vocab_size", 0) > 1
+        return [name for name in names if name != "token_type_ids" or takes_segments]
+
+    def onnx_feeds(self, batch, input_names: Sequence[str]) -> dict:
+        """The int64 arrays an ONNX graph of this task asks for, from a tokenized batch (lists, arrays or CPU tensors).
+
+        Inputs a tokenizer does not give are derived as the runtime would (:meth:`derived_inputs`).
+        """
+        import numpy as np
+
+        given = {name: np.asarray(value, dtype=np.int64) for name, value in batch.items() if name in input_names}
+        if len(given) < len(input_names):
+            given = {**self.derived_inputs(given), **given}
+        missing = [name for name in input_names if name not in given]
         if missing:
             from ..errors import ModelError
 
             raise ModelError(f"the ONNX graph needs inputs {missing} that the tokenizer does not produce: re-export the model with its own tokenizer")
-        return {n: enc[n] for n in input_names}
+        return {name: given[name] for name in input_names}
 
     def derived_inputs(self, encoding: dict) -> dict:
-        """Graph inputs that the runtime computes from the tokenizer's (none for encoders)."""
-        return {}
+        """Graph inputs computed from the tokenizer's arrays: one segment (zero token types), as ORTModel fills them."""
+        import numpy as np
+
+        return {"token_type_ids": np.zeros_like(encoding["input_ids"])}
 
     # --- predictions --------------------------------------------------------------------------
 

@@ -1,4 +1,9 @@
-"""Causal language modelling: next-token prediction, scored by loss and perplexity."""
+"""Causal language modelling: next-token prediction, scored by loss and perplexity.
+
+Its ONNX graph is Optimum's non-"with-past" decoder: input ids, attention mask and position ids in,
+logits over the vocabulary out, with no KV cache. Decoders that take and return past key values
+are out of scope until the generative-LM issue adds them.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +30,11 @@ class TextGenerationTask(Task):
         return DataCollatorForLanguageModeling(tokenizer, mlm=False)
 
     def derived_inputs(self, encoding: dict) -> dict:
-        """Position ids as ORTModelForCausalLM computes them: running count of attended tokens (1 where padded)."""
+        """Position ids as ``generate`` computes them: running count of attended tokens (1 where padded)."""
         import numpy as np
 
         mask = np.asarray(encoding["attention_mask"], dtype=np.int64)
-        return {"position_ids": np.where(mask == 0, 1, mask.cumsum(-1) - 1).tolist()}
+        return {**super().derived_inputs(encoding), "position_ids": np.where(mask == 0, 1, mask.cumsum(-1) - 1)}
 
     def ort_load_kwargs(self) -> dict:
         return {"use_cache": False, "use_io_binding": False}  # the exported graph has no past key values
@@ -63,4 +68,5 @@ TEXT_GENERATION = TextGenerationTask(
     default_metrics=(),
     has_labels=False,
     label_shift=1,
+    onnx_inputs=("input_ids", "attention_mask", "position_ids"),
 )
