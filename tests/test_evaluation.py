@@ -212,3 +212,26 @@ def test_compression_report_rejects_bad_rows(rows, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         write_compression_report(rows, tmp_path / "r", "t")
     assert not (tmp_path / "r").exists()
+
+
+def test_without_optimum_onnx_runs_in_a_plain_session_with_the_same_results(sparse_teacher_dir, onnx_dir, sst2_data, tokenizer, monkeypatch):
+    """Where optimum-onnx is missing (transformers 5), ONNX models load as OnnxRuntimeModel: same logits, metrics and footprint."""
+    import hfcompress.evaluation.runtime as runtime
+    from transformers import AutoModelForSequenceClassification
+
+    expected = evaluate_model(onnx_dir, sst2_data, batch_size=8)  # ORTModel with Optimum, the plain session without
+    monkeypatch.setattr(runtime, "optimum_onnx_missing", lambda: "optimum-onnx is not installed")
+    session = load_ort_model(onnx_dir, threads=1)
+    assert isinstance(session, runtime.OnnxRuntimeModel) and runtime.is_ort_model(session) and session.path == onnx_dir / "model.onnx"
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    model = AutoModelForSequenceClassification.from_pretrained(sparse_teacher_dir).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(session(**batch).logits, model(**batch).logits, atol=1e-4, rtol=0)
+    # token types are the one input a tokenizer may leave out: zeros, as ORTModel fills them
+    without_types = {k: v for k, v in batch.items() if k != "token_type_ids"}
+    torch.testing.assert_close(session(**without_types).logits, session(**batch).logits)
+    assert evaluate_model(onnx_dir, sst2_data, batch_size=8) == expected
+    assert evaluate_model(session, sst2_data, batch_size=8, tokenizer=tokenizer)["accuracy"] == expected["accuracy"]
+    assert runtime.model_source_path(session) == onnx_dir / "model.onnx"
+    with pytest.raises(ConfigError, match="uses 1 threads, not 2"):
+        measure_latency(session, onnx_dir, SENTENCES, threads=2)

@@ -1,26 +1,56 @@
 """Loading a model for inference in PyTorch or ONNX Runtime, by path, Hub id or as an object.
 
 A directory holding an ``.onnx`` file (as written by ``hfcompress export`` or Optimum) runs through
-``optimum.onnxruntime``'s ORTModelFor<Task> classes; anything else through Transformers.
+``optimum.onnxruntime``'s ORTModelFor<Task> classes where optimum-onnx is installed, and through
+:class:`OnnxRuntimeModel`, a plain ONNX Runtime session, where it is not (transformers 5); anything
+else through Transformers.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Literal, Optional
 
 from ..errors import ConfigError, ModelError
 from ..modeling import load_config, load_model
 from ..tasks import Task, get_task, task_of
+from ..utils.imports import optimum_onnx_missing
 
 Backend = Literal["auto", "pytorch", "onnx"]
 BACKENDS = ("auto", "pytorch", "onnx")
 
-def is_ort_model(model) -> bool:
-    from optimum.onnxruntime import ORTModel
 
-    return isinstance(model, ORTModel)
+class OnnxRuntimeModel:
+    """An exported model in an ONNX Runtime session, called like a Transformers model; what loads ONNX without Optimum.
+
+    It takes a tokenizer's batch (torch tensors or arrays) and feeds the inputs the graph declares,
+    deriving those a tokenizer does not give (position ids, zero token types) as ORTModel does; it
+    returns every graph output as a torch tensor in a ``ModelOutput`` (``.logits``). ``path``,
+    ``config``, ``session`` and ``input_names`` are those of an ORTModel.
+    """
+
+    def __init__(self, path: Path, config, task: Task, session_options=None):
+        import onnxruntime as ort
+
+        self.path, self.config, self.task = path, config, task
+        self.session = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, **inputs):
+        import torch
+        from transformers.modeling_outputs import ModelOutput
+
+        outputs = self.session.run(None, self.task.onnx_feeds(inputs, self.input_names))
+        return ModelOutput(**{name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs)})
+
+
+def is_ort_model(model) -> bool:
+    """An ONNX Runtime model: hfcompress's own, or an ORTModel (which exists only once Optimum is imported)."""
+    optimum_ort = sys.modules.get("optimum.onnxruntime")
+    return isinstance(model, OnnxRuntimeModel) or (optimum_ort is not None and isinstance(model, optimum_ort.ORTModel))
 
 
 def onnx_files(directory: str | os.PathLike) -> list[Path]:
@@ -73,7 +103,10 @@ def ort_session_options(threads: Optional[int] = None):
 
 
 def load_ort_model(directory: str | os.PathLike, task: Optional[str | Task] = None, onnx_file: Optional[str] = None, threads: Optional[int] = None):
-    """ORTModelFor<Task> for an exported directory (it needs the config.json that export writes beside the .onnx)."""
+    """An exported directory ready to run (it needs the config.json that export writes beside the .onnx).
+
+    Optimum's ORTModelFor<Task> where optimum-onnx is installed, else an :class:`OnnxRuntimeModel`: the same logits.
+    """
     from transformers import AutoConfig
 
     directory = Path(directory)
@@ -82,9 +115,10 @@ def load_ort_model(directory: str | os.PathLike, task: Optional[str | Task] = No
     except (OSError, ValueError) as e:
         raise ModelError(f"'{directory}' has an ONNX file but no readable config.json: re-export it with hfcompress export") from e
     task = get_task(task) if task is not None else task_of(config)
-    return task.ort_class().from_pretrained(
-        directory, file_name=onnx_file_name(directory, onnx_file), session_options=ort_session_options(threads), **task.ort_load_kwargs()
-    )
+    file_name = onnx_file_name(directory, onnx_file)
+    if optimum_onnx_missing() is not None:
+        return OnnxRuntimeModel(directory / file_name, config, task, ort_session_options(threads))
+    return task.ort_class().from_pretrained(directory, file_name=file_name, session_options=ort_session_options(threads), **task.ort_load_kwargs())
 
 
 def load_for_inference(model, task: Optional[str | Task] = None, backend: str = "auto", onnx_file: Optional[str] = None, threads: Optional[int] = None):
