@@ -71,7 +71,7 @@ def _cmd_export(args) -> int:
     )
     parity = json.loads((path.parent / PARITY_FILE).read_text())
     for name, result in parity["files"].items():
-        print(f"{path.parent / name}: parity max abs diff {result['max_abs_diff']:.3g} (atol {result['tolerance']:g}) over {len(result['checks'])} shapes")
+        print(f"{path.parent / name} ({parity['backend']} exporter): parity max abs diff {result['max_abs_diff']:.3g} (atol {result['tolerance']:g}) over {len(result['checks'])} shapes")
     return 0
 
 
@@ -333,7 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("model", help="Checkpoint directory or Hub id.")
     ex.add_argument("--output", required=True, help=f"Output directory (model.onnx, config, tokenizer, {PARITY_FILE}).")
     ex.add_argument("--task", default=None, choices=task_names(), help="The model's task; default: inferred from its architecture.")
-    ex.add_argument("--backend", default="optimum", choices=["optimum", "dynamo"], help="Exporter: Optimum's main_export or torch.onnx.export(dynamo=True).")
+    ex.add_argument(
+        "--backend", default="auto", choices=["auto", "optimum", "dynamo"],
+        help="Exporter: Optimum's main_export, torch.onnx.export(dynamo=True), or auto: Optimum where optimum-onnx is installed, else dynamo.",
+    )
     ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
     ex.add_argument("--optimize", default=None, choices=["O1", "O2", "O3", "O4"], help="Also write model_optimized.onnx with ORTOptimizer at this level (O4 needs a GPU).")
     ex.add_argument("--atol", type=float, default=1e-4, help="Largest allowed absolute difference of the outputs.")

@@ -1,4 +1,7 @@
-"""ONNX export with parity: BERT-, DistilBERT-, RoBERTa- and GPT-2-shaped tiny models, both backends, ORTOptimizer, errors, CLI and recipe stage."""
+"""ONNX export with parity: BERT-, DistilBERT-, RoBERTa- and GPT-2-shaped tiny models, both backends and their graphs, ORTOptimizer, errors, CLI and recipe stage.
+
+Tests of Optimum's exporter are marked ``requires_optimum``; the dynamo exporter's run everywhere.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 import torch
 
 from hfcompress.errors import ConfigError
-from hfcompress.export import ParityError, export_onnx
+from hfcompress.export import ExportConfig, ParityError, export_onnx, graph_signature
 from hfcompress.export.parity import DEFAULT_PARITY_TEXTS, PARITY_FILE
 
 
@@ -26,7 +29,7 @@ def _bpe_files(directory: Path) -> tuple[str, str]:
 
 
 def _tiny_checkpoint(arch: str, directory: Path, minilm_tokenizer) -> Path:
-    """A tiny random model of ``arch`` with a matching tokenizer, saved to ``directory``."""
+    """A tiny random model of ``arch`` (``bert-tokens``: BERT with a token-classification head) with a matching tokenizer, saved to ``directory``."""
     import transformers as tf
 
     torch.manual_seed(0)
@@ -34,6 +37,9 @@ def _tiny_checkpoint(arch: str, directory: Path, minilm_tokenizer) -> Path:
     if arch == "bert":
         tokenizer = minilm_tokenizer
         model = tf.BertForSequenceClassification(tf.BertConfig(vocab_size=tokenizer.vocab_size, **small))
+    elif arch == "bert-tokens":
+        tokenizer = minilm_tokenizer
+        model = tf.BertForTokenClassification(tf.BertConfig(vocab_size=tokenizer.vocab_size, num_labels=5, **small))
     elif arch == "distilbert":
         tokenizer = tf.DistilBertTokenizerFast.from_pretrained(minilm_tokenizer.name_or_path)
         config = tf.DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=160)
@@ -54,15 +60,17 @@ def _tiny_checkpoint(arch: str, directory: Path, minilm_tokenizer) -> Path:
 
 ARCHS = ["bert", "distilbert", "roberta", "gpt2"]
 # The dynamo exporter traces the model with torch.export, which takes tens of seconds per model on 2 cores.
-CASES = [pytest.param(arch, "optimum", id=f"{arch}-optimum") for arch in ARCHS] + [
+CASES = [pytest.param(arch, "optimum", id=f"{arch}-optimum", marks=pytest.mark.requires_optimum) for arch in ARCHS] + [
     pytest.param(arch, "dynamo", id=f"{arch}-dynamo", marks=[] if arch == "bert" else pytest.mark.slow) for arch in ARCHS
 ]
+BACKENDS = [pytest.param("optimum", marks=pytest.mark.requires_optimum), "dynamo"]
 
 
 @pytest.mark.parametrize("arch, backend", CASES)
-def test_export_matches_pytorch_and_loads_in_ortmodel(arch, backend, tmp_path, tokenizer):
+def test_export_matches_pytorch_and_loads_in_onnx_runtime(arch, backend, tmp_path, tokenizer):
     from transformers import AutoConfig
 
+    from hfcompress.evaluation import load_ort_model
     from hfcompress.modeling import load_model
     from hfcompress.tasks import task_of
 
@@ -78,7 +86,7 @@ def test_export_matches_pytorch_and_loads_in_ortmodel(arch, backend, tmp_path, t
 
     task = task_of(AutoConfig.from_pretrained(checkpoint))
     model = load_model(str(checkpoint), task)
-    ort_model = task.ort_class().from_pretrained(out, **task.ort_load_kwargs())
+    ort_model = load_ort_model(out)  # Optimum's ORTModel where it is installed, else hfcompress's ONNX Runtime session
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(out)
@@ -106,9 +114,22 @@ def test_optimized_graph_is_checked_too(tiny_teacher_dir, tmp_path):
     assert {"Attention", "SkipLayerNormalization"} & ops  # the transformer fusions of O2 happened
 
 
-def test_disagreeing_export_is_an_error_and_leaves_nothing(tiny_teacher_dir, tmp_path, monkeypatch, tokenizer):
-    """An exporter that writes another model's graph (here: other random weights) must fail the parity check."""
+def _export_other_weights(monkeypatch, backend: str, other: Path) -> None:
+    """Make ``backend``'s exporter write the graph of ``other`` (the same architecture, other random weights)."""
     import hfcompress.export.onnx as onnx_module
+    from hfcompress.modeling import load_model
+
+    if backend == "optimum":
+        real = onnx_module._export_optimum
+        monkeypatch.setattr(onnx_module, "_export_optimum", lambda model_dir, out, task, opset: real(other, out, task, opset))
+    else:
+        real, other_model = onnx_module._export_dynamo, load_model(str(other), "text-classification")
+        monkeypatch.setattr(onnx_module, "_export_dynamo", lambda model, tok, task, out, opset: real(other_model, tok, task, out, opset))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_disagreeing_export_is_an_error_and_leaves_nothing(backend, tiny_teacher_dir, tmp_path, monkeypatch, tokenizer):
+    """An exporter that writes another model's graph (here: other random weights) must fail the parity check."""
     from transformers import BertForSequenceClassification
 
     from conftest import tiny_bert_config
@@ -117,20 +138,85 @@ def test_disagreeing_export_is_an_error_and_leaves_nothing(tiny_teacher_dir, tmp
     torch.manual_seed(1)
     BertForSequenceClassification(tiny_bert_config(tokenizer.vocab_size)).save_pretrained(other)
     tokenizer.save_pretrained(other)
-    real_export = onnx_module._export_optimum
-    monkeypatch.setattr(onnx_module, "_export_optimum", lambda model_dir, out, task, opset: real_export(other, out, task, opset))
     out = tmp_path / "onnx"
-    with pytest.raises(ParityError, match=r"disagrees with PyTorch: max abs diff .* exceeds atol 0.0001; nothing was written"):
-        export_onnx(tiny_teacher_dir, out, sequence_lengths=[8])
+    with monkeypatch.context() as patch:
+        _export_other_weights(patch, backend, other)
+        with pytest.raises(ParityError, match=rf"the {backend} export model.onnx .* disagrees with PyTorch: max abs diff .* exceeds atol 0.0001; nothing was written"):
+            export_onnx(tiny_teacher_dir, out, backend=backend, sequence_lengths=[8])
     assert not out.exists() and not list(tmp_path.glob(".onnx.tmp-*"))
     # an earlier good export stays in place when a new one fails
-    monkeypatch.setattr(onnx_module, "_export_optimum", real_export)
-    export_onnx(tiny_teacher_dir, out, sequence_lengths=[8])
+    export_onnx(tiny_teacher_dir, out, backend=backend, sequence_lengths=[8])
     stamp = (out / "model.onnx").stat().st_mtime_ns
-    monkeypatch.setattr(onnx_module, "_export_optimum", lambda model_dir, o, task, opset: real_export(other, o, task, opset))
+    _export_other_weights(monkeypatch, backend, other)
     with pytest.raises(ParityError):
-        export_onnx(tiny_teacher_dir, out, sequence_lengths=[8], overwrite=True)
+        export_onnx(tiny_teacher_dir, out, backend=backend, sequence_lengths=[8], overwrite=True)
     assert (out / "model.onnx").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("missing, resolved", [(None, "optimum"), ("optimum-onnx is not installed", "dynamo")])
+def test_auto_backend_is_optimum_where_it_is_installed_else_dynamo(missing, resolved, monkeypatch):
+    import hfcompress.export.onnx as onnx_module
+
+    monkeypatch.setattr(onnx_module, "optimum_onnx_missing", lambda: missing)
+    assert ExportConfig().backend == "auto" and ExportConfig().resolved_backend == resolved
+    assert ExportConfig(backend="dynamo").resolved_backend == "dynamo"
+
+
+def test_optimum_backend_without_optimum_is_a_config_error_naming_the_fix(tiny_teacher_dir, tmp_path, monkeypatch):
+    import hfcompress.export.onnx as onnx_module
+
+    reason = 'optimum-onnx is not installed (pip install -e ".[optimum]" -c constraints-optimum.txt, on transformers 4.57)'
+    monkeypatch.setattr(onnx_module, "optimum_onnx_missing", lambda: reason)
+    with pytest.raises(ConfigError, match=r"export backend 'optimum' needs Optimum, but optimum-onnx is not installed \(pip install .*\); or use backend 'dynamo'"):
+        export_onnx(tiny_teacher_dir, tmp_path / "out", backend="optimum")
+    assert not (tmp_path / "out").exists()
+
+
+# The graphs Optimum's exporter (optimum-onnx 0.1.0) gives these tiny models: what the dynamo export must give too.
+OPTIMUM_INPUTS = {
+    "bert": ["input_ids", "attention_mask", "token_type_ids"],
+    "bert-tokens": ["input_ids", "attention_mask", "token_type_ids"],
+    "distilbert": ["input_ids", "attention_mask"],
+    "roberta": ["input_ids", "attention_mask"],  # RoBERTa's tokenizer gives no token types, so Optimum's graph takes none
+    "gpt2": ["input_ids", "attention_mask", "position_ids"],  # text-generation without past key values
+}
+SIGNATURE_ARCHS = [pytest.param(arch, marks=[] if arch in ("bert", "bert-tokens", "gpt2") else pytest.mark.slow) for arch in OPTIMUM_INPUTS]
+
+
+def _optimum_signature(arch: str, checkpoint: Path) -> dict:
+    """Every input (batch_size, sequence_length); logits (batch_size, labels) per example, (batch_size, sequence_length, width) per token."""
+    from transformers import AutoConfig
+
+    from hfcompress.tasks import task_of
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    task = task_of(config)
+    logits = ["batch_size", "sequence_length", task.output_size(config)] if task.per_token else ["batch_size", config.num_labels]
+    return {"inputs": [(name, ["batch_size", "sequence_length"]) for name in OPTIMUM_INPUTS[arch]], "outputs": [("logits", logits)]}
+
+
+@pytest.mark.parametrize("arch", SIGNATURE_ARCHS)
+def test_dynamo_graph_has_the_signature_of_optimums(arch, tmp_path, tokenizer):
+    """Same input and output names, order and dynamic axes as Optimum's graph of the same task (each task has a case)."""
+    checkpoint = _tiny_checkpoint(arch, tmp_path, tokenizer)
+    onnx_path = export_onnx(checkpoint, tmp_path / "onnx", backend="dynamo", batch_sizes=[2], sequence_lengths=[8])
+    assert graph_signature(onnx_path) == _optimum_signature(arch, checkpoint)
+
+
+@pytest.mark.requires_optimum
+@pytest.mark.parametrize("arch", SIGNATURE_ARCHS)
+def test_optimum_graph_has_the_recorded_signature(arch, tmp_path, tokenizer):
+    """The table above is Optimum's: with the test before, the two exporters' graphs are interchangeable."""
+    checkpoint = _tiny_checkpoint(arch, tmp_path, tokenizer)
+    onnx_path = export_onnx(checkpoint, tmp_path / "onnx", backend="optimum", batch_sizes=[2], sequence_lengths=[8])
+    assert graph_signature(onnx_path) == _optimum_signature(arch, checkpoint)
+
+
+def test_every_task_has_a_signature_case():
+    from hfcompress.tasks import TASKS, task_of
+
+    archs = {"bert": "BertForSequenceClassification", "bert-tokens": "BertForTokenClassification", "gpt2": "GPT2LMHeadModel"}
+    assert {task_of({"architectures": [archs[a]]}).name for a in archs} == set(TASKS)
 
 
 @pytest.mark.parametrize(
@@ -204,19 +290,26 @@ def test_recipe_exports_and_reports(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
     assert (outputs["evaluation"] / "compression_report.png").exists() and (outputs["evaluation"] / "compression_report.md").exists()
 
 
-def test_bench_export_script_smoke(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
+def _load_bench_export():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_export", Path(__file__).resolve().parents[1] / "scripts" / "bench_export.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bench_export_script_smoke(backend, tiny_teacher_dir, tiny_sst2_dir, tmp_path):
+    bench = _load_bench_export()
     out = tmp_path / "results" / "export_smoke"
-    args = ["--teacher", str(tiny_teacher_dir), "--student", "", "--data", str(tiny_sst2_dir), "--backends", "optimum",
+    args = ["--teacher", str(tiny_teacher_dir), "--student", "", "--data", str(tiny_sst2_dir), "--backends", backend,
             "--optimize", "none", "--latency-samples", "4", "--batch-sizes", "1", "2", "--repeats", "1", "--warmup", "1",
             "--work-dir", str(tmp_path / "work"), "--output", str(out)]
     assert bench.main(args) == 0
     report = json.loads(out.with_suffix(".json").read_text())
-    assert [r["name"] for r in report["rows"]] == ["teacher PyTorch", "teacher ONNX optimum"]
+    assert [r["name"] for r in report["rows"]] == ["teacher PyTorch", f"teacher ONNX {backend}"]
     assert report["rows"][1]["accuracy"] == report["rows"][0]["accuracy"] and report["parity"][0]["passed"]
     markdown = out.with_suffix(".md").read_text()
     assert "## Parity" in markdown and "scripts/bench_export.py --teacher" in markdown
+

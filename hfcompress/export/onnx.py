@@ -1,15 +1,19 @@
 """ONNX export with a parity check: Optimum's exporter, or ``torch.onnx.export`` with the dynamo exporter.
 
+Backend ``auto`` uses Optimum's exporter where optimum-onnx is installed (the transformers 4.57
+stack) and the dynamo exporter elsewhere; both give each task's graph the same input and output
+names and dynamic axes, so what reads the graph afterwards does not depend on the exporter.
+
 Every export is compared with the PyTorch model on real sentences at several batch sizes and
 sequence lengths (``parity.json``); a model that exports but disagrees beyond the tolerance is a
 :class:`ParityError` and leaves nothing at the output path. The output directory also holds the
-config and tokenizer, so ``optimum.onnxruntime.ORTModelFor<Task>.from_pretrained(dir)`` loads it.
+config and tokenizer, so ``optimum.onnxruntime.ORTModelFor<Task>.from_pretrained(dir)`` loads it, and
+:func:`hfcompress.evaluation.load_ort_model` with or without Optimum.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +28,14 @@ from ..modeling import load_model, load_tokenizer
 from ..artifacts import PARITY_FILE, QAT_RANGES_FILE
 from ..quantization.config import write_quantization_report
 from ..quantization.qat import read_quantization_json
+from ..utils.imports import optimum_onnx_missing
 from ..utils.hashing import file_sha256, weights_sha256
 from ..utils.io import atomic_output_dir, atomic_write_json
 from .optimize import OptimizationLevel, check_level, optimize_onnx
 from ..tasks import TASKS, get_task, task_names, task_of
 from .parity import check_parity, raise_on_mismatch
 
-EXPORT_BACKENDS = ("optimum", "dynamo")
+EXPORT_BACKENDS = ("auto", "optimum", "dynamo")
 
 
 @dataclass
@@ -38,9 +43,9 @@ class ExportConfig:
     """How to export a checkpoint to ONNX and how closely it must match PyTorch."""
 
     task: Optional[str] = field(default=None, metadata={"help": f"One of {list(task_names())}; inferred from the config when not given."})
-    backend: Literal["optimum", "dynamo"] = field(
-        default="optimum",
-        metadata={"help": "'optimum' (optimum.exporters.onnx.main_export) or 'dynamo' (torch.onnx.export(dynamo=True), dynamic batch and sequence)."},
+    backend: Literal["auto", "optimum", "dynamo"] = field(
+        default="auto",
+        metadata={"help": "'optimum' (optimum.exporters.onnx.main_export), 'dynamo' (torch.onnx.export(dynamo=True)), or 'auto': optimum where it is installed, else dynamo."},
     )
     opset: Optional[int] = field(default=None, metadata={"help": "ONNX opset; the exporter's default when not given."})
     optimize: Optional[OptimizationLevel] = field(
@@ -52,11 +57,20 @@ class ExportConfig:
         default_factory=lambda: [16, 128], metadata={"help": "Sequence lengths of the parity check (capped at the model's maximum)."}
     )
 
+    @property
+    def resolved_backend(self) -> str:
+        """The exporter that runs: ``auto`` is Optimum's where optimum-onnx imports, else dynamo."""
+        if self.backend != "auto":
+            return self.backend
+        return "optimum" if optimum_onnx_missing() is None else "dynamo"
+
     def __post_init__(self):
         if self.task is not None and self.task not in TASKS:
             raise ConfigError(f"task '{self.task}' cannot be exported{closest(self.task, TASKS)}: use one of {list(TASKS)}")
         if self.backend not in EXPORT_BACKENDS:
             raise ConfigError(f"export backend '{self.backend}' is not one of {EXPORT_BACKENDS}")
+        if self.backend == "optimum" and (missing := optimum_onnx_missing()):
+            raise ConfigError(f"export backend 'optimum' needs Optimum, but {missing}; or use backend 'dynamo' (or 'auto')")
         if self.optimize is not None:
             check_level(self.optimize)
         if self.atol <= 0:
@@ -97,15 +111,16 @@ def export_onnx(
     task = get_task(config.task) if config.task else task_of(model_config)
     tokenizer = load_tokenizer(str(model_dir))
     model = load_model(str(model_dir), task)
+    backend = config.resolved_backend
     with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
-        if config.backend == "optimum":
+        if backend == "optimum":
             _export_optimum(model_dir, staging, task, config.opset)
         else:
             _export_dynamo(model, tokenizer, task, staging, config.opset)
         if is_factorized(model_config):  # the graph holds the factors; ONNX Runtime needs only the base architecture's config
             model_config.base_config().save_pretrained(str(staging))
         parity = {
-            "backend": config.backend, "task": task.name, "opset": config.opset, "texts": "given" if parity_texts else "built-in", "files": {},
+            "backend": backend, "task": task.name, "opset": config.opset, "texts": "given" if parity_texts else "built-in", "files": {},
             "source_weights_sha256": weights_sha256(Path(str(model_dir))),  # the card checks it ships the export of its own checkpoint
         }
         onnx_paths = [staging / "model.onnx"]
@@ -113,12 +128,27 @@ def export_onnx(
             onnx_paths.append(optimize_onnx(staging, config.optimize))
             parity["optimization_level"] = config.optimize
         for path in onnx_paths:
-            result = check_parity(model, path, tokenizer, parity_texts, config.batch_sizes, config.sequence_lengths, config.atol)
-            raise_on_mismatch(result, f"the {config.backend} export {path.name} of {model_dir}")
+            result = check_parity(model, path, tokenizer, parity_texts, config.batch_sizes, config.sequence_lengths, config.atol, task)
+            raise_on_mismatch(result, f"the {backend} export {path.name} of {model_dir}")
             parity["files"][path.name] = {**result, "sha256": file_sha256(path)}
         atomic_write_json(staging / PARITY_FILE, parity)
         _copy_qat_files(Path(str(model_dir)), staging)
     return output_dir / "model.onnx"
+
+
+def graph_signature(onnx_path: str | Path) -> dict[str, list[tuple[str, list]]]:
+    """The inputs and outputs of an ONNX graph as ``(name, dims)``, a dim being its symbolic name or its size.
+
+    Two exports with the same signature are interchangeable for everything that feeds or reads the graph.
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+
+    def described(values):
+        return [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values]
+
+    return {"inputs": described(graph.input), "outputs": described(graph.output)}
 
 
 def _copy_qat_files(model_dir: Path, out: Path) -> None:
@@ -140,7 +170,7 @@ def _export_optimum(model_dir, out: Path, task, opset: Optional[int]) -> None:
 
 
 class _Logits(torch.nn.Module):
-    """The model with positional tokenizer inputs and the logits as its only output, as ORTModelFor<Task> expects."""
+    """The model with positional graph inputs and the logits as its only output, as ORTModelFor<Task> expects."""
 
     def __init__(self, model, input_names: Sequence[str]):
         super().__init__()
@@ -151,14 +181,19 @@ class _Logits(torch.nn.Module):
 
 
 def _export_dynamo(model, tokenizer, task, out: Path, opset: Optional[int]) -> None:
-    """torch.onnx.export(dynamo=True) with dynamic batch and sequence dimensions, then the config and tokenizer beside it."""
+    """torch.onnx.export(dynamo=True) with the graph Optimum would give ``task``, then the config and tokenizer beside it.
+
+    The inputs are the task's (:meth:`~hfcompress.tasks.Task.onnx_input_names`), each of shape
+    (batch_size, sequence_length); the output is ``logits``, whose dimensions take those names where
+    they follow the inputs'. Decoders are exported without past key values (Optimum's
+    non-"with-past" graph); KV-cache graphs wait for the generative-LM issue.
+    """
     from .parity import DEFAULT_PARITY_TEXTS, parity_batch
 
-    accepted = inspect.signature(model.forward).parameters
-    input_names = [n for n in tokenizer.model_input_names if n in accepted]
+    input_names = task.onnx_input_names(model, tokenizer)
     task.prepare_tokenizer(tokenizer)
     # a sample of batch 2 and length 16 keeps both dimensions from being specialised to 0/1
-    sample = parity_batch(tokenizer, DEFAULT_PARITY_TEXTS, 2, 16)
+    sample = task.onnx_feeds(parity_batch(tokenizer, DEFAULT_PARITY_TEXTS, 2, 16), input_names)
     args = tuple(torch.from_numpy(sample[n]) for n in input_names)
     model.config.use_cache = False  # no past key values: the graph maps tokens to logits, like Optimum's non-"with-past" tasks
     dims = {0: "batch_size", 1: "sequence_length"}
@@ -171,4 +206,3 @@ def _export_dynamo(model, tokenizer, task, out: Path, opset: Optional[int]) -> N
     tokenizer.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None and model.can_generate():
         model.generation_config.save_pretrained(out)
-
