@@ -201,6 +201,10 @@ def _export_dynamo(model, tokenizer, task, out: Path, opset: Optional[int]) -> N
         _Logits(model, input_names).eval(), args, dynamo=True, input_names=input_names, output_names=["logits"],
         dynamic_shapes=(tuple(dims for _ in input_names),), opset_version=opset, verbose=False,
     )
+    # torch tags each node with its Python stack, module path and FX node: debugging aids that hold this
+    # machine's paths, change the file's hash from one checkout to another and add MBs that Optimum's graph does not have
+    for node in program.model.graph.all_nodes():
+        node.metadata_props.clear()
     program.save(str(out / "model.onnx"))
     model.config.save_pretrained(out)
     tokenizer.save_pretrained(out)
