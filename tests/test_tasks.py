@@ -156,6 +156,30 @@ def test_pair_inputs_are_tokenized_as_pairs(tokenizer):
     assert fixed["input_ids"].shape == (3, 16) and fixed["token_type_ids"].sum() > 0
 
 
+def test_each_task_declares_the_inputs_of_its_onnx_graph(tmp_path, tokenizer):
+    """Optimum's graph inputs, in its order: token types only where the tokenizer gives them and the model embeds them; decoders take positions."""
+    import numpy as np
+    from transformers import GPT2TokenizerFast, RobertaConfig, RobertaForSequenceClassification
+
+    from conftest import tiny_bert_config
+
+    bert = TASKS["token-classification"].auto_class().from_config(tiny_bert_config(tokenizer.vocab_size, num_hidden_layers=1))
+    gpt2_dir = _tiny_gpt2(tmp_path / "gpt2")
+    gpt2 = TASKS["text-generation"].auto_class().from_pretrained(gpt2_dir)
+    roberta = RobertaForSequenceClassification(RobertaConfig(vocab_size=99, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8))
+    gpt2_tokenizer = GPT2TokenizerFast.from_pretrained(gpt2_dir)
+    assert TASKS["token-classification"].onnx_input_names(bert, tokenizer) == ["input_ids", "attention_mask", "token_type_ids"]
+    assert TASKS["text-classification"].onnx_input_names(roberta, gpt2_tokenizer) == ["input_ids", "attention_mask"]  # forward takes them; the tokenizer gives none
+    assert TASKS["text-generation"].onnx_input_names(gpt2, gpt2_tokenizer) == ["input_ids", "attention_mask", "position_ids"]
+
+    batch = {"input_ids": np.array([[5, 6, 7], [5, 6, 0]]), "attention_mask": np.array([[1, 1, 1], [1, 1, 0]]), "labels": np.array([1, 0])}
+    feeds = TASKS["text-generation"].onnx_feeds(batch, ["input_ids", "attention_mask", "position_ids"])
+    assert list(feeds) == ["input_ids", "attention_mask", "position_ids"] and feeds["position_ids"].tolist() == [[0, 1, 2], [0, 1, 1]]
+    assert TASKS["text-classification"].onnx_feeds(batch, ["input_ids", "token_type_ids"])["token_type_ids"].tolist() == [[0] * 3] * 2
+    with pytest.raises(ModelError, match=r"the ONNX graph needs inputs \['position_ids'\] that the tokenizer does not produce"):
+        TASKS["text-classification"].onnx_feeds(batch, ["input_ids", "position_ids"])
+
+
 def test_no_task_names_outside_the_tasks_package():
     """Task-specific behaviour lives in hfcompress/tasks; the rest of the code asks the task object."""
     names = "|".join(TASKS)
