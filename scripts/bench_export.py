@@ -7,12 +7,21 @@ ORTOptimizer (O2), every variant checked for parity, evaluated on SST-2 dev and 
 
     flock /tmp/hfc-cpu.lock python scripts/bench_export.py \\
         --teacher outputs/sst2-minilm-full/teacher --student outputs/sst2-minilm-full/student
+
+With --compare-backends (the Optimum stack only: it needs both exporters), each model is exported
+by Optimum and by torch dynamo and the two graphs are compared: the same input and output names and
+dynamic axes, the largest difference of their logits on the SST-2 dev sentences, and their ONNX
+Runtime latency at batch 1 and 32 in alternating rounds. Writes <output>.json and .md.
+
+    flock /tmp/hfc-cpu.lock python scripts/bench_export.py --compare-backends \\
+        --teacher outputs/sst2-minilm-full/teacher --output benchmarks/results/export_backends_sst2
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -26,9 +35,18 @@ from hfcompress.evaluation import (  # noqa: E402
     measure_latency,
     write_compression_report,
 )
-from hfcompress.export import export_onnx  # noqa: E402
+from hfcompress.evaluation.latency import cpu_info, latency_batches  # noqa: E402
+from hfcompress.evaluation.runtime import OnnxRuntimeModel  # noqa: E402
+from hfcompress.export import export_onnx, graph_signature  # noqa: E402
 from hfcompress.export.parity import PARITY_FILE  # noqa: E402
+from hfcompress.modeling import load_config, load_model, load_tokenizer  # noqa: E402
+from hfcompress.tasks import DEFAULT_TASK, task_of  # noqa: E402
 from hfcompress.utils.bench import CPU_LOCK, FULL_RUN, add_data_args, add_output_arg, add_threads_arg, bench_parser, command_line, repo_relative  # noqa: E402
+from hfcompress.utils.imports import optimum_onnx_missing  # noqa: E402
+from hfcompress.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+MAX_LOGIT_DIFF = 1e-4  # issue 15: the two exporters' graphs agree within this on real sentences
+MAX_LATENCY_GAP = 0.10  # ... and their ONNX Runtime latency within 10%
 
 
 def parse_args(argv=None):
@@ -47,8 +65,123 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--work-dir", default="outputs/bench-export", help="Where the exported models are written.")
+    p.add_argument("--compare-backends", action="store_true", help="Compare Optimum's and the dynamo exporter's graphs instead (needs optimum-onnx).")
+    p.add_argument("--rounds", type=int, default=5, help="--compare-backends: latency rounds, each timing both graphs in turn.")
+    p.add_argument(
+        "--add-head", type=int, default=None, metavar="LABELS",
+        help="--compare-backends: the models are encoders without a task head (e.g. the shared all-MiniLM-L6-v2): give them a "
+        "seeded random classification head of LABELS labels first (the graphs' agreement and speed do not depend on training).",
+    )
     add_output_arg(p, "benchmarks/results/export_sst2")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if a.compare_backends and (missing := optimum_onnx_missing()):
+        p.error(f"--compare-backends exports with Optimum too, but {missing}")
+    return a
+
+
+def with_head(model_ref: str, labels: int, out: Path) -> Path:
+    """``model_ref`` (an encoder) with a seeded random sequence-classification head, saved with its tokenizer to ``out``."""
+    import torch
+
+    torch.manual_seed(0)
+    load_model(model_ref, DEFAULT_TASK, num_labels=labels).save_pretrained(out)
+    load_tokenizer(model_ref).save_pretrained(out)
+    return out
+
+
+def onnx_logits(onnx_path: Path, task, batches: list[dict]):
+    """The logits of an exported graph on ``batches``, run through a plain ONNX Runtime session (the same feeding for both exporters)."""
+    from transformers import AutoConfig
+
+    model = OnnxRuntimeModel(onnx_path, AutoConfig.from_pretrained(onnx_path.parent), task)
+    return [model(**batch).logits for batch in batches]
+
+
+def compare_backends(a, sentences: list, texts: list, command: str) -> int:
+    """Optimum's export against the dynamo export of each model: graph signature, logits on ``sentences``, ONNX Runtime latency on ``texts``."""
+    models = [(label, model) for label, model in (("teacher", a.teacher), ("student", a.student)) if model]
+    results = []
+    for label, model in models:
+        if a.add_head:
+            model = str(with_head(model, a.add_head, Path(a.work_dir) / f"{label}-with-head"))
+        paths = {}
+        for backend in ("optimum", "dynamo"):
+            print(f"== exporting {label} with {backend}", flush=True)
+            paths[backend] = export_onnx(
+                model, Path(a.work_dir) / f"{label}-{backend}", backend=backend, atol=a.atol, parity_texts=sentences[-64:], overwrite=True,
+                sequence_lengths=[16, 64, 128], batch_sizes=[1, 8, 32],
+            )
+        signatures = {backend: graph_signature(path) for backend, path in paths.items()}
+        tokenizer, task = load_tokenizer(model), task_of(load_config(model))
+        batches = latency_batches(tokenizer, sentences, 32)  # every dev sentence (but the last partial batch), padded per batch
+        logits = {backend: onnx_logits(path, task, batches) for backend, path in paths.items()}
+        diff = max(float((x - y).abs().max()) for x, y in zip(logits["optimum"], logits["dynamo"]))
+        rounds = {backend: [] for backend in paths}
+        for _ in range(a.rounds):  # alternating, so a slow spell of the machine hits both graphs
+            for backend, path in paths.items():
+                print(f"== timing {label} {backend}", flush=True)
+                rounds[backend].append(measure_latency(
+                    path.parent, path.parent, texts, a.batch_sizes, a.threads, backend="onnx", warmup=a.warmup, repeats=a.repeats, onnx_file=path.name,
+                ))
+        latency = {
+            backend: {f"b{size}": statistics.median(r[f"b{size}"]["p50_ms"] for r in runs) for size in a.batch_sizes}
+            for backend, runs in rounds.items()
+        }
+        ratios = {f"b{size}": latency["dynamo"][f"b{size}"] / latency["optimum"][f"b{size}"] for size in a.batch_sizes}
+        results.append({
+            "model": label, "path": repo_relative(model), "same_signature": signatures["optimum"] == signatures["dynamo"], "signatures": signatures,
+            "max_abs_logit_diff": diff, "logit_sentences": sum(len(b["input_ids"]) for b in batches), "latency_p50_ms": latency,
+            "latency_rounds": {backend: [{k: r[k]["p50_ms"] for k in latency[backend]} for r in runs] for backend, runs in rounds.items()},
+            "dynamo_over_optimum": ratios,
+            "within_bounds": diff <= MAX_LOGIT_DIFF and all(abs(r - 1) <= MAX_LATENCY_GAP for r in ratios.values()),
+        })
+    hardware = cpu_info(a.threads)
+    report = {
+        "results": results, "hardware": hardware, "bounds": {"max_abs_logit_diff": MAX_LOGIT_DIFF, "latency_gap": MAX_LATENCY_GAP},
+        "settings": {"data": repo_relative(a.data), "split": a.split, "latency_sentences": len(texts), "threads": a.threads, "warmup": a.warmup,
+                     "repeats": a.repeats, "rounds": a.rounds, "load_average_at_end": os.getloadavg()},
+        "command": command,
+    }
+    out = Path(a.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out.with_suffix(".json"), report)
+    atomic_write_text(out.with_suffix(".md"), compare_markdown(report, a))
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
+def compare_markdown(report: dict, a) -> str:
+    hw, settings = report["hardware"], report["settings"]
+    sizes = [f"b{size}" for size in a.batch_sizes]
+    lines = [
+        f"# Optimum's ONNX exporter against torch.onnx dynamo on SST-2 {a.split} ({hw['threads']} threads)", "",
+        f"Bounds (issue 15): logits within {MAX_LOGIT_DIFF:g}, ONNX Runtime p50 latency within {MAX_LATENCY_GAP:.0%}.", "",
+        "| model | same input/output names and dynamic axes | max abs logit diff | sentences | "
+        + " | ".join(f"p50 {s} ms optimum | p50 {s} ms dynamo | dynamo / optimum {s}" for s in sizes) + " | within bounds |",
+        "|---" * (5 + 3 * len(sizes)) + "|",
+    ]
+    for r in report["results"]:
+        timing = " | ".join(
+            f"{r['latency_p50_ms']['optimum'][s]:.2f} | {r['latency_p50_ms']['dynamo'][s]:.2f} | {r['dynamo_over_optimum'][s]:.3f}" for s in sizes
+        )
+        lines.append(
+            f"| {r['model']} (`{r['path']}`) | {'yes' if r['same_signature'] else '**no**'} | {r['max_abs_logit_diff']:.2e} | {r['logit_sentences']} | "
+            f"{timing} | {'yes' if r['within_bounds'] else '**no**'} |"
+        )
+    for r in report["results"]:
+        lines += ["", f"Graph of the {r['model']} (Optimum's; the dynamo graph's is {'the same' if r['same_signature'] else 'different: see the JSON'}):", ""]
+        lines += [f"- {kind}: " + ", ".join(f"`{name}` {dims}" for name, dims in r["signatures"]["optimum"][kind]) for kind in ("inputs", "outputs")]
+    lines += [
+        "",
+        f"Logits: every {a.split} sentence in batches of 32, each padded to its longest sentence, through a plain ONNX Runtime session per graph. "
+        f"Latency: p50 per call over {settings['repeats']} passes of {settings['latency_sentences']} {a.split} sentences after {settings['warmup']} "
+        f"warm-up calls; the median of {settings['rounds']} rounds, the two graphs timed in turn in each round (every round is in the JSON).",
+        "",
+        f"Measured on: {hw['cpu']} ({hw['machine']}, {hw['cores']} cores), ISA: {', '.join(hw['isa'])}, {hw['threads']} ONNX Runtime intra-op threads. "
+        f"Load average at the end: {', '.join(f'{x:.1f}' for x in settings['load_average_at_end'])} (other jobs share this machine).",
+        "", "Reproduce:", "", f"```bash\n{report['command']}\n```", "",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -58,6 +191,8 @@ def main(argv=None) -> int:
     )
     sentences = evaluation_texts(data)
     texts = sentences[: a.latency_samples]
+    if a.compare_backends:
+        return compare_backends(a, sentences, texts, command_line(__file__, argv, prefix=CPU_LOCK))
     optimize = None if a.optimize.lower() == "none" else a.optimize
     rows, parity_rows = [], []
 

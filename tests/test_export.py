@@ -314,3 +314,37 @@ def test_bench_export_script_smoke(backend, tiny_teacher_dir, tiny_sst2_dir, tmp
     markdown = out.with_suffix(".md").read_text()
     assert "## Parity" in markdown and "scripts/bench_export.py --teacher" in markdown
 
+
+@pytest.mark.requires_optimum
+def test_bench_export_compares_the_two_exporters(tokenizer, tiny_sst2_dir, tmp_path):
+    """--compare-backends on a headless encoder (as the shared MiniLM is): a head is added, both exports agree in graph and logits."""
+    from transformers import BertModel
+
+    from conftest import tiny_bert_config
+
+    torch.manual_seed(0)
+    encoder = tmp_path / "encoder"
+    BertModel(tiny_bert_config(tokenizer.vocab_size)).save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    out = tmp_path / "results" / "backends"
+    args = ["--compare-backends", "--add-head", "2", "--teacher", str(encoder), "--student", "", "--data", str(tiny_sst2_dir),
+            "--latency-samples", "4", "--batch-sizes", "1", "2", "--rounds", "2", "--repeats", "1", "--warmup", "1",
+            "--work-dir", str(tmp_path / "work"), "--output", str(out)]
+    assert _load_bench_export().main(args) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    (result,) = report["results"]
+    assert result["same_signature"] and result["signatures"]["dynamo"]["outputs"] == [["logits", ["batch_size", 2]]]
+    assert result["max_abs_logit_diff"] < 1e-4 and result["logit_sentences"] == 32  # the 32 dev sentences, in one batch
+    assert set(result["latency_p50_ms"]) == {"optimum", "dynamo"} and len(result["latency_rounds"]["dynamo"]) == 2
+    assert result["dynamo_over_optimum"]["b2"] == pytest.approx(result["latency_p50_ms"]["dynamo"]["b2"] / result["latency_p50_ms"]["optimum"]["b2"])
+    assert report["hardware"]["threads"] == 2 and report["hardware"]["cpu"]
+    markdown = out.with_suffix(".md").read_text()
+    assert "| yes |" in markdown and "scripts/bench_export.py --compare-backends" in markdown and report["hardware"]["cpu"] in markdown
+
+
+def test_bench_export_comparison_needs_optimum(monkeypatch, capsys):
+    bench = _load_bench_export()
+    monkeypatch.setattr(bench, "optimum_onnx_missing", lambda: "optimum-onnx is not installed")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--compare-backends"])
+    assert "--compare-backends exports with Optimum too, but optimum-onnx is not installed" in capsys.readouterr().err
