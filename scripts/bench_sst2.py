@@ -6,6 +6,8 @@
 2. Builds the baselines a user without hfcompress would build from the same teacher: an ONNX export
    by Optimum (ORTModelForSequenceClassification, export=True) and its dynamic int8 quantization by
    ORTQuantizer with AutoQuantizationConfig.avx2(is_static=False), both with Optimum's defaults.
+   Without optimum-onnx (transformers 5) the same graph and the same onnxruntime quantizer call are
+   made without it (see optimum_baselines); the report says which.
 3. Measures every variant in one process at a fixed thread count: dev accuracy, size on disk (and
    zipped), parameters, p50/p95 latency at batch 1 and throughput at batch 32 (dev sentences at their
    own length). Latency is taken in rounds, each timing every variant in turn; a figure is the median
@@ -34,7 +36,7 @@ from hfcompress.data import TaskData  # noqa: E402
 from hfcompress.evaluation import compression_row, evaluate_model, evaluation_texts, measure_latency, write_compression_report  # noqa: E402
 from hfcompress.evaluation.latency import set_threads  # noqa: E402
 from hfcompress.evaluation.training_cost import TrainingVariant, median_timings, time_training  # noqa: E402
-from hfcompress.modeling import load_model, load_tokenizer  # noqa: E402
+from hfcompress.modeling import load_config, load_model, load_tokenizer  # noqa: E402
 from hfcompress.pruning import MagnitudePruningCallback, StructuredPruningCallback  # noqa: E402
 from hfcompress.quantization import QATCallback, QATConfig  # noqa: E402
 from hfcompress.recipes import load_recipe, run_recipe  # noqa: E402
@@ -88,22 +90,50 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def optimum_baselines(teacher: str, root: Path) -> dict[str, Path]:
-    """The teacher exported and int8-quantized by Optimum alone, with its defaults (built once, reused)."""
-    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+def optimum_baselines(teacher: str, root: Path) -> tuple[dict[str, Path], str]:
+    """The teacher exported and int8-quantized as a user without hfcompress would, with Optimum's defaults (built once, reused).
 
+    With optimum-onnx: ORTModelForSequenceClassification(export=True), then ORTQuantizer with
+    AutoQuantizationConfig.avx2(is_static=False). Without it (transformers 5): the graph Optimum's
+    exporter gives, from torch.onnx's dynamo exporter, then the call ORTQuantizer makes for that
+    configuration, onnxruntime's quantize_dynamic. Returns the paths and how they were built.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from hfcompress.export import export_onnx
+    from hfcompress.utils.imports import optimum_onnx_missing
+
+    with_optimum = optimum_onnx_missing() is None
     tokenizer = load_tokenizer(teacher)
     onnx_dir, int8_dir = root / "teacher-onnx", root / "teacher-int8"
     if not onnx_dir.is_dir():
-        with atomic_output_dir(onnx_dir, overwrite=True) as staging:
-            ORTModelForSequenceClassification.from_pretrained(teacher, export=True).save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
+        if with_optimum:
+            from optimum.onnxruntime import ORTModelForSequenceClassification
+
+            with atomic_output_dir(onnx_dir, overwrite=True) as staging:
+                ORTModelForSequenceClassification.from_pretrained(teacher, export=True).save_pretrained(staging)
+                tokenizer.save_pretrained(staging)
+        else:
+            export_onnx(teacher, onnx_dir, backend="dynamo")
     if not int8_dir.is_dir():
         with atomic_output_dir(int8_dir, overwrite=True) as staging:
-            ORTQuantizer.from_pretrained(onnx_dir).quantize(AutoQuantizationConfig.avx2(is_static=False), save_dir=staging)
+            if with_optimum:
+                from optimum.onnxruntime import ORTQuantizer
+                from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+                ORTQuantizer.from_pretrained(onnx_dir).quantize(AutoQuantizationConfig.avx2(is_static=False), save_dir=staging)
+            else:  # avx2(is_static=False): uint8 weights and activations, symmetric per-channel weights, full range
+                quantize_dynamic(
+                    onnx_dir / "model.onnx", staging / "model_quantized.onnx", per_channel=True, reduce_range=False,
+                    weight_type=QuantType.QUInt8, extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                )
+                load_config(str(onnx_dir)).save_pretrained(staging)
             tokenizer.save_pretrained(staging)
-    return {OPTIMUM_ONNX: onnx_dir, OPTIMUM_INT8: int8_dir}
+    how = (
+        "Optimum (ORTModelForSequenceClassification export, ORTQuantizer avx2 dynamic)" if with_optimum
+        else "without Optimum: Optimum's graph from torch.onnx dynamo, and onnxruntime quantize_dynamic with ORTQuantizer's avx2 dynamic arguments"
+    )
+    return {OPTIMUM_ONNX: onnx_dir, OPTIMUM_INT8: int8_dir}, how
 
 
 def parse_variants(specs: list[str]) -> list[tuple[str, str]]:
@@ -222,9 +252,10 @@ def main(argv=None) -> int:
     refs = [ref for ref, _ in variants]
     if a.headline not in refs:
         raise SystemExit(f"--headline {a.headline!r} is not among the variants {refs}: name one of them")
-    paths = {ref: resolve(ref) for ref in refs}
+    paths, baselines = {ref: resolve(ref) for ref in refs}, None
     if {OPTIMUM_ONNX, OPTIMUM_INT8} & set(refs):
-        paths.update(optimum_baselines(resolve(a.teacher), Path(recipe.config.output_dir) / "baselines"))
+        built, baselines = optimum_baselines(resolve(a.teacher), Path(recipe.config.output_dir) / "baselines")
+        paths.update(built)
     missing = [ref for ref, path in paths.items() if not Path(path).exists()]
     if missing:
         raise SystemExit(f"variants {missing} are neither recipe stages nor existing paths: fix --variant or the recipe")
@@ -255,12 +286,13 @@ def main(argv=None) -> int:
             cost_markdown(cost, a.cost_train_samples),
             f"Latency: median over {a.rounds} rounds (each: {a.warmup} warm-up calls, then {a.repeats} passes over "
             f"{a.latency_samples} dev sentences, each batch padded to its own longest sentence).",
+            f"Optimum baselines built by {baselines}." if baselines else "",
             f"Reproduce: `{command}`",
         ) if part
     )
     report = write_compression_report(
         rows, out.parent, title="SST-2: hfcompress against plain transformers and Optimum", file_stem=out.name, notes=notes,
-        metadata={"goals": goals, "training_cost": cost, "command": command, "recipe": repo_relative(a.recipe),
+        metadata={"goals": goals, "training_cost": cost, "command": command, "recipe": repo_relative(a.recipe), "baselines": baselines,
                   "settings": {"threads": a.threads, "latency_samples": a.latency_samples, "rounds": a.rounds, "repeats": a.repeats}},
     )
     print((out.parent / f"{out.name}.md").read_text())

@@ -69,3 +69,23 @@ def test_bad_variant_and_headline_fail_before_work(tmp_path):
     recipe.stages[:] = [(kind, stage) for kind, stage in recipe.stages if kind != "distill"]
     with pytest.raises(SystemExit, match="no distill stage"):
         bench.distilled_student_layers(recipe)
+
+
+@pytest.mark.requires_optimum
+def test_optimum_baselines_without_optimum_score_and_weigh_as_optimums(tiny_teacher_dir, tiny_sst2_dir, tmp_path, monkeypatch):
+    """On transformers 5 the baselines are rebuilt without Optimum: the same predictions and size as Optimum's own."""
+    import hfcompress.utils.imports as imports
+    from hfcompress.data import DataConfig, TaskData
+    from hfcompress.evaluation import evaluate_model
+
+    bench = _load_bench()
+    with_optimum, how = bench.optimum_baselines(str(tiny_teacher_dir), tmp_path / "optimum")
+    assert how.startswith("Optimum")
+    monkeypatch.setattr(imports, "optimum_onnx_missing", lambda: "optimum-onnx is not installed")
+    without, how = bench.optimum_baselines(str(tiny_teacher_dir), tmp_path / "plain")
+    assert how.startswith("without Optimum")
+    data = TaskData(DataConfig(path=str(tiny_sst2_dir), eval_split="dev"), splits=["dev"])
+    for ref in (bench.OPTIMUM_ONNX, bench.OPTIMUM_INT8):
+        ours, theirs = evaluate_model(without[ref], data), evaluate_model(with_optimum[ref], data)
+        assert ours["accuracy"] == theirs["accuracy"] and ours["num_parameters"] == pytest.approx(theirs["num_parameters"], rel=0.01)
+        assert ours["size_mb"] == pytest.approx(theirs["size_mb"], rel=0.1)  # a tiny model: the graphs' few non-weight bytes weigh in
