@@ -19,6 +19,7 @@ from ...errors import ConfigError
 from ...guards import CheckRanksInSync, NonFiniteLossConfig, SaveFinalCheckpoint, StopOnNonFiniteLoss
 from ...modeling import check_head_fits_labels, load_model, load_tokenizer
 from ...utils.io import atomic_write_json, atomic_write_text
+from ...utils.transformers_compat import PORTABLE_FIELDS, training_kwargs
 from ..context import PlannedModel, RunContext
 from ..registry import CALLBACKS, StageConfig, register_callback, register_stage
 from ..schema import check_keys, check_value, from_dict
@@ -59,13 +60,15 @@ register_callback("check_ranks_in_sync", CheckRanksInSyncConfig)(lambda config: 
 def validate_training(training: dict, args_cls: type[TrainingArguments]) -> dict:
     """Check keys and types of a stage's ``training`` mapping, then build the arguments once to run their own checks.
 
-    Returns the mapping with values converted to their field types."""
-    hints = typing.get_type_hints(args_cls)
+    Either transformers version's names are accepted (see :func:`training_kwargs`); the mapping keeps
+    the user's, so the saved recipe and the model card show what they wrote. Returns the mapping with
+    values converted to their field types."""
+    hints = {**typing.get_type_hints(args_cls), **PORTABLE_FIELDS}
     for key in training:
         owner = RECIPE_OWNED.get(key) or (RECIPE_OWNED["hub_*"] if key.startswith("hub_") and key != "hub_token" else None)
         if owner:
             raise ConfigError(f"training.{key}: the recipe decides this, not the Trainer: {owner}")
-    allowed = {f.name for f in dataclasses.fields(args_cls) if f.init} - set(RECIPE_OWNED)
+    allowed = ({f.name for f in dataclasses.fields(args_cls) if f.init} | set(PORTABLE_FIELDS)) - set(RECIPE_OWNED)
     check_keys(training, allowed, "training")
     if training.get("hub_token"):
         raise ConfigError(
@@ -74,7 +77,7 @@ def validate_training(training: dict, args_cls: type[TrainingArguments]) -> dict
         )
     training = {key: check_value(value, hints[key], f"training.{key}") for key, value in training.items()}
     try:
-        args = args_cls(output_dir="unused", **{**TRAINING_DEFAULTS, **training})
+        args = args_cls(output_dir="unused", **training_kwargs({**TRAINING_DEFAULTS, **training}))
         check_training_ranges(args)
     except ConfigError as e:
         raise ConfigError(f"training: {e}") from None
@@ -91,7 +94,6 @@ _RANGES = {
     "per_device_eval_batch_size": (lambda v: v >= 1, "at least 1"),
     "gradient_accumulation_steps": (lambda v: v >= 1, "at least 1"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "warmup_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "save_steps": (lambda v: v > 0, "> 0"),
     "logging_steps": (lambda v: v > 0, "> 0"),
 }
@@ -239,7 +241,7 @@ def train_and_publish(ctx: RunContext, cfg, model, tokenizer, trainer_cls, args_
     train_ds = data.tokenize(tokenizer, data.cfg.train_split)
     eval_ds = data.tokenize(tokenizer, data.cfg.eval_split)
     checkpoints = ctx.work_dir(cfg.name) / "checkpoints"
-    args = args_cls(output_dir=str(checkpoints), seed=ctx.seed, **{**TRAINING_DEFAULTS, **cfg.training})
+    args = args_cls(output_dir=str(checkpoints), seed=ctx.seed, **training_kwargs({**TRAINING_DEFAULTS, **cfg.training}))
     trainer = trainer_cls(
         model=model,
         args=args,
