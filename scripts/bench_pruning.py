@@ -29,6 +29,7 @@ from hfcompress.modeling import load_model, load_tokenizer  # noqa: E402
 from hfcompress.pruning import MagnitudePruningCallback, StructuredPruningCallback  # noqa: E402
 from hfcompress.utils.bench import CPU_LOCK, FULL_RUN, add_data_args, add_output_arg, add_threads_arg, bench_parser, command_line, repo_relative  # noqa: E402
 from hfcompress.utils.io import atomic_output_dir, atomic_write_json, atomic_write_text  # noqa: E402
+from hfcompress.utils.transformers_compat import training_kwargs  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -82,9 +83,10 @@ def train_variant(a, make_callback, teacher, data, tokenizer, out_dir: Path) -> 
     callback = make_callback() if make_callback else None
     args = DistillationTrainingArguments(
         output_dir=str(out_dir.parent / f".{out_dir.name}-checkpoints"), num_train_epochs=a.epochs, max_steps=a.max_steps,
-        per_device_train_batch_size=a.batch_size, learning_rate=a.learning_rate, warmup_ratio=0.06, group_by_length=True,
+        per_device_train_batch_size=a.batch_size, learning_rate=a.learning_rate,
         alpha=a.alpha, temperature=a.temperature, teacher_cache_dir=a.cache_dir, seed=a.seed, save_strategy="no",
         report_to="none", logging_steps=50, use_cpu=True, disable_tqdm=False,
+        **training_kwargs({"warmup_ratio": 0.06, "group_by_length": True}),
     )
     trainer = DistillationTrainer(
         model=model, teacher_model=teacher, args=args, train_dataset=data.tokenize(tokenizer, data.cfg.train_split),

@@ -33,6 +33,7 @@ from hfcompress.modeling import load_model, load_tokenizer  # noqa: E402
 from hfcompress.quantization import BnbConfig, PTQConfig, QATCallback, QATConfig, load_bnb, quantize_bnb, quantize_onnx  # noqa: E402
 from hfcompress.utils.bench import CPU_LOCK, FULL_RUN, add_data_args, add_output_arg, add_threads_arg, bench_parser, command_line, repo_relative  # noqa: E402
 from hfcompress.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+from hfcompress.utils.transformers_compat import training_kwargs  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -90,9 +91,9 @@ def continue_distillation(student_dir, teacher_dir, data: TaskData, out_dir: Pat
     callbacks = [QATCallback(QATConfig(preset=args.preset, mode=qat_mode))] if qat_mode else []
     training = DistillationTrainingArguments(
         output_dir=str(out_dir / "checkpoints"), num_train_epochs=args.qat_epochs, max_steps=args.qat_max_steps,
-        per_device_train_batch_size=32, learning_rate=args.qat_learning_rate, warmup_ratio=0.06, seed=seed,
+        per_device_train_batch_size=32, learning_rate=args.qat_learning_rate, seed=seed,
         alpha=0.5, temperature=2.0, teacher_cache_dir=args.teacher_cache_dir, save_strategy="no", report_to="none",
-        logging_steps=50, group_by_length=True, disable_tqdm=False, use_cpu=True,
+        logging_steps=50, disable_tqdm=False, use_cpu=True, **training_kwargs({"warmup_ratio": 0.06, "group_by_length": True}),
     )
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=training, train_dataset=data.tokenize(tokenizer, data.cfg.train_split),

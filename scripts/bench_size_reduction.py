@@ -32,6 +32,7 @@ from hfcompress.modeling import load_model, load_tokenizer  # noqa: E402
 from hfcompress.recipes.context import check_model_ref  # noqa: E402
 from hfcompress.utils.bench import FULL_RUN, add_data_args, add_output_arg, add_threads_arg, bench_parser, command_line, repo_relative  # noqa: E402
 from hfcompress.utils.io import atomic_write_json, atomic_write_text, check_output_dir  # noqa: E402
+from hfcompress.utils.transformers_compat import training_kwargs  # noqa: E402
 from hfcompress.vocab import dev_token_changes, trim_checkpoint  # noqa: E402
 
 
@@ -104,8 +105,9 @@ def recover(bench: Bench, teacher, tokenizer, train, factorized: Path, out: Path
     a = bench.a
     args = DistillationTrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=a.recovery_epochs, max_steps=a.max_steps,
-        learning_rate=a.recovery_lr, per_device_train_batch_size=a.batch_size, warmup_ratio=0.06, alpha=0.5, temperature=2.0,
+        learning_rate=a.recovery_lr, per_device_train_batch_size=a.batch_size, alpha=0.5, temperature=2.0,
         teacher_cache_dir=a.teacher_cache_dir, save_strategy="no", report_to="none", logging_steps=50, seed=a.seed, use_cpu=True,
+        **training_kwargs({"warmup_ratio": 0.06}),
     )
     student = load_model(str(factorized), bench.data.cfg.task)
     trainer = DistillationTrainer(
