@@ -107,6 +107,17 @@ def test_steps_are_listed_in_the_order_the_recipe_ran_them():
     assert in_recipe_order(walked, None) == walked
 
 
+@pytest.mark.parametrize("warmup", [{"warmup_ratio": 0.1}, {"warmup_steps": 0.1}, {"warmup_steps": 50}])
+def test_card_shows_the_warmup_the_recipe_set(warmup):
+    """Under the name the user wrote: transformers 4.x's warmup_ratio or 5's warmup_steps, whichever is installed."""
+    from hfcompress.hub.card import _describe_step
+    from hfcompress.recipes import parse_recipe
+
+    recipe = {**RECIPE, "stages": [{**RECIPE["stages"][1], "teacher": str(REPO), "training": {"num_train_epochs": 2, **warmup}}]}
+    stage = parse_recipe(recipe).resolved["stages"][0]
+    assert _describe_step(stage)["settings"] == {"teacher": str(REPO), "student_layers": [0, 2], "num_train_epochs": 2, **warmup}
+
+
 def test_card_of_distilled_pruned_student(run_dir, tmp_path):
     student = run_dir / "outputs" / "tiny-run" / "student"
     out = tmp_path / "card" / "README.md"

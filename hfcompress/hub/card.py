@@ -451,7 +451,7 @@ def _describe_step(stage: dict) -> dict:
     settings = {k: v for k, v in stage.items() if k not in ("stage", "name", "training", "callbacks", "trust_remote_code") and v not in (None, [], {})}
     training = stage.get("training") or {}
     keep = ("num_train_epochs", "learning_rate", "per_device_train_batch_size", "alpha", "temperature",
-            "hidden_distill_weight", "attention_distill_weight", "layer_map", "max_steps", "warmup_ratio", "weight_decay")
+            "hidden_distill_weight", "attention_distill_weight", "layer_map", "max_steps", "warmup_ratio", "warmup_steps", "weight_decay")
     settings.update({k: training[k] for k in keep if k in training})
     for cb in stage.get("callbacks") or []:
         settings[f"callback {cb.get('type')}"] = {k: v for k, v in cb.items() if k != "type"}
