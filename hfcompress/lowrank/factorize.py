@@ -12,10 +12,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from ..artifacts import FACTORIZATION_FILE, CompressionSummary, set_entries, write_method_report
-from ..targets import replace_module, select_modules
+from ..targets import select_modules
 from ..utils.io import atomic_output_dir, check_output_dir
 from .config import LowRankConfig
-from .modeling import FactorizedConfig, LowRankLinear, dense_shape, register_factorized_auto_classes
+from .modeling import FactorizedConfig, LowRankLinear, dense_shape, install_low_rank, register_factorized_auto_classes
 
 
 def target_layers(model: nn.Module, config: LowRankConfig) -> list[str]:
@@ -82,7 +82,7 @@ def factorize(model: PreTrainedModel, config: LowRankConfig) -> dict:
         if rank * (in_features + out_features) >= in_features * out_features:
             entry.update(rank=None, skipped=f"rank {rank} would not save parameters (full rank {min(in_features, out_features)})")
         else:
-            replace_module(model, name, low_rank_from_dense(dense, rank, u.to(dense.weight.dtype), s.to(dense.weight.dtype), vh.to(dense.weight.dtype)))
+            install_low_rank(model, name, low_rank_from_dense(dense, rank, u.to(dense.weight.dtype), s.to(dense.weight.dtype), vh.to(dense.weight.dtype)))
             ranks[name] = rank
         layers[name] = entry
     model.config = FactorizedConfig.from_base(model.config, ranks)

@@ -93,6 +93,18 @@ class FactorizedConfig(PretrainedConfig):
         return cls(base_model_type=base.model_type, factorized_ranks=ranks, **fields)
 
 
+def install_low_rank(model: nn.Module, name: str, layer: LowRankLinear) -> None:
+    """Put ``layer`` in place of the dense layer ``name``, and keep transformers' weight init away from its parent.
+
+    After ``from_pretrained``, transformers 5 runs ``_init_weights`` on every module not flagged
+    ``_is_hf_initialized``, and GPT-2's reaches into the layer replaced here (``c_proj.weight``), which a
+    LowRankLinear does not have. The parent has no weights of its own to initialise: the factors come
+    from the SVD or the checkpoint.
+    """
+    replace_module(model, name, layer)
+    model.get_submodule(name.rpartition(".")[0])._is_hf_initialized = True
+
+
 def replace_with_low_rank(model: nn.Module, ranks: dict[str, int]) -> None:
     """Swap each named layer for an (uninitialised) :class:`LowRankLinear` of the given rank."""
     for name, rank in ranks.items():
@@ -100,7 +112,7 @@ def replace_with_low_rank(model: nn.Module, ranks: dict[str, int]) -> None:
         in_features, out_features, has_bias = dense_shape(dense)
         device = next(dense.parameters()).device
         dtype = next(dense.parameters()).dtype
-        replace_module(model, name, LowRankLinear(in_features, out_features, rank, has_bias).to(device=device, dtype=dtype))
+        install_low_rank(model, name, LowRankLinear(in_features, out_features, rank, has_bias).to(device=device, dtype=dtype))
 
 
 def dense_shape(module: nn.Module) -> tuple[int, int, bool]:
