@@ -56,11 +56,17 @@ def test_wordpiece_trim_keeps_predictions_and_reloads(tokenizer, sst2_path, tmp_
     save_trimmed(model, trimmed, tmp_path / "t", report)
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "t").eval()
     reloaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "t")
-    vocab_txt = (tmp_path / "t" / "vocab.txt").read_text().splitlines()
-    assert vocab_txt == [t for t, _ in sorted(trimmed.get_vocab().items(), key=lambda kv: kv[1])]
+    assert reloaded_tokenizer.get_vocab() == trimmed.get_vocab()
+    # the same tokenizer files as the original saves (transformers 4.x also writes the slow tokenizer's vocab.txt, 5 only
+    # tokenizer.json), and a vocab.txt, where written, lists the trimmed vocabulary: no stale file contradicts tokenizer.json
+    tokenizer.save_pretrained(tmp_path / "original")
+    assert (tmp_path / "t" / "vocab.txt").exists() == (tmp_path / "original" / "vocab.txt").exists()
+    if (tmp_path / "t" / "vocab.txt").exists():
+        vocab_txt = (tmp_path / "t" / "vocab.txt").read_text().splitlines()
+        assert vocab_txt == [t for t, _ in sorted(trimmed.get_vocab().items(), key=lambda kv: kv[1])]
     torch.testing.assert_close(logits(reloaded, reloaded_tokenizer, train[:16] + held_out), after)
     saved = json.loads((tmp_path / "t" / "vocab_trim.json").read_text())
-    assert saved["vocab_size_after"] == len(saved["old_ids"]) == len(vocab_txt)
+    assert saved["vocab_size_after"] == len(saved["old_ids"]) == len(reloaded_tokenizer)
     assert assert_compression_summary(tmp_path / "t", "corpus-vocabulary").results["vocab_size_after"] == saved["vocab_size_after"]
 
     changes = dev_token_changes(tokenizer, trimmed, held_out)
