@@ -71,16 +71,27 @@ def fits_cpu_4bit(layer: torch.nn.Linear) -> bool:
     return layer.in_features % BNB_4BIT_BLOCK == 0 and layer.out_features % BNB_CPU_PACK_ROWS == 0
 
 
-def cpu_4bit_skip_modules(model_config, task, skip_modules: Optional[list[str]]) -> tuple[list[str], list[str]]:
+def default_skip_modules(skeleton) -> list[str]:
+    """The modules transformers keeps in full precision by default (the output head, tied weights), as module names."""
+    try:
+        from transformers.quantizers.base import get_keys_to_not_convert  # transformers 5 moved it here
+    except ImportError:
+        from transformers.integrations import get_keys_to_not_convert
+    # transformers 5 returns the head's last parameter ("classifier.bias"), which no longer matches the module, so
+    # its own default would quantize a classifier that 4.x kept; stripped to the module name, both keep it
+    return sorted({key.removesuffix(".weight").removesuffix(".bias") for key in get_keys_to_not_convert(skeleton)})
+
+
+def skip_modules(model_config, task, config: BnbConfig) -> tuple[list[str], list[str]]:
     """(modules to keep in full precision, those of them kept only because their shape does not fit 4-bit on the CPU).
 
     Every such layer is kept on every CPU, not only where AVX-512 would fail on it, so a 4-bit
     checkpoint behaves the same on every machine it is loaded on.
     """
-    from transformers.integrations import get_keys_to_not_convert
-
     skeleton = empty_model(model_config, task)  # a slimmed checkpoint's narrower attention layers included
-    kept = list(skip_modules) if skip_modules is not None else get_keys_to_not_convert(skeleton)
+    kept = list(config.skip_modules) if config.skip_modules is not None else default_skip_modules(skeleton)
+    if config.bits == 8:
+        return kept, []
     misfits = [
         name for name, module in skeleton.named_modules()
         if isinstance(module, torch.nn.Linear) and not fits_cpu_4bit(module) and not any(k in name for k in kept)
@@ -102,16 +113,14 @@ def load_bnb(model: str | Path, config: Optional[BnbConfig] = None, task: Option
     misfits: list[str] = []
     if getattr(model_config, "quantization_config", None):
         quantization = {}  # a checkpoint saved by quantize_bnb carries its own quantization_config, which from_pretrained applies
-    elif config.bits == 4:
-        skip, misfits = cpu_4bit_skip_modules(model_config, task, config.skip_modules)
+    else:
+        skip, misfits = skip_modules(model_config, task, config)
         quantization = {"quantization_config": dataclasses.replace(config, skip_modules=skip).transformers_config()}
         if misfits:
             logger.warning(
                 "hfcompress: %d Linear layer(s) stay in %s: bitsandbytes' 4-bit CPU kernel needs input widths divisible by %d "
                 "and output widths by %d (%s)", len(misfits), config.compute_dtype, BNB_4BIT_BLOCK, BNB_CPU_PACK_ROWS, ", ".join(misfits),
             )
-    else:
-        quantization = {"quantization_config": config.transformers_config()}
     loaded = load_model(str(model), task, device_map="cpu", dtype=COMPUTE_DTYPES[config.compute_dtype], **quantization)
     loaded.hfc_bnb_unfit_modules = misfits
     return loaded
