@@ -53,7 +53,9 @@ def _compressed(stage: str, minilm_path, tokenizer=None, data=None, checkpoint=N
     if stage == "pruned":
         _zero_smallest(model, 0.5)
     elif stage == "heads_pruned":
-        model.prune_heads({0: [0, 1, 2, 3], 2: [11]})  # structured slimming keeps a config transformers reloads
+        from hfcompress.pruning.structured import slim
+
+        slim(model, {0: [0, 1, 2, 3], 2: [11]}, {})  # uneven heads per layer, recorded in the config for reloading
     elif stage == "slimmed":
         from hfcompress.pruning import StructuredPruningConfig, structured_prune
 

@@ -114,6 +114,21 @@ def test_factorized_checkpoint_reloads_through_auto_class_and_not_silently_witho
     assert done.returncode != 0 and "hfcompress_factorized" in done.stderr
 
 
+def test_slimmed_then_factorized_checkpoint_reloads_with_its_heads(tmp_path):
+    """A factorised checkpoint of a slimmed model gets both its removed heads and its low-rank layers back (transformers 4 and 5)."""
+    from hfcompress.pruning.structured import slim
+
+    model = low_rank_bert(rank=4)
+    slim(model, {0: [1], 2: [0, 3]}, {})
+    report = factorize(model, LowRankConfig(energy=0.99, min_rank=1, rank_multiple=1))
+    x = inputs()
+    expected = model(**x).logits
+    save_factorized(model, tmp_path / "f", report)
+    reloaded = load_factorized(str(tmp_path / "f")).eval()
+    assert reloaded.bert.encoder.layer[2].attention.self.num_attention_heads == 2
+    torch.testing.assert_close(reloaded(**x).logits, expected)
+
+
 def test_load_factorized_rejects_a_dense_checkpoint(tmp_path):
     BertForSequenceClassification(tiny_bert_config(VOCAB)).save_pretrained(tmp_path / "dense")
     with pytest.raises(ModelError, match="is not factorised"):
