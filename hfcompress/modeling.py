@@ -176,16 +176,22 @@ def with_recorded_heads(auto_class, config) -> type:
     return _WITH_RECORDED_HEADS[base]
 
 
+def remove_heads_transformers_kept(model) -> None:
+    """Remove the heads ``model.config.pruned_heads`` records from a model just built from its config, where neither
+    transformers (4 does it itself) nor the :func:`with_recorded_heads` class it was built as has done so."""
+    from .pruning.structured import recorded_heads, remove_recorded_heads
+
+    if recorded_heads(model.config) and not TRANSFORMERS_REMOVES_PRUNED_HEADS and type(model) not in _WITH_RECORDED_HEADS.values():
+        remove_recorded_heads(model)
+
+
 def empty_model(config, task: str | Task = DEFAULT_TASK) -> PreTrainedModel:
     """The model ``load_model`` builds for ``config``, without weights (on the meta device): its module names and shapes."""
     from accelerate import init_empty_weights
 
-    from .pruning.structured import recorded_heads, remove_recorded_heads
-
     with init_empty_weights():
         model = get_task(task).auto_class().from_config(config)
-        if recorded_heads(config) and not TRANSFORMERS_REMOVES_PRUNED_HEADS:
-            remove_recorded_heads(model)
+        remove_heads_transformers_kept(model)
     return model
 
 

@@ -57,6 +57,22 @@ def test_student_keeps_the_chosen_layers_and_reloads(family, tmp_path):
     torch.testing.assert_close(student(ids).logits, reloaded(ids).logits)
 
 
+def test_student_of_a_slimmed_teacher_keeps_its_layers_heads(tmp_path):
+    """The kept layers' removed heads are renumbered with the layers, and the student reloads through load_model."""
+    from hfcompress.modeling import load_model
+    from hfcompress.pruning.structured import recorded_heads, slim
+
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config(V)).eval()
+    slim(teacher, {1: [0], 3: [1, 2]}, {})
+    student = build_student_from_teacher(teacher, [0, 3]).eval()
+    assert recorded_heads(student.config) == {1: [1, 2]}
+    assert student.bert.encoder.layer[1].attention.self.num_attention_heads == 2
+    student.save_pretrained(tmp_path)
+    ids = torch.tensor([[1, 5, 7, 9]])
+    torch.testing.assert_close(load_model(str(tmp_path), "text-classification").eval()(ids).logits, student(ids).logits)
+
+
 @pytest.mark.parametrize("layers", [[], [0, 0], [4], [-1], [0.5]])
 def test_bad_layer_choices_are_refused(layers):
     with pytest.raises(ConfigError, match="distinct integers"):

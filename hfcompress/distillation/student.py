@@ -10,6 +10,8 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import ConfigError
+from ..modeling import remove_heads_transformers_kept
+from ..pruning.structured import recorded_heads
 
 
 def find_layer_list(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
@@ -31,11 +33,14 @@ def build_student_from_teacher(teacher: PreTrainedModel, layers: Sequence[int]) 
             f"student layers {layers} must be distinct integers in [0, {total - 1}] (the teacher has {total} layers), e.g. [0, 2, 4]"
         )
     prefix, _ = find_layer_list(teacher)
+    new_index = {old: new for new, old in enumerate(layers)}
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
+    if recorded_heads(teacher.config):  # a slimmed teacher: its kept layers' removed heads, under their new numbers
+        config.pruned_heads = {new_index[layer]: heads for layer, heads in recorded_heads(teacher.config).items() if layer in new_index}
     student = type(teacher)(config)
+    remove_heads_transformers_kept(student)
     pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.*)$")
-    new_index = {old: new for new, old in enumerate(layers)}
     state = {}
     for key, value in teacher.state_dict().items():
         m = pattern.match(key)
