@@ -169,6 +169,9 @@ def _export_optimum(model_dir, out: Path, task, opset: Optional[int]) -> None:
     main_export(str(model_dir), output=str(out), task=task.export_task, opset=opset, do_validation=False, library_name="transformers")
 
 
+MODULE_SCOPE_METADATA = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy")
+
+
 class _Logits(torch.nn.Module):
     """The model with positional graph inputs and the logits as its only output, as ORTModelFor<Task> expects."""
 
@@ -201,10 +204,12 @@ def _export_dynamo(model, tokenizer, task, out: Path, opset: Optional[int]) -> N
         _Logits(model, input_names).eval(), args, dynamo=True, input_names=input_names, output_names=["logits"],
         dynamic_shapes=(tuple(dims for _ in input_names),), opset_version=opset, verbose=False,
     )
-    # torch tags each node with its Python stack, module path and FX node: debugging aids that hold this
-    # machine's paths, change the file's hash from one checkout to another and add MBs that Optimum's graph does not have
+    # torch tags each node with its Python stack and FX node: debugging aids that hold this machine's paths, change
+    # the file's hash from one checkout to another and add MBs. The module scopes stay: they are how QAT ranges find
+    # their Linear layers (quantization.onnx_ptq.module_of), as Optimum's node names do for its graphs.
     for node in program.model.graph.all_nodes():
-        node.metadata_props.clear()
+        for key in [k for k in node.metadata_props if k not in MODULE_SCOPE_METADATA]:
+            del node.metadata_props[key]
     program.save(str(out / "model.onnx"))
     model.config.save_pretrained(out)
     tokenizer.save_pretrained(out)
