@@ -23,10 +23,11 @@ from hfcompress.quantization.onnx_ptq import (
     ort_quantizer_arguments,
     qat_range_overrides,
 )
-from hfcompress.quantization.qat import fold_qat, load_qat_ranges, prepare_qat, save_qat_ranges
+from hfcompress.quantization.qat import load_qat_ranges
 from hfcompress.quantization.tensorrt import onnx_input_names, restore_float_biases
 
 from tests.conftest import tiny_bert_config
+from tests.test_quantization_ptq import save_fixed_qat_ranges
 
 pytestmark = pytest.mark.requires_optimum
 
@@ -44,13 +45,7 @@ def tiny_checkpoint(tmp_path_factory, tokenizer):
     out = tmp_path_factory.mktemp("tiny") / "checkpoint"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    config = QATConfig(preset="avx2", mode="static")
-    prepare_qat(model, config)
-    for m in model.modules():
-        if hasattr(m, "input_min"):
-            m.input_min.fill_(-8.0)
-            m.input_max.fill_(4.0)
-    save_qat_ranges(out, fold_qat(model), config)
+    save_fixed_qat_ranges(model, out)
     return out
 
 

@@ -192,7 +192,12 @@ def _qat_checkpoint(tiny_teacher_dir, model_dir):
     from transformers import AutoModelForSequenceClassification
 
     shutil.copytree(tiny_teacher_dir, model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    save_fixed_qat_ranges(AutoModelForSequenceClassification.from_pretrained(model_dir), model_dir)
+    return model_dir
+
+
+def save_fixed_qat_ranges(model, model_dir) -> None:
+    """Prepare ``model`` for QAT (avx2, static), set every Linear input range to [-8, 4] and save the ranges to ``model_dir``."""
     config = QATConfig(preset="avx2", mode="static")
     prepare_qat(model, config)
     for m in model.modules():
@@ -200,7 +205,6 @@ def _qat_checkpoint(tiny_teacher_dir, model_dir):
             m.input_min.fill_(-8.0)
             m.input_max.fill_(4.0)
     save_qat_ranges(model_dir, fold_qat(model), config)
-    return model_dir
 
 
 def _check_qat_ranges_used(out, output_dir):
