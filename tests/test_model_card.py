@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -161,6 +163,28 @@ def test_card_of_distilled_pruned_student(run_dir, tmp_path):
     for c in parity["checks"]:  # every shape checked, with its difference
         assert f"| {c['batch_size']} | {c['sequence_length']} | {_num(c['max_abs_diff'])} |" in section
     assert "{{" not in text and "{%" not in text
+
+
+def test_card_onnx_runtime_snippet_runs_without_optimum(run_dir, tmp_path, monkeypatch):
+    """The card's plain ONNX Runtime snippet, run as written against the release files, gives the PyTorch logits."""
+    import huggingface_hub
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    student = run_dir / "outputs" / "tiny-run" / "student"
+    export = tmp_path / "export"
+    shutil.copytree(run_dir / "outputs" / "export", export, ignore=shutil.ignore_patterns("model_quantized.onnx", "quantization.json"))
+    write_model_card(student, tmp_path / "README.md", CardConfig(repo_id="me/tiny-student", onnx=[str(export)]))
+    text = (tmp_path / "README.md").read_text()
+    code = text.split("With ONNX Runtime alone", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'hf_hub_download("me/tiny-student", "onnx/model.onnx")' in code
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename: str(export / Path(filename).name))
+    namespace: dict = {}
+    exec(code.replace('"me/tiny-student"', repr(str(student))), namespace)
+    model = AutoModelForSequenceClassification.from_pretrained(student).eval()
+    with torch.no_grad():
+        expected = model(**namespace["tokenizer"](["A small model that still gets it right."], return_tensors="pt")).logits.numpy()
+    np.testing.assert_allclose(namespace["logits"], expected, atol=1e-4)
 
 
 def _num(x: float) -> str:
