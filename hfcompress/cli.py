@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser(
         "export", help="Export a checkpoint to ONNX and check parity with PyTorch.",
-        description="Export a checkpoint to ONNX (Optimum or the torch dynamo exporter), optionally optimise it with ORTOptimizer, "
+        description="Export a checkpoint to ONNX (Optimum or the torch dynamo exporter), optionally optimise it with ONNX Runtime's transformer optimizer, "
         f"and check PyTorch vs ONNX Runtime outputs on real sentences at several batch sizes and lengths ({PARITY_FILE}).",
     )
     ex.add_argument("model", help="Checkpoint directory or Hub id.")
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Exporter: Optimum's main_export, torch.onnx.export(dynamo=True), or auto: Optimum where optimum-onnx is installed, else dynamo.",
     )
     ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
-    ex.add_argument("--optimize", default=None, choices=["O1", "O2", "O3", "O4"], help="Also write model_optimized.onnx with ORTOptimizer at this level (O4 needs a GPU).")
+    ex.add_argument("--optimize", default=None, choices=["O1", "O2", "O3", "O4"], help="Also write model_optimized.onnx with ONNX Runtime's transformer optimizer at this level (Optimum's O1-O4; O4 needs a GPU).")
     ex.add_argument("--atol", type=float, default=1e-4, help="Largest allowed absolute difference of the outputs.")
     ex.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="Batch sizes of the parity check.")
     ex.add_argument("--sequence-lengths", type=int, nargs="+", default=[16, 128], help="Sequence lengths of the parity check.")

@@ -2,7 +2,7 @@
 """Export the fine-tuned SST-2 teacher and the distilled student to ONNX and compare them with PyTorch.
 
 For each model: PyTorch, then each export backend (Optimum, torch dynamo) as exported and after
-ORTOptimizer (O2), every variant checked for parity, evaluated on SST-2 dev and timed at batch 1 and
+graph optimisation (O2, ONNX Runtime's transformer optimizer), every variant checked for parity, evaluated on SST-2 dev and timed at batch 1 and
 32 with a fixed thread count on the same sentences. Writes <output>.json, .md and .png.
 
     flock /tmp/hfc-cpu.lock python scripts/bench_export.py \\
@@ -57,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--split", default="dev", help="Evaluation split.")
     p.add_argument("--max-eval-samples", type=int, default=None, help="Evaluate the first N examples only (default: all).")
     p.add_argument("--backends", nargs="+", default=["optimum", "dynamo"], choices=["optimum", "dynamo"], help="Export backends.")
-    p.add_argument("--optimize", default="O2", help="ORTOptimizer level for the optimised variants ('none' to skip).")
+    p.add_argument("--optimize", default="O2", help="Graph optimisation level (Optimum's O1-O3, applied by ONNX Runtime's transformer optimizer) of the optimised variants ('none' to skip).")
     p.add_argument("--atol", type=float, default=1e-4, help="Parity tolerance.")
     p.add_argument("--latency-samples", type=int, default=256, help="Evaluation sentences the latency batches are made of.")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="Batch sizes to time.")

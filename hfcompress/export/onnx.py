@@ -49,7 +49,7 @@ class ExportConfig:
     )
     opset: Optional[int] = field(default=None, metadata={"help": "ONNX opset; the exporter's default when not given."})
     optimize: Optional[OptimizationLevel] = field(
-        default=None, metadata={"help": "Also write model_optimized.onnx through ORTOptimizer at this level (O1-O3 on CPU), checked for parity too."}
+        default=None, metadata={"help": "Also write model_optimized.onnx through ONNX Runtime's transformer optimizer at this level (Optimum's O1-O3 on CPU), checked for parity too."}
     )
     atol: float = field(default=1e-4, metadata={"help": "Largest allowed absolute difference between PyTorch and ONNX Runtime outputs."})
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4], metadata={"help": "Batch sizes of the parity check."})
