@@ -131,12 +131,10 @@ def factorized_class(base_cls: type) -> type:
     if base_cls not in _FACTORIZED_CLASSES:
 
         def __init__(self, config, *args, **kwargs):
-            from ..modeling import TRANSFORMERS_REMOVES_PRUNED_HEADS
-            from ..pruning.structured import recorded_heads, remove_recorded_heads
+            from ..modeling import remove_heads_transformers_kept
 
             base_cls.__init__(self, config, *args, **kwargs)
-            if recorded_heads(config) and not TRANSFORMERS_REMOVES_PRUNED_HEADS:  # a slimmed model factorised: its heads first
-                remove_recorded_heads(self)
+            remove_heads_transformers_kept(self)  # a slimmed model factorised: its heads first
             replace_with_low_rank(self, config.factorized_ranks)
 
         # __module__ is the base class's: Optimum infers the library ("transformers") from it
