@@ -57,6 +57,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_export(args) -> int:
     from .export import export_onnx
 
+    triton = _triton_config(args) if args.triton else None  # bad Triton options fail before the export
     texts = None
     if args.parity_texts:
         try:
@@ -72,6 +73,11 @@ def _cmd_export(args) -> int:
     parity = json.loads((path.parent / PARITY_FILE).read_text())
     for name, result in parity["files"].items():
         print(f"{path.parent / name} ({parity['backend']} exporter): parity max abs diff {result['max_abs_diff']:.3g} (atol {result['tolerance']:g}) over {len(result['checks'])} shapes")
+    if triton is not None:
+        from .serving.triton import write_triton_repository
+
+        model_dir = write_triton_repository(path.parent, args.triton, triton, overwrite=args.overwrite)
+        print(f"Triton model repository {args.triton}: model {model_dir.name} (config.pbtxt, 1/model.onnx, tokenizer/, README.md)")
     return 0
 
 
@@ -277,6 +283,29 @@ def _fill_push(push: argparse.ArgumentParser) -> None:
     push.set_defaults(fn=_cmd_push)
 
 
+TRITON_OPTIONS = ("model_name", "max_batch_size", "preferred_batch_sizes", "max_queue_delay_us", "instances", "threads")  # TritonConfig fields
+
+
+def _add_triton_arguments(ex: argparse.ArgumentParser) -> None:
+    from .serving.triton import TritonConfig
+
+    triton = ex.add_argument_group("Triton Inference Server", "Also write the export as a model of a Triton model repository.")
+    triton.add_argument("--triton", metavar="REPO_DIR", default=None, help="Write REPO_DIR/<name>/config.pbtxt and 1/model.onnx, with the tokenizer and a README on tokenization.")
+    defaults = TritonConfig()
+    for name in TRITON_OPTIONS:
+        kind = {"model_name": str, "preferred_batch_sizes": int}.get(name, int)
+        triton.add_argument(
+            "--triton-" + name.replace("_", "-"), type=kind, nargs="+" if name == "preferred_batch_sizes" else None, metavar=name.split("_")[-1].upper(),
+            default=argparse.SUPPRESS, help=_field_help(TritonConfig, name) + ("" if getattr(defaults, name) is None else f" (default: {getattr(defaults, name)})"),
+        )
+
+
+def _triton_config(args):
+    from .serving.triton import TritonConfig
+
+    return TritonConfig(**{name: getattr(args, "triton_" + name) for name in TRITON_OPTIONS if hasattr(args, "triton_" + name)})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfcompress", description="Distil, prune, quantize, export and ship Transformers models.")
     parser.add_argument("--debug", action="store_true", help="Show full tracebacks for errors in the input.")
@@ -343,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="Batch sizes of the parity check.")
     ex.add_argument("--sequence-lengths", type=int, nargs="+", default=[16, 128], help="Sequence lengths of the parity check.")
     ex.add_argument("--parity-texts", default=None, help="Text file, one sentence a line, for the parity check (default: built-in sentences).")
-    ex.add_argument("--overwrite", action="store_true", help="Replace an existing output directory.")
+    ex.add_argument("--overwrite", action="store_true", help="Replace an existing output directory (and Triton model).")
+    _add_triton_arguments(ex)
     ex.set_defaults(fn=_cmd_export)
     _add_size_reduction_commands(sub)
     _add_card_parser(sub)
