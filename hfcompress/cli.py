@@ -311,6 +311,10 @@ def _cmd_serve(args) -> int:
     from .serving.config import ServeConfig
 
     config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
+    if args.ray_replicas is not None:
+        from .serving.ray_serve import serve_with_ray
+
+        return serve_with_ray(args, config)
     serve(args.model, config)
     return 0
 
@@ -326,6 +330,7 @@ def _add_serve_parser(sub: _LazySubParsers) -> None:
 
 def _fill_serve(serve: argparse.ArgumentParser) -> None:
     from .serving.config import LONG_INPUT_POLICIES, ServeConfig
+    from .serving.ray_serve import add_ray_arguments
 
     serve.add_argument("model", help="Exported ONNX directory (hfcompress export), safetensors checkpoint directory, or Hub id.")
     choices = {"backend": ["auto", "pytorch", "onnx"], "long_input": list(LONG_INPUT_POLICIES)}
@@ -333,6 +338,7 @@ def _fill_serve(serve: argparse.ArgumentParser) -> None:
         kind = {"Optional[int]": int, "int": int, "float": float}.get(str(f.type), str)
         serve.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, choices=choices.get(f.name),
                            help=f.metadata["help"] + ("" if f.default is None else f" Default: {f.default}."))
+    add_ray_arguments(serve)
     serve.set_defaults(fn=_cmd_serve)
 
 
