@@ -375,12 +375,15 @@ def goals(report: dict, a) -> list[dict]:
 
 
 def markdown(report: dict) -> str:
+    busy = max(report["load_average_before"] + report["load_average_after"]) > report["hardware"]["cores"]
     lines = [
         "# Serving SST-2: `hfcompress serve` under load",
         "",
         f"Model: `{report['model']}` (ONNX int8) served by `hfcompress serve`; naive: `{report['teacher']}` (fp32 PyTorch, Flask, one request at a time). "
         f"{report['hardware']['cpu']} ({', '.join(report['hardware']['isa'])}), {report['hardware']['cores']} cores, {report['threads']} intra-op threads; "
-        "load generator (async httpx) on the same machine, loopback.",
+        "load generator (async httpx) on the same machine, loopback. Load average (1, 5, 15 min) of the machine "
+        f"{report['load_average_before']} before and {report['load_average_after']} after"
+        + (": above the core count, other jobs shared the CPU." if busy else "."),
         "",
         "| server | concurrency | requests | throughput req/s | p50 ms | p95 ms | p99 ms | error rate |",
         "|---|---|---|---|---|---|---|---|",
@@ -449,6 +452,7 @@ def main(argv=None) -> int:
     from hfcompress.serving.config import ServeConfig
     from hfcompress.utils.io import write_results
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops the servers it started
     command = command_line(Path(__file__), argv, prefix=CPU_LOCK)
     model_dir = prepare_model(a.model, Path(a.work_dir))
     texts = [t for t in evaluation_texts(TaskData(DataConfig(path=a.data, name=a.data_config, eval_split=a.split), splits=[a.split])) if t]
@@ -460,6 +464,7 @@ def main(argv=None) -> int:
         "model": repo_relative(model_dir), "teacher": repo_relative(a.teacher) if a.teacher else None, "threads": a.threads,
         "hardware": cpu_info(a.threads), "max_batch_size": max_batch_size, "concurrency": a.concurrency,
         "requests_per_level": a.requests, "max_seconds_per_level": a.duration, "servers": {},
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],  # other jobs on the machine share its cores
     }
     print("== in-process", flush=True)
     report["in_process"] = in_process(model_dir, texts, sorted({1, *(min(c, max_batch_size) for c in a.concurrency)}), a.threads)
@@ -482,6 +487,7 @@ def main(argv=None) -> int:
         port = free_port()
         with naive_server(port, a, logs / "naive.log") as pid:
             report["servers"][name] = measure_levels(f"http://127.0.0.1:{port}", pid, texts, a, name)
+    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     report["goals"] = goals(report, a)
     report["command"] = command
     write_results(output, report, markdown(report))

@@ -158,24 +158,43 @@ def test_without_batching_dims_keep_the_batch_axis_and_no_batcher_is_declared(ex
     assert config["input"][0]["dims"] == ["-1", "-1"] and config["output"][0]["dims"] == ["-1", "2"]
 
 
-def test_a_graph_with_a_fixed_batch_axis_needs_max_batch_size_0(tmp_path, exported):
+def _graph_dir(directory: Path, batch, **save_options) -> Path:
+    """A directory with a one-MatMul graph (its weight an initializer) of batch axis ``batch``, a config and a tokenizer."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
+    from conftest import save_tiny_wordpiece_tokenizer, tiny_bert_config
+
+    weight = numpy_helper.from_array(np.arange(8, dtype=np.float32).reshape(4, 2), "weight")
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "fixed",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [helper.make_node("MatMul", ["x", "weight"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2])], initializer=[weight],
     )
-    fixed = tmp_path / "fixed"
-    fixed.mkdir()
-    onnx.save(helper.make_model(graph), str(fixed / "model.onnx"))
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        (fixed / name).write_bytes((exported / name).read_bytes())
+    directory.mkdir()
+    onnx.save(helper.make_model(graph), str(directory / "model.onnx"), **save_options)
+    save_tiny_wordpiece_tokenizer(directory, 128)
+    tiny_bert_config(128).save_pretrained(directory)
+    return directory
+
+
+def test_a_graph_with_a_fixed_batch_axis_needs_max_batch_size_0(tmp_path):
+    fixed = _graph_dir(tmp_path / "fixed", 1)
     with pytest.raises(ModelError, match="max_batch_size 0"):
         write_triton_repository(fixed, tmp_path / "repo")
     model = write_triton_repository(fixed, tmp_path / "repo", TritonConfig(max_batch_size=0))
     config = parse_pbtxt((model / "config.pbtxt").read_text())
     assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": ["1", "4"]}] and "dynamic_batching" not in config
+
+
+def test_weights_stored_outside_the_graph_file_are_copied_beside_it(tmp_path):
+    import onnxruntime as ort
+
+    external = _graph_dir(tmp_path / "external", "batch", save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    model = write_triton_repository(external, tmp_path / "repo")
+    assert sorted(p.name for p in (model / "1").iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert parse_pbtxt((model / "config.pbtxt").read_text())["output"][0]["label_filename"] == "labels.txt"  # [batch, 2]: the config's 2 labels
+    session = ort.InferenceSession(str(model / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": np.eye(4, dtype=np.float32)})[0], np.arange(8, dtype=np.float32).reshape(4, 2))
 
 
 @pytest.mark.parametrize("kwargs, message", [
