@@ -429,6 +429,7 @@ def plot(report: dict, path: Path) -> bool:
     left.plot(levels, in_proc, linestyle="--", color="gray", label="in-process, same batching")
     for axis, label in ((left, "throughput (requests/s)"), (right, "p99 latency (ms)")):
         axis.set_xscale("log", base=2)
+        axis.set_xticks(levels, [str(c) for c in levels])
         axis.set_yscale("log")
         axis.set_xlabel("concurrent clients")
         axis.set_ylabel(label)
