@@ -380,7 +380,7 @@ def markdown(report: dict) -> str:
         "# Serving SST-2: `hfcompress serve` under load",
         "",
         f"Model: `{report['model']}` (ONNX int8) served by `hfcompress serve`; naive: `{report['teacher']}` (fp32 PyTorch, Flask, one request at a time). "
-        f"{report['hardware']['cpu']} ({', '.join(report['hardware']['isa'])}), {report['hardware']['cores']} cores, {report['threads']} intra-op threads; "
+        f"{report['hardware']['cpu']} ({', '.join(report['hardware']['isa'])}), {report['hardware']['cores']} cores, {report['threads']} intra-op thread(s) per server; "
         "load generator (async httpx) on the same machine, loopback. Load average (1, 5, 15 min) of the machine "
         f"{report['load_average_before']} before and {report['load_average_after']} after"
         + (": above the core count, other jobs shared the CPU." if busy else "."),
@@ -435,7 +435,7 @@ def plot(report: dict, path: Path) -> bool:
         axis.set_ylabel(label)
         axis.grid(True, alpha=0.3)
     left.legend(fontsize=7)
-    fig.suptitle(f"SST-2 student served on {report['hardware']['cores']} cores ({report['threads']} threads)")
+    fig.suptitle(f"SST-2 student served on {report['hardware']['cores']} cores ({report['threads']} intra-op thread(s) per server)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
