@@ -12,7 +12,9 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import time
+from http import HTTPStatus
 from importlib import resources
 from typing import Any, Optional, Union
 
@@ -31,6 +33,7 @@ from .predictor import InputTooLong, Predictor, input_chars, load_predictor
 logger = logging.getLogger("hfcompress.serve")
 
 MODEL_ENV, CONFIG_ENV = "HFCOMPRESS_SERVE_MODEL", "HFCOMPRESS_SERVE_CONFIG"  # how uvicorn's worker processes get their settings
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's directory for metrics shared by worker processes
 ENDPOINTS = ("/", "/predict", "/health", "/ready", "/metadata", "/metrics", "/docs", "/openapi.json")
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -53,12 +56,18 @@ class PredictRequest(BaseModel):
     top_k: Optional[StrictInt] = Field(None, ge=1, description="Same as parameters.top_k (the text-classification pipeline's argument).")
 
 
-def error_response(status: int, message: str, error_type: str, headers: Optional[dict] = None) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
+def error_response(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    """``{"error": one line naming the problem and the fix, "error_type": the status's phrase}``."""
+    return JSONResponse({"error": message, "error_type": HTTPStatus(status).phrase}, status_code=status, headers=headers)
 
 
 class Metrics:
-    """The server's Prometheus metrics, in a registry of its own (several apps may live in one process)."""
+    """The server's Prometheus metrics, in a registry of its own (several apps may live in one process).
+
+    With ``--workers N`` each process counts its own share in prometheus-client's multiprocess files
+    (``PROMETHEUS_MULTIPROC_DIR``, which :func:`serve` sets), and ``/metrics`` of any worker reports
+    the sum over all of them.
+    """
 
     def __init__(self):
         self.registry = CollectorRegistry()
@@ -66,7 +75,13 @@ class Metrics:
         self.latency = Histogram("hfcompress_request_duration_seconds", "HTTP request latency.", ["endpoint"], registry=self.registry)
         self.batch_size = Histogram("hfcompress_batch_size", "Inputs per batch the model ran.", buckets=BATCH_SIZE_BUCKETS, registry=self.registry)
         self.batch_seconds = Histogram("hfcompress_batch_duration_seconds", "Time the model took per batch.", registry=self.registry)
-        self.queue_depth = Gauge("hfcompress_queue_depth", "Inputs waiting for the model.", registry=self.registry)
+        self.queue_depth = Gauge("hfcompress_queue_depth", "Inputs waiting for the model.", registry=self.registry, multiprocess_mode="livesum")
+        self.exposition = self.registry
+        if os.environ.get(MULTIPROCESS_ENV):
+            from prometheus_client import multiprocess
+
+            self.exposition = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposition)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -110,9 +125,9 @@ class RequestGuard:
         if length is None:
             return None
         if not length.isdigit():
-            return error_response(400, f"Content-Length {length.decode(errors='replace')!r} is not a number of bytes", "BadRequest")
+            return error_response(400, f"Content-Length {length.decode(errors='replace')!r} is not a number of bytes")
         if int(length) > self.max_body_bytes:
-            return error_response(413, f"the body has {int(length)} bytes: send at most {self.max_body_bytes} (the server's max_body_bytes)", "PayloadTooLarge")
+            return error_response(413, f"the body has {int(length)} bytes: send at most {self.max_body_bytes} (the server's max_body_bytes)")
         return None
 
     def _limited(self, receive):
@@ -158,8 +173,8 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
     metrics = Metrics()
     batcher = DynamicBatcher(
         predictor.predict, config.max_batch_size, config.max_wait_ms, config.max_queue, length=input_chars, on_batch=metrics.observe_batch,
+        on_depth=metrics.queue_depth.set,
     )
-    metrics.queue_depth.set_function(lambda: batcher.depth)
     state = {"ready": False}
 
     @contextlib.asynccontextmanager
@@ -183,11 +198,11 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
         status, message = _validation_message(error)
-        return error_response(status, message, "Validation")
+        return error_response(status, message)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        return error_response(error.status_code, str(error.detail), type(error).__name__ if error.status_code >= 500 else "Validation", error.headers)
+        return error_response(error.status_code, str(error.detail), error.headers)
 
     @app.post("/predict", dependencies=[Depends(require_json)], responses={
         200: {"description": "One list of {label, score} per input (a single input: one list), best first."},
@@ -202,14 +217,14 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
             items = predictor.parse(request.inputs)
             results = await batcher.submit(items, top_k)
         except InputTooLong as e:
-            return error_response(413, str(e), "Validation")
+            return error_response(413, str(e))
         except DataError as e:
-            return error_response(422, str(e), "Validation")
+            return error_response(422, str(e))
         except QueueFull as e:
-            return error_response(503, str(e), "Overloaded", {"Retry-After": str(e.retry_after_s)})
+            return error_response(503, str(e), {"Retry-After": str(e.retry_after_s)})
         except Exception as e:  # noqa: BLE001 - the model failed: this request gets 500, the server keeps serving
             logger.exception("prediction failed")
-            return error_response(500, f"the model failed on this request ({type(e).__name__}): see the server log", "Internal")
+            return error_response(500, f"the model failed on this request ({type(e).__name__}): see the server log")
         return results if isinstance(request.inputs, list) else results[0]
 
     @app.get("/health")
@@ -221,7 +236,7 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
     async def ready():
         """Readiness: the model is loaded and the batcher takes requests."""
         if not state["ready"]:
-            return error_response(503, "the server is starting or shutting down", "Unavailable", {"Retry-After": "1"})
+            return error_response(503, "the server is starting or shutting down", {"Retry-After": "1"})
         return {"status": "ready", "model": metadata["model"], "task": metadata["task"]}
 
     @app.get("/metadata")
@@ -232,7 +247,7 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
     @app.get("/metrics")
     async def prometheus_metrics():
         """Prometheus text: requests by status, latency, batch sizes, queue depth."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     page = resources.files(__package__).joinpath("static", "index.html").read_text(encoding="utf-8")
 
@@ -258,4 +273,6 @@ def serve(model_path: Union[str, os.PathLike], config: ServeConfig) -> None:
         return
     load_predictor(model_path, config)  # fails here, once, in one line, before workers start
     os.environ[MODEL_ENV], os.environ[CONFIG_ENV] = str(model_path), json.dumps(config.to_dict())
+    if not os.environ.get(MULTIPROCESS_ENV):  # the workers' metrics meet in a fresh directory (stale files would add up)
+        os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="hfcompress-serve-metrics-")
     uvicorn.run("hfcompress.serving.app:app_from_environment", factory=True, workers=config.workers, **options)
