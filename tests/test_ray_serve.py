@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
 from hfcompress.errors import ConfigError
 from hfcompress.serving.ray_serve import REPLICA_HEADER, build_deployment, ray_missing
+from serve_helpers import free_port
 
 
 def test_bad_replica_counts_are_config_errors():
@@ -23,12 +23,6 @@ def test_without_ray_the_error_names_the_extra(monkeypatch):
     assert 'pip install "hfcompress[ray]"' in ray_missing()
     with pytest.raises(ConfigError, match=r"hfcompress\[ray\]"):
         build_deployment("unused", None, replicas=2)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -56,7 +50,7 @@ def test_two_replicas_both_answer_predict(local_ray, tiny_teacher_dir, tmp_path)
     from hfcompress.serving.ray_serve import APP_NAME, start_ray_serve
 
     onnx_dir = export_onnx(tiny_teacher_dir, tmp_path / "onnx", sequence_lengths=[8]).parent
-    port = _free_port()
+    port = free_port()
     start_ray_serve(onnx_dir, ServeConfig(threads=1, max_wait_ms=0), replicas=2, host="127.0.0.1", port=port, replica_cpus=1)
 
     deployment = serve.status().applications[APP_NAME].deployments["HFCompressServer"]
