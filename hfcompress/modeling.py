@@ -1,4 +1,4 @@
-"""Loading models and tokenizers by Hub id or local path, for the tasks hfcompress supports."""
+"""Loading models and their processors (tokenizers, image processors) by Hub id or local path, for the tasks hfcompress supports."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Optional
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
 from .errors import ModelError
-from .tasks import DEFAULT_TASK, Task, get_task, task_of
+from .tasks import DEFAULT_TASK, TASKS, Task, get_task, task_of
 
 
 def _describe_load_error(name: str, error: Exception) -> ModelError:
@@ -34,7 +34,7 @@ def load_config(name_or_path: str, trust_remote_code: bool = False):
 
 def check_head_fits_labels(config, num_labels: int, name: str) -> None:
     """A trained classification head must have as many labels as the data; a base model gets a new head."""
-    has_head = any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in (config.architectures or []))
+    has_head = any(task.matches(a) for task in TASKS.values() if task.has_labels for a in (config.architectures or []))
     if has_head and config.num_labels != num_labels:
         raise ModelError(
             f"model '{name}' has {config.num_labels} labels but the data has {num_labels}: "
@@ -80,7 +80,15 @@ def check_model_files(path: Path, needs_tokenizer: bool) -> None:
         except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, ValueError, OSError... for a broken file
             raise ModelError(f"{graph} does not load as ONNX ({type(e).__name__}): export the model again") from None
     if needs_tokenizer:
-        check_tokenizer_files(path)
+        _task_of_directory(path).check_processor_files(path)
+
+
+def _task_of_directory(path: Path) -> Task:
+    """The task of a saved model from its config.json; a base model without a head reads text (the default task)."""
+    try:
+        return task_of(json.loads((path / "config.json").read_text()))
+    except (ModelError, OSError, ValueError):
+        return get_task(DEFAULT_TASK)
 
 
 def check_tokenizer_files(path: Path) -> None:
@@ -108,6 +116,23 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
         raise _describe_load_error(name_or_path, e) from e
+
+
+def load_processor(name_or_path: str, task: Optional[str | Task] = None, trust_remote_code: bool = False):
+    """What turns raw inputs into the model's inputs, as saved with it: a tokenizer, or an image processor for image tasks.
+
+    The task is inferred from the model's config when not given (a base model without a head: text).
+    """
+    if task is None:
+        local = Path(os.path.expanduser(name_or_path))
+        if local.is_dir():
+            task = _task_of_directory(local)
+        else:
+            try:
+                task = task_of(load_config(name_or_path, trust_remote_code))
+            except ModelError:
+                task = DEFAULT_TASK
+    return get_task(task).load_processor(name_or_path, trust_remote_code)
 
 
 def load_model(
@@ -196,7 +221,7 @@ def empty_model(config, task: str | Task = DEFAULT_TASK) -> PreTrainedModel:
 
 
 def load_checkpoint(name_or_path: str, task: Optional[str | Task] = None, trust_remote_code: bool = False):
-    """``(model, tokenizer, task)`` of a checkpoint; the task is inferred from its config when not given."""
-    tokenizer = load_tokenizer(name_or_path, trust_remote_code)
+    """``(model, processor, task)`` of a checkpoint; the task is inferred from its config when not given."""
     task = get_task(task) if task is not None else task_of(load_config(name_or_path, trust_remote_code))
-    return load_model(name_or_path, task, trust_remote_code=trust_remote_code), tokenizer, task
+    processor = load_processor(name_or_path, task, trust_remote_code)
+    return load_model(name_or_path, task, trust_remote_code=trust_remote_code), processor, task
