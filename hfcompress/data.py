@@ -60,6 +60,15 @@ def _split_files(directory: Path) -> dict[str, Path]:
     return files
 
 
+def _is_split_file_directory(directory: Path, splits: list[str]) -> bool:
+    """One file per split at the top. A dataset in the Hub's layout (Parquet under a config sub-directory, as CIFAR-10 has)
+    may hold other top-level files (classes.txt); it is one when no split has a top-level file and sub-directories hold the data."""
+    files = _split_files(directory)
+    if not files:
+        return False
+    return any(s in files for s in splits) or not any(p.is_dir() and not p.name.startswith(".") for p in directory.iterdir())
+
+
 def _has_no_rows(path: Path) -> bool:
     """True for an empty file, or a CSV/TSV with a header line only (datasets would fail obscurely)."""
     header_lines = 1 if path.suffix in (".csv", ".tsv") else 0
@@ -88,7 +97,7 @@ def load_raw_splits(cfg: DataConfig, splits: list[str]) -> DatasetDict:
     try:
         if local.is_dir() and (local / "dataset_dict.json").exists():
             loaded = datasets.load_from_disk(str(local))
-        elif local.is_dir() and _split_files(local):
+        elif local.is_dir() and _is_split_file_directory(local, splits):
             files = _split_files(local)
             missing = [s for s in splits if s not in files]
             if missing:
@@ -148,17 +157,17 @@ class TaskData:
         raw = load_raw_splits(cfg, list(dict.fromkeys(splits)))
         self.cfg = cfg = self.task.resolve_columns(cfg, next(iter(raw.values())).column_names)
         self.seed = seed
-        self.checked: dict[str, Optional[dict]] = {}  # what the task found checking each split's rows (image sizes)
         for split, ds in raw.items():
             self._check_columns(split, ds)
-            self.checked[split] = self.task.check_rows(split, ds, cfg)
         if cfg.train_split in raw and self.task.has_labels and isinstance(raw[cfg.train_split].features[cfg.label_column], ClassLabel):
-            train = raw[cfg.train_split]
+            train = raw[cfg.train_split]  # the whole split: a subset that misses a rare class is fine, a dataset without it is not
             self.task.check_labels_covered(cfg.train_split, train, cfg, train.features[cfg.label_column].num_classes)
         if cfg.max_train_samples and cfg.train_split in raw and cfg.max_train_samples < len(raw[cfg.train_split]):
             raw[cfg.train_split] = raw[cfg.train_split].shuffle(seed=seed).select(range(cfg.max_train_samples))
         if cfg.max_eval_samples and cfg.eval_split in raw and cfg.max_eval_samples < len(raw[cfg.eval_split]):
             raw[cfg.eval_split] = raw[cfg.eval_split].select(range(cfg.max_eval_samples))
+        # rows are checked once subsets are taken: only the rows used (every image is decoded once here)
+        self.checked: dict[str, Optional[dict]] = {split: self.task.check_rows(split, ds, cfg) for split, ds in raw.items()}
         self.raw = raw
         self.label_names = self._label_names() if self.task.has_labels else []
         self.label2id = {name: i for i, name in enumerate(self.label_names)}

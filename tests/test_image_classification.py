@@ -61,6 +61,15 @@ def tiny_mobilenet(directory: Path, num_labels: int = 3) -> Path:
     return directory
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny CNNs run fastest on one thread: on a busy 2-core machine more threads only wait for each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _data(cfg: dict, **overrides):
     from hfcompress.data import DataConfig, TaskData
 
