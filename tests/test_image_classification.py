@@ -195,6 +195,30 @@ def test_a_column_that_holds_no_images_is_refused(tmp_path):
         _data(cfg, image_column="label")
 
 
+# --- ONNX graphs -------------------------------------------------------------------------------
+
+# Optimum's MobileNetV2 graph: a batch axis, the image size fixed (its TF-style padding is computed from it).
+MOBILENET_SIGNATURE = {"inputs": [("pixel_values", ["batch_size", 3, 32, 32])], "outputs": [("logits", ["batch_size", 3])]}
+
+
+def test_dynamo_image_graph_has_the_signature_of_optimums(tmp_path):
+    from hfcompress.export.onnx import export_onnx, graph_signature
+
+    onnx_path = export_onnx(tiny_mobilenet(tmp_path / "m"), tmp_path / "onnx", backend="dynamo", batch_sizes=[1, 3])
+    assert graph_signature(onnx_path) == MOBILENET_SIGNATURE
+    parity = json.loads((tmp_path / "onnx" / "parity.json").read_text())
+    assert parity["texts"] == "built-in" and [c["batch_size"] for c in parity["files"]["model.onnx"]["checks"]] == [1, 3]
+    assert (tmp_path / "onnx" / "preprocessor_config.json").is_file()  # the default processor ships with the graph
+
+
+@pytest.mark.requires_optimum
+def test_optimum_image_graph_has_the_recorded_signature(tmp_path):
+    from hfcompress.export.onnx import export_onnx, graph_signature
+
+    onnx_path = export_onnx(tiny_mobilenet(tmp_path / "m"), tmp_path / "onnx", backend="optimum", batch_sizes=[2])
+    assert graph_signature(onnx_path) == MOBILENET_SIGNATURE
+
+
 # --- the flow: train, distil, export, evaluate, card ---------------------------------------------
 
 
@@ -236,6 +260,8 @@ def test_resnet_teacher_distils_into_mobilenet_then_exports_evaluates_and_gets_a
     assert all(r["latency_ms_p50_b1"] > 0 and r["latency_ms_p50_b32"] > 0 for r in rows)
     card = (outputs["card"] / "README.md").read_text()
     assert "pipeline_tag: image-classification" in card and "ORTModelForImageClassification" in card
+    assert 'processor = AutoImageProcessor.from_pretrained(' in card and "AutoTokenizer" not in card
+    assert "on images of the evaluation split." in card and "| batch | max abs diff |" in card
 
 
 def test_the_teacher_logit_cache_is_refused_for_images_preprocessed_on_the_fly(tmp_path):

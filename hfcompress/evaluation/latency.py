@@ -89,7 +89,7 @@ def latency_batches(
     shares a processor is timed on identical inputs. ``task`` defaults to text.
     """
     if not inputs:
-        raise ConfigError("measure_latency needs at least one input: pass real ones, e.g. from the evaluation split")
+        raise ConfigError("measure_latency needs at least one text (or image): pass real inputs, e.g. from the evaluation split")
     task = task or get_task(DEFAULT_TASK)
     inputs = list(inputs) * -(-batch_size // len(inputs)) if len(inputs) < batch_size else list(inputs)
     starts = range(0, len(inputs) - batch_size + 1, batch_size)

@@ -2,7 +2,9 @@
 
 Backend ``auto`` uses Optimum's exporter where optimum-onnx is installed (the transformers 4.57
 stack) and the dynamo exporter elsewhere; both give each task's graph the same input and output
-names and dynamic axes, so what reads the graph afterwards does not depend on the exporter.
+names and dynamic axes, so what reads the graph afterwards does not depend on the exporter. (Image
+graphs have a dynamic batch axis and the image processor's size, as Optimum's MobileNetV2 graph; for
+ResNet, Optimum also names the channel, height and width axes.)
 
 Every export is compared with the PyTorch model on real sentences at several batch sizes and
 sequence lengths (``parity.json``); a model that exports but disagrees beyond the tolerance is a

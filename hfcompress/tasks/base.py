@@ -313,6 +313,17 @@ class Task:
         """Labels the model card lists."""
         return None
 
+    def card_usage(self) -> dict:
+        """How the card's ONNX Runtime snippets load the processor and make inputs, and what built-in parity inputs are."""
+        return {
+            "processor_var": "tokenizer",
+            "processor_class": "AutoTokenizer",
+            "example_imports": "",
+            "example_inputs": 'tokenizer(["A small model that still gets it right."], return_tensors="np")',
+            "given_parity_inputs": "the sentences given to the export",
+            "builtin_parity_inputs": "hfcompress's built-in real sentences",
+        }
+
     def card_metrics(self, results: dict, metrics: dict) -> dict:
         """Metrics for the card derived from a Trainer's eval results (language models: perplexity from the loss)."""
         return metrics

@@ -218,6 +218,16 @@ class ImageClassificationTask(TextClassificationTask):
         """``{"pixel_values": float32 [N, 3, H, W]}``: the calibration images as the model sees them (never augmented)."""
         return self.onnx_feeds(processor(images=self.inputs(rows, cfg), return_tensors="np"), input_names)
 
+    def card_usage(self) -> dict:
+        return {
+            "processor_var": "processor",
+            "processor_class": "AutoImageProcessor",
+            "example_imports": "from PIL import Image\n",
+            "example_inputs": 'processor(images=[Image.open("image.jpg").convert("RGB")], return_tensors="np")',
+            "given_parity_inputs": "images of the evaluation split",
+            "builtin_parity_inputs": "seeded random-noise images at the processor's size",
+        }
+
     # --- ONNX graphs --------------------------------------------------------------------------
 
     def onnx_input_names(self, model, processor) -> list[str]:
