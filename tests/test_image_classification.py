@@ -211,6 +211,15 @@ def test_dynamo_image_graph_has_the_signature_of_optimums(tmp_path):
     assert (tmp_path / "onnx" / "preprocessor_config.json").is_file()  # the default processor ships with the graph
 
 
+def test_sentences_for_the_parity_check_of_an_image_model_are_refused(tmp_path):
+    from hfcompress.cli import main
+
+    (tmp_path / "texts.txt").write_text("A sentence.\n")
+    code = main(["export", str(tiny_resnet(tmp_path / "m")), "--output", str(tmp_path / "onnx"), "--backend", "dynamo",
+                 "--parity-texts", str(tmp_path / "texts.txt")])
+    assert code != 0 and not (tmp_path / "onnx").exists()
+
+
 @pytest.mark.requires_optimum
 def test_optimum_image_graph_has_the_recorded_signature(tmp_path):
     from hfcompress.export.onnx import export_onnx, graph_signature

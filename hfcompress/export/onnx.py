@@ -112,6 +112,8 @@ def export_onnx(
         raise ModelError(f"cannot export '{model_dir}': no readable config.json ({str(e).splitlines()[0][:160]}); give a checkpoint directory or Hub id") from e
     task = get_task(config.task) if config.task else task_of(model_config)
     processor = task.load_processor(str(model_dir))
+    if parity_texts:  # inputs the task cannot take (sentences for an image model) fail before the slow export
+        task.parity_batch(processor, parity_texts, 1, task.parity_shapes(model_config, config.sequence_lengths)[0])
     model = load_model(str(model_dir), task)
     backend = config.resolved_backend
     with atomic_output_dir(output_dir, overwrite=overwrite) as staging:

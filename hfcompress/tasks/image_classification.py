@@ -251,6 +251,13 @@ class ImageClassificationTask(TextClassificationTask):
 
     def parity_batch(self, processor, inputs: Sequence, batch_size: int, shape: dict) -> dict:
         inputs = list(inputs)
+        if any(isinstance(x, str) for x in inputs):
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                "parity texts were given for an image model: leave --parity-texts out (seeded noise images are used) "
+                "or export in a recipe, which checks on images of the evaluation split"
+            )
         return dict(processor(images=[inputs[i % len(inputs)] for i in range(batch_size)], return_tensors="np"))
 
     def default_inputs(self, processor, config) -> list:
