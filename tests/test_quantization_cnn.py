@@ -1,0 +1,176 @@
+"""int8 for CNNs: static QDQ quantization of an exported ResNet calibrated on images, dynamic mode refused, presets from the CPU."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from hfcompress.errors import ConfigError
+from hfcompress.quantization import PTQConfig, quantize_onnx
+from hfcompress.quantization.config import cpu_preset
+from hfcompress.quantization.qat import QUANTIZATION_FILE
+from tests.conftest import assert_compression_summary
+
+IMAGE_SIZE = 32
+
+
+def tiny_resnet(seed: int = 0):
+    """A tiny random ResNet with non-trivial BatchNorm statistics (so that folding them changes the Conv weights)."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(seed)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=4)
+    model = ResNetForImageClassification(config).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+class _PixelValuesToLogits(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).logits
+
+
+def export_cnn(model, directory):
+    """``model`` exported with torch.onnx.export(dynamo=True) as ``model.onnx`` (input ``pixel_values``), with its config and image processor."""
+    from transformers import ConvNextImageProcessor
+
+    directory.mkdir(parents=True, exist_ok=True)
+    sample = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    program = torch.onnx.export(
+        _PixelValuesToLogits(model).eval(), (sample,), dynamo=True, input_names=["pixel_values"], output_names=["logits"],
+        dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}}, verbose=False,
+    )
+    program.save(str(directory / "model.onnx"))
+    model.config.save_pretrained(directory)
+    ConvNextImageProcessor(size={"shortest_edge": IMAGE_SIZE}, do_resize=False).save_pretrained(directory)
+    return directory
+
+
+def images(count: int, seed: int, contrast: float = 1.0) -> np.ndarray:
+    """Normalised float32 images [N, 3, H, W], as an image processor gives them: smooth random blobs, not white noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.standard_normal((count, 3, IMAGE_SIZE // 8, IMAGE_SIZE // 8)).astype(np.float32)
+    return contrast * np.kron(coarse, np.ones((1, 1, 8, 8), dtype=np.float32)) + 0.1 * rng.standard_normal((count, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+
+
+def run_onnx(path, pixel_values):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"pixel_values": pixel_values})[0]
+
+
+def initializers(path) -> dict:
+    graph = onnx.load(str(path)).graph
+    return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+
+
+def input_scale(path) -> float:
+    """The scale of the Q/DQ pair that quantizes the graph input (the first Conv's activation)."""
+    graph = onnx.load(str(path)).graph
+    node = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "pixel_values")
+    return float(initializers(path)[node.input[1]])
+
+
+@pytest.fixture(scope="module")
+def cnn_dir(tmp_path_factory):
+    return export_cnn(tiny_resnet(), tmp_path_factory.mktemp("cnn") / "onnx")
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_static_cnn_graph_is_conv_qdq_with_folded_batchnorm_and_int8_weights(cnn_dir, tmp_path, method):
+    config = PTQConfig(mode="static", preset="avx512_vnni", calibration_method=method, percentile=99.99)
+    path = quantize_onnx(cnn_dir, tmp_path / method, config, calibration_inputs={"pixel_values": images(32, seed=1)})
+    graph = onnx.load(str(path)).graph
+    values = initializers(path)
+    producer = {out: node for node in graph.node for out in node.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 6 and not any(n.op_type == "BatchNormalization" for n in graph.node)
+    for conv in convs:
+        activation, weight = producer[conv.input[0]], producer[conv.input[1]]
+        assert activation.op_type == weight.op_type == "DequantizeLinear"
+        # per-channel symmetric int8 weights: one scale per output channel, zero points 0
+        assert values[weight.input[0]].dtype == np.int8 and values[weight.input[1]].shape == (values[weight.input[0]].shape[0],)
+        assert not values[weight.input[2]].any()
+        assert any(n.op_type == "QuantizeLinear" and n.input[0] == conv.output[0] for n in graph.node)  # its output requantized: QLinearConv
+    info = json.loads((tmp_path / method / QUANTIZATION_FILE).read_text())
+    assert info["calibration"]["method"] == method and info["calibration"]["samples"] == 32 and info["convs_quantized"] == 6
+    assert info["qdq"] == "onnxruntime, float outputs" and "Conv" in info["operators"] and "BatchNormalization folded" in info["calibration"]["preprocessing"]
+    assert (method == "percentile") == (info["calibration"].get("percentile") == 99.99)
+    summary = assert_compression_summary(tmp_path / method, "static")
+    assert summary.settings["calibration"]["method"] == method and summary.results["convs_quantized"] == 6
+    # held-out images: int8 agrees with fp32 on the tiny model (logits within 10% of their spread, same top-1 on >= 90%)
+    held_out = images(64, seed=2)
+    fp32, int8 = run_onnx(cnn_dir / "model.onnx", held_out), run_onnx(path, held_out)
+    assert np.abs(int8 - fp32).max() <= 0.1 * (fp32.max() - fp32.min())
+    assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.9
+
+
+def test_onnxruntime_runs_the_static_cnn_graph_as_qlinearconv(cnn_dir, tmp_path):
+    import onnxruntime as ort
+
+    path = quantize_onnx(cnn_dir, tmp_path / "q", PTQConfig(mode="static", preset="avx2"), calibration_inputs={"pixel_values": images(8, seed=1)})
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 6 and "Conv" not in ops
+    # the avx2 preset stores weights as uint8 (zero point 128), its own arithmetic on AVX2 without VNNI
+    assert json.loads((tmp_path / "q" / QUANTIZATION_FILE).read_text())["weights"] == "uint8 symmetric per-channel"
+
+
+def test_calibration_data_sets_the_activation_ranges(cnn_dir, tmp_path):
+    """Ranges come from the calibration images: three times the contrast gives a wider input range; the same images the same one."""
+    config = PTQConfig(mode="static", preset="avx512_vnni")
+    scales = [
+        input_scale(quantize_onnx(cnn_dir, tmp_path / name, config, calibration_inputs={"pixel_values": images(16, seed=1, contrast=contrast)}))
+        for name, contrast in (("a", 1.0), ("b", 3.0), ("c", 1.0))
+    ]
+    assert scales[1] > 2 * scales[0] and scales[2] == scales[0]
+
+
+def test_dynamic_int8_is_refused_for_a_cnn(cnn_dir, tmp_path):
+    with pytest.raises(ConfigError, match="Conv layers, which would stay fp32: set mode: static"):
+        quantize_onnx(cnn_dir, tmp_path / "dyn", PTQConfig(mode="dynamic"))
+    assert not (tmp_path / "dyn").exists()
+    assert "refused for CNNs" in PTQConfig.__dataclass_fields__["mode"].metadata["help"]
+
+
+def test_static_without_calibration_data_names_the_fix(cnn_dir, tmp_path):
+    with pytest.raises(ConfigError, match="calibration_inputs"):
+        quantize_onnx(cnn_dir, tmp_path / "q", PTQConfig(mode="static"))
+
+
+@pytest.mark.parametrize(
+    "isa, machine, preset",
+    [
+        (["avx2", "fma"], "x86_64", "avx2"),
+        (["avx2", "avx512f"], "x86_64", "avx512"),
+        (["avx2", "avx512f", "avx512_vnni"], "x86_64", "avx512_vnni"),
+        (["avx2", "avx_vnni"], "x86_64", "avx512_vnni"),
+        (["asimd", "asimddp"], "aarch64", "arm64"),
+    ],
+)
+def test_cpu_preset_follows_the_isa(isa, machine, preset):
+    assert cpu_preset(isa, machine)[0] == preset
+
+
+def test_auto_preset_is_this_cpus_and_recorded(cnn_dir, tmp_path):
+    config = PTQConfig(mode="static", preset="auto")
+    assert config.preset == cpu_preset()[0] and config.preset_reason.startswith("chosen for this CPU")
+    quantize_onnx(cnn_dir, tmp_path / "q", config, calibration_inputs={"pixel_values": images(4, seed=1)})
+    info = json.loads((tmp_path / "q" / QUANTIZATION_FILE).read_text())
+    assert info["preset"] == config.preset and info["preset_reason"] == config.preset_reason
