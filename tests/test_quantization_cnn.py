@@ -1,4 +1,4 @@
-"""int8 for CNNs: static QDQ quantization of an exported ResNet calibrated on images, dynamic mode refused, presets from the CPU."""
+"""int8 for CNNs: static QDQ quantization of an exported ResNet calibrated on images, dynamic mode refused, presets from the CPU, QAT of Conv2d with BatchNorm folding."""
 
 import json
 
@@ -9,9 +9,9 @@ import torch
 from onnx import numpy_helper
 
 from hfcompress.errors import ConfigError
-from hfcompress.quantization import PTQConfig, quantize_onnx
+from hfcompress.quantization import PTQConfig, QATCallback, QATConfig, prepare_qat, quantize_onnx
 from hfcompress.quantization.config import cpu_preset
-from hfcompress.quantization.qat import QUANTIZATION_FILE
+from hfcompress.quantization.qat import QUANTIZATION_FILE, FakeQuantConv2d, fake_quant_modules, load_qat_ranges
 from tests.conftest import assert_compression_summary
 
 IMAGE_SIZE = 32
@@ -174,3 +174,118 @@ def test_auto_preset_is_this_cpus_and_recorded(cnn_dir, tmp_path):
     quantize_onnx(cnn_dir, tmp_path / "q", config, calibration_inputs={"pixel_values": images(4, seed=1)})
     info = json.loads((tmp_path / "q" / QUANTIZATION_FILE).read_text())
     assert info["preset"] == config.preset and info["preset_reason"] == config.preset_reason
+
+
+# --- QAT for Conv2d with BatchNorm folding ---
+
+
+def _image_train_set(count: int = 32):
+    pixels = images(count, seed=5)
+    labels = np.random.default_rng(5).integers(0, 4, count)
+    return [{"pixel_values": torch.from_numpy(p), "labels": int(label)} for p, label in zip(pixels, labels)]
+
+
+def _train_with_qat(model, output_dir, config, max_steps=4, save_steps=2):
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=0.05,
+                             save_strategy="steps", save_steps=save_steps, report_to="none", disable_tqdm=True, use_cpu=True)
+    callback = QATCallback(config)
+    Trainer(model=model, args=args, train_dataset=_image_train_set(), callbacks=[callback]).train()
+    return callback, args
+
+
+def _batch_norms(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+
+def test_qat_folds_batchnorm_into_conv_and_keeps_the_float_logits(tmp_path):
+    """After QAT and folding, the model computes what the unfolded checkpoint of the same step computes, with plain modules."""
+    from transformers import ResNetForImageClassification
+
+    model = tiny_resnet()
+    callback, _ = _train_with_qat(model, tmp_path / "out", QATConfig(preset="avx512_vnni", mode="static", freeze_bn_step=2))
+    assert not fake_quant_modules(model) and all(type(m) is torch.nn.BatchNorm2d for m in _batch_norms(model).values())
+    for bn in _batch_norms(model).values():  # only the shift is left in the BatchNorm: the scale is in the conv
+        assert torch.all(bn.weight == 1) and torch.all(bn.running_mean == 0)
+    unfolded = ResNetForImageClassification.from_pretrained(tmp_path / "out" / "checkpoint-4").eval()
+    assert set(unfolded.state_dict()) == set(model.state_dict())
+    pixels = torch.from_numpy(images(8, seed=9))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(pixels).logits, unfolded(pixels).logits, atol=1e-5, rtol=1e-4)
+    # the ranges kept cover every Conv2d and the classifier, with the folded weights' per-channel scales
+    convs = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert {k.rsplit(".", 1)[0] for k in callback.ranges} == {*convs, "classifier.1"}
+    weight = model.get_submodule(convs[0]).weight
+    torch.testing.assert_close(callback.ranges[f"{convs[0]}.weight_scale"], weight.abs().flatten(1).amax(1) / 127)
+
+
+def test_batchnorm_statistics_move_until_freeze_bn_step_then_stay(tmp_path):
+    model = tiny_resnet()
+    prepare_qat(model, QATConfig(preset="avx512_vnni", mode="static"))
+    conv = next(m for m in fake_quant_modules(model).values() if isinstance(m, FakeQuantConv2d))
+    model.train()
+    before = conv.batch_norm.running_mean.clone()
+    model(torch.from_numpy(images(8, seed=3)))
+    assert not torch.equal(conv.batch_norm.running_mean, before)
+    for m in fake_quant_modules(model).values():
+        m.bn_frozen = True
+    frozen = conv.batch_norm.running_mean.clone()
+    logits = model(torch.from_numpy(images(8, seed=4))).logits
+    assert torch.equal(conv.batch_norm.running_mean, frozen)
+    logits.sum().backward()  # the folded form trains: gradients reach the conv weights and the BatchNorm's affine parameters
+    assert conv.weight.grad is not None and conv.batch_norm.weight.grad is not None
+
+
+def test_conv_qat_ranges_are_the_static_graphs_ranges(tmp_path):
+    """The folded QAT model's export, statically quantized, takes each Conv input's range from QAT, not from calibration."""
+    from hfcompress.quantization.config import UINT8_ASYMMETRIC
+    from hfcompress.quantization.onnx_ptq import linear_input_tensors
+    from hfcompress.quantization.qat import activation_qparams
+
+    model = tiny_resnet()
+    config = QATConfig(preset="avx512_vnni", mode="static")
+    callback, _ = _train_with_qat(model, tmp_path / "out", config, max_steps=2, save_steps=10)
+    onnx_dir = export_cnn(model, tmp_path / "onnx")
+    callback.write_artifacts(onnx_dir)
+    qat = load_qat_ranges(onnx_dir)
+    # calibrated on images ten times brighter than the training ones: a calibrated range would be far wider
+    path = quantize_onnx(onnx_dir, tmp_path / "int8", PTQConfig(mode="static", preset="avx512_vnni"),
+                         calibration_inputs={"pixel_values": images(8, seed=1, contrast=10.0)})
+    tensors = linear_input_tensors(onnx_dir / "model.onnx")
+    convs = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert set(convs) <= {module.removeprefix("model.") for module in tensors}
+    graph = onnx.load(str(path)).graph
+    values = initializers(path)
+    scales = {n.input[0]: float(values[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in values}
+    for module, tensor in tensors.items():  # the stem conv reads the image, the others a ReLU or the MaxPool (which shares its input's range)
+        lo, hi = qat[module.removeprefix("model.")]
+        assert scales[tensor] == pytest.approx(float(activation_qparams(torch.tensor(lo), torch.tensor(hi), UINT8_ASYMMETRIC)[0]), rel=1e-6), module
+    info = json.loads((tmp_path / "int8" / QUANTIZATION_FILE).read_text())
+    # every Conv2d and the classifier found; one range per tensor: the second stage's first conv and its shortcut read the same ReLU
+    assert len(tensors) == len(convs) + 1 and info["calibration"]["qat_ranges_used"] == len(set(tensors.values())) == len(tensors) - 1
+    assert "qat_layers_unmatched" not in info["calibration"]
+
+
+def test_resumed_conv_qat_takes_its_ranges_back(tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    model = tiny_resnet()
+    config = QATConfig(preset="avx512_vnni", mode="static", freeze_bn_step=3)
+    _, args = _train_with_qat(model, tmp_path / "out", config, max_steps=4, save_steps=3)
+    saved = load_qat_ranges(tmp_path / "out" / "checkpoint-3")
+    resumed, callback = tiny_resnet(), QATCallback(config)
+    callback.on_train_begin(args, SimpleNamespace(global_step=3), TrainerControl(), model=resumed)
+    callback.on_step_begin(args, SimpleNamespace(global_step=3), TrainerControl())
+    modules = fake_quant_modules(resumed)
+    assert saved.keys() == modules.keys() and any(isinstance(m, FakeQuantConv2d) for m in modules.values())
+    assert all((float(m.input_min), float(m.input_max)) == pytest.approx(saved[name]) for name, m in modules.items())
+    assert all(m.bn_frozen for m in modules.values())  # past freeze_bn_step on resume, the statistics stay frozen
+
+
+def test_dynamic_qat_of_convs_is_refused():
+    with pytest.raises(ConfigError, match="set mode: static"):
+        prepare_qat(tiny_resnet(), QATConfig(mode="dynamic"))
+    assert prepare_qat(tiny_resnet(), QATConfig(mode="dynamic", target_modules=["classifier.1"])) == ["classifier.1"]

@@ -128,7 +128,7 @@ class _TargetsOrtScheme:
 
 @dataclass
 class QATConfig(_TargetsOrtScheme):
-    """Quantization-aware training: fake-quantize the targeted Linear layers as ONNX Runtime int8 will."""
+    """Quantization-aware training: fake-quantize the targeted Linear and Conv2d layers as ONNX Runtime int8 will."""
 
     preset: Preset = field(default="avx2", metadata={"help": f"Deployment preset to simulate, one of {PRESETS}, or 'auto' for this CPU's; must match the later `quantize` stage."})
     mode: Mode = field(default="dynamic", metadata={"help": "Deployment mode to simulate: 'dynamic' (activation ranges per batch) or 'static' (calibrated ranges, learned here as moving averages)."})
@@ -136,7 +136,7 @@ class QATConfig(_TargetsOrtScheme):
     start_step: int = field(default=0, metadata={"help": "Optimizer step from which fake quantization is on; before it training is plain fp32."})
     target_modules: ModulePatterns = field(
         default=None,
-        metadata={"help": f"Linear layers to fake-quantize: {PATTERNS_HELP}. Default: every nn.Linear (ONNX Runtime quantizes every MatMul/Gemm)."},
+        metadata={"help": f"Linear and Conv2d layers to fake-quantize: {PATTERNS_HELP}. Default: every nn.Linear and nn.Conv2d (ONNX Runtime quantizes every MatMul/Gemm, and every Conv of a static graph)."},
     )
     exclude_modules: ModulePatterns = field(
         default=None,
@@ -145,12 +145,22 @@ class QATConfig(_TargetsOrtScheme):
     )
     range_momentum: float = field(default=0.01, metadata={"help": "Moving-average weight of each batch's min/max in the observed activation ranges."})
     freeze_ranges_step: Optional[int] = field(default=None, metadata={"help": "Optimizer step after which the observed activation ranges stop moving (static mode); default: never."})
+    fold_batch_norm: bool = field(
+        default=True,
+        metadata={"help": "Conv2d layers: fold the BatchNorm2d that follows each conv into its weights during training, so the weights fake-quantized are the folded ones ONNX Runtime quantizes."},
+    )
+    freeze_bn_step: Optional[int] = field(
+        default=None,
+        metadata={"help": "Optimizer step after which the folded BatchNorms' running statistics are frozen and used instead of the batch's (the inference form trains); default: never."},
+    )
 
     def __post_init__(self):
         resolve_preset(self)
         self.scheme  # noqa: B018  (validates preset, mode and their combination)
         if self.start_step < 0:
             raise ConfigError(f"start_step must be >= 0, got {self.start_step}")
+        if self.freeze_bn_step is not None and self.freeze_bn_step < self.start_step:
+            raise ConfigError(f"freeze_bn_step ({self.freeze_bn_step}) comes before start_step ({self.start_step}): BatchNorms are only folded once QAT starts")
         if not 0.0 < self.range_momentum <= 1.0:
             raise ConfigError(f"range_momentum must be in (0, 1], got {self.range_momentum}")
         check_module_patterns(self.target_modules, self.exclude_modules)
@@ -222,7 +232,7 @@ class PTQConfig(_TargetsOrtScheme):
 _QUANTIZATION_SUMMARIES = {
     "qat": (
         "Trained with fake quantization that simulates ONNX Runtime's int8 arithmetic, so that static int8 quantization of the export keeps the accuracy.",
-        ("weights", "activations", "preset", "mode", "calibration", "start_step"), ("step",),
+        ("weights", "activations", "preset", "mode", "calibration", "start_step", "freeze_bn_step"), ("step",),
     ),
     "static": (
         "Weights and activations quantized by ONNX Runtime, activation ranges calibrated ahead of time on training examples.",

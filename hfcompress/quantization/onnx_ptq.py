@@ -233,17 +233,12 @@ def calibration_reader(features: dict[str, list], onnx_path: Path):
     return RowReader()
 
 
-# The aten ops whose ONNX node computes a weight layer: a Linear as MatMul/Gemm; a Conv2d as Conv. The
-# dynamo exporter folds an eval-mode BatchNorm into the Conv before it, and the Conv then carries the BatchNorm's scope.
-WEIGHT_LAYER_ATEN_OPS = {
-    "MatMul": ("aten.linear.default",),
-    "Gemm": ("aten.linear.default",),
-    "Conv": ("aten.conv2d.default", "aten.convolution.default", "aten._native_batch_norm_legit_no_training.default"),
-}
+# The aten ops whose ONNX node computes a weight layer: a Linear as MatMul/Gemm; a Conv2d as Conv.
+WEIGHT_LAYER_ATEN_OPS = {"MatMul": ("aten.linear.default",), "Gemm": ("aten.linear.default",), "Conv": ("aten.conv2d.default", "aten.convolution.default")}
 
 
 def module_of(node) -> Optional[str]:
-    """The PyTorch module path a MatMul/Gemm (Linear) or Conv (Conv2d, or its folded BatchNorm) node computes, or None.
+    """The PyTorch module path a MatMul/Gemm (Linear) or Conv (Conv2d) node computes, or None.
 
     The dynamo exporter records the module scopes in the node's metadata (its node names say nothing);
     Optimum's (TorchScript) exporter names the node after the path: ``/bert/encoder/layer.0/attention/self/query/MatMul``.
@@ -267,9 +262,14 @@ def linear_input_tensors(onnx_path: Path) -> dict[str, str]:
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
     inputs = {}
     for node in graph.node:
         module = module_of(node) if node.op_type in WEIGHT_LAYER_ATEN_OPS else None
+        if node.op_type == "Conv" and node.input[1] in weights and node.input[1].endswith(".weight"):
+            # the dynamo exporter folds an eval BatchNorm into the Conv before it (the node then carries the BatchNorm's
+            # scope) and keeps the conv's parameter name on the folded weight
+            module = node.input[1][: -len(".weight")]
         if module is not None:
             inputs[module] = node.input[0]
     return inputs
@@ -296,6 +296,23 @@ def qat_range_overrides(qat: dict[str, tuple[float, float]], tensor_of_module: d
         tensor: [{"rmin": np.array(lo, dtype=np.float32), "rmax": np.array(hi, dtype=np.float32)}] for tensor, (lo, hi) in per_tensor.items()
     }
     return overrides, sorted(set(qat) - used)
+
+
+# ONNX Runtime's QDQ quantizer gives these operators' output the quantization of their input (MaxPool, and the
+# 8-bit data movers), so a range meant for their output must be set on their input.
+RANGE_SHARING_OPS = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def share_ranges_upstream(overrides: dict, onnx_path: Path) -> dict:
+    """``overrides`` plus, for each tensor made by a range-sharing operator, the same range on that operator's input."""
+    producer = {out: node for node in _graph_nodes(onnx_path) for out in node.output}
+    shared = dict(overrides)
+    for tensor, ranges in overrides.items():
+        node = producer.get(tensor)
+        while node is not None and node.op_type in RANGE_SHARING_OPS and node.input[0] not in shared:
+            shared[node.input[0]] = ranges
+            node = producer.get(node.input[0])
+    return shared
 
 
 def keep_linear_input_qdq(onnx_path: Path, other_consumers_float: bool = True) -> int:
@@ -405,7 +422,7 @@ def static_calibration(
             )
         if unmatched:
             logger.warning("hfcompress: %d QAT layers have no MatMul/Gemm/Conv in %s and keep calibrated ranges: %s", len(unmatched), onnx_file.name, unmatched)
-        arguments["extra_options"]["TensorQuantOverrides"] = overrides
+        arguments["extra_options"]["TensorQuantOverrides"] = share_ranges_upstream(overrides, calibration_file)
         qat_used = len(overrides)
         logger.info("hfcompress: %d activation ranges taken from QAT (%s)", qat_used, source)
     quantize_static(calibration_file, quantized, calibration_reader(features, calibration_file), **arguments)
