@@ -289,3 +289,46 @@ def test_dynamic_qat_of_convs_is_refused():
     with pytest.raises(ConfigError, match="set mode: static"):
         prepare_qat(tiny_resnet(), QATConfig(mode="dynamic"))
     assert prepare_qat(tiny_resnet(), QATConfig(mode="dynamic", target_modules=["classifier.1"])) == ["classifier.1"]
+
+
+# --- the quantize stage and the CLI ---
+
+
+def _recipe(tmp_path, data, onnx_settings, model):
+    import yaml
+
+    recipe = {"name": "cnn-int8", "output_dir": str(tmp_path / "run"), "seed": 0, "data": data,
+              "stages": [{"stage": "quantize", "name": "int8", "model": str(model), "onnx": onnx_settings}]}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture
+def cifar10_data():
+    """The recipe data of the shared CIFAR-10 images (the image-classification task reads them; runs skip without it)."""
+    from hfcompress.tasks import TASKS
+    from tests.conftest import SHARED, _require
+
+    if "image-classification" not in TASKS:
+        pytest.skip("the image-classification task is not registered in this checkout")
+    return {"task": "image-classification", "path": str(_require(SHARED / "data" / "cifar10")), "train_split": "test", "eval_split": "test"}
+
+
+def test_cli_refuses_dynamic_int8_of_a_cnn_in_one_line(cnn_dir, cifar10_data, tmp_path, capsys):
+    from hfcompress.cli import main
+
+    assert main(["run", str(_recipe(tmp_path, cifar10_data, {"mode": "dynamic"}, cnn_dir))]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the datasets progress bars
+    assert error.startswith("hfcompress: error:") and "are in Conv layers, which would stay fp32: set mode: static" in error
+
+
+def test_quantize_stage_calibrates_a_cnn_on_the_image_split(cnn_dir, cifar10_data, tmp_path):
+    """A recipe's static quantize stage on an image graph: calibration images drawn by the image-classification task."""
+    from hfcompress.recipes import run_recipe
+
+    settings = {"mode": "static", "preset": "auto", "calibration_method": "entropy", "calibration_samples": 16}
+    outputs = run_recipe(_recipe(tmp_path, cifar10_data, settings, cnn_dir))
+    info = json.loads((outputs["int8"] / QUANTIZATION_FILE).read_text())
+    assert info["calibration"]["method"] == "entropy" and info["calibration"]["samples"] == 16 and info["calibration"]["split"] == "test"
+    assert info["convs_quantized"] == 6 and info["preset_reason"].startswith("chosen for this CPU")
