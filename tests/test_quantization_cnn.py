@@ -53,6 +53,7 @@ def export_cnn(model, directory):
         dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}}, verbose=False,
     )
     program.save(str(directory / "model.onnx"))
+    model.config.architectures = [type(model).__name__]  # as save_pretrained records it: the task is read from it
     model.config.save_pretrained(directory)
     ConvNextImageProcessor(size={"shortest_edge": IMAGE_SIZE}, do_resize=False).save_pretrained(directory)
     return directory
