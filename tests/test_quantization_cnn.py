@@ -150,9 +150,11 @@ def test_dynamic_int8_is_refused_for_a_cnn(cnn_dir, tmp_path):
     assert "refused for CNNs" in PTQConfig.__dataclass_fields__["mode"].metadata["help"]
 
 
-def test_static_without_calibration_data_names_the_fix(cnn_dir, tmp_path):
+def test_static_cnn_settings_that_cannot_work_name_the_fix(cnn_dir, tmp_path):
     with pytest.raises(ConfigError, match="calibration_inputs"):
         quantize_onnx(cnn_dir, tmp_path / "q", PTQConfig(mode="static"))
+    with pytest.raises(ConfigError, match="use a CPU preset"):
+        quantize_onnx(cnn_dir, tmp_path / "q", PTQConfig(mode="static", preset="tensorrt"), calibration_inputs={"pixel_values": images(2, seed=1)})
 
 
 @pytest.mark.parametrize(
@@ -286,7 +288,9 @@ def test_resumed_conv_qat_takes_its_ranges_back(tmp_path):
     assert all(m.bn_frozen for m in modules.values())  # past freeze_bn_step on resume, the statistics stay frozen
 
 
-def test_dynamic_qat_of_convs_is_refused():
+def test_conv_qat_settings_that_cannot_work_name_the_fix():
+    with pytest.raises(ConfigError, match="freeze_bn_step"):
+        QATConfig(mode="static", start_step=10, freeze_bn_step=5)
     with pytest.raises(ConfigError, match="set mode: static"):
         prepare_qat(tiny_resnet(), QATConfig(mode="dynamic"))
     assert prepare_qat(tiny_resnet(), QATConfig(mode="dynamic", target_modules=["classifier.1"])) == ["classifier.1"]
