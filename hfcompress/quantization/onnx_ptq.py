@@ -30,6 +30,8 @@ import numpy as np
 
 from ..data import TaskData
 from ..errors import ConfigError, DataError, ModelError
+from ..modeling import load_processor
+from ..tasks import task_of
 from ..utils.io import atomic_output_dir
 from .config import PTQConfig, write_quantization_report
 from .qat import load_qat_ranges
@@ -182,23 +184,6 @@ def find_onnx_file(directory: Path) -> Optional[Path]:
     files = sorted(directory.glob("*.onnx"))
     preferred = [f for f in files if f.name == "model.onnx"]
     return (preferred or files or [None])[0]
-
-
-def load_preprocessor(directory: Path):
-    """The tokenizer or image processor saved beside an ONNX graph (the export writes it)."""
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    from ..modeling import TOKENIZER_FILES
-
-    has_tokenizer = any((directory / name).is_file() for name in TOKENIZER_FILES)
-    try:
-        if has_tokenizer or not (directory / "preprocessor_config.json").is_file():
-            return AutoTokenizer.from_pretrained(directory)
-        return AutoImageProcessor.from_pretrained(directory)
-    except (OSError, ValueError) as e:
-        raise ModelError(
-            f"{directory} has no readable tokenizer or image processor ({str(e).splitlines()[0][:160]}): export with hfcompress export, which writes it"
-        ) from e
 
 
 def calibration_features(data: TaskData, tokenizer, config: PTQConfig, seed: int, input_names: list[str]) -> dict[str, list]:
@@ -481,7 +466,7 @@ def quantize_onnx(
             model_config = AutoConfig.from_pretrained(onnx_dir)
         except (OSError, ValueError) as e:
             raise ModelError(f"{onnx_dir} has no readable config beside {onnx_file.name} ({str(e).splitlines()[0][:160]}): export with hfcompress export, which writes it") from e
-        preprocessor = load_preprocessor(onnx_dir)
+        preprocessor = load_processor(str(onnx_dir), task_of(model_config))
         convolutional = is_convolutional(onnx_file)
         if config.mode == "dynamic":
             check_dynamic_fits(onnx_file)
