@@ -161,11 +161,15 @@ def load_model(
             config.label2id = {v: k for k, v in id2label.items()}
     from .pruning.structured import check_recorded_heads, recorded_heads
 
+    from .pruning.filters.persistence import recorded_channels
+
     model_class = task.auto_class()
     if recorded_heads(config):
         check_recorded_heads(config)
         if not TRANSFORMERS_REMOVES_PRUNED_HEADS:
             model_class = with_recorded_heads(model_class, config)
+    if recorded_channels(config):
+        model_class = with_recorded_channels(model_class, config)
     try:
         return model_class.from_pretrained(name_or_path, config=config, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
@@ -177,28 +181,45 @@ def load_model(
 TRANSFORMERS_REMOVES_PRUNED_HEADS = hasattr(PreTrainedModel, "prune_heads")
 
 _WITH_RECORDED_HEADS: dict[type, type] = {}
+_WITH_RECORDED_CHANNELS: dict[type, type] = {}
 
 
-def with_recorded_heads(auto_class, config) -> type:
-    """The model class ``auto_class`` maps ``config`` to, built with the heads ``config.pruned_heads`` records removed.
+def _reshaped_on_init(auto_class, config, reshape, cache: dict[type, type]) -> type:
+    """The model class ``auto_class`` maps ``config`` to, with ``reshape(model)`` run at the end of ``__init__``.
 
-    For transformers 5. Removing them in ``__init__``, before ``from_pretrained`` loads the weights, keeps
-    everything it does (Hub ids, shards, dtype, device_map, bitsandbytes). The subclass keeps its base's
-    name and module, so ``save_pretrained`` writes the same architecture.
+    Reshaping in ``__init__``, before ``from_pretrained`` loads the weights, keeps everything it does
+    (Hub ids, shards, dtype, device_map, bitsandbytes). The subclass keeps its base's name and module,
+    so ``save_pretrained`` writes the same architecture.
     """
-    from .pruning.structured import remove_recorded_heads
-
     base = auto_class._model_mapping.get(type(config), None)
     if base is None:  # remote code: from_pretrained stops at the size mismatch
         return auto_class
-    if base not in _WITH_RECORDED_HEADS:
+    if base not in cache:
 
         def __init__(self, config, *args, **kwargs):
             base.__init__(self, config, *args, **kwargs)
-            remove_recorded_heads(self)
+            reshape(self)
 
-        _WITH_RECORDED_HEADS[base] = type(base.__name__, (base,), {"__init__": __init__, "__module__": base.__module__, "__qualname__": base.__qualname__})
-    return _WITH_RECORDED_HEADS[base]
+        cache[base] = type(base.__name__, (base,), {"__init__": __init__, "__module__": base.__module__, "__qualname__": base.__qualname__})
+    return cache[base]
+
+
+def with_recorded_heads(auto_class, config) -> type:
+    """The model class of ``config``, built with the heads ``config.pruned_heads`` records removed (for transformers 5)."""
+    from .pruning.structured import remove_recorded_heads
+
+    return _reshaped_on_init(auto_class, config, remove_recorded_heads, _WITH_RECORDED_HEADS)
+
+
+def with_recorded_channels(auto_class, config) -> type:
+    """The model class of ``config``, built with the layer sizes filter pruning recorded in ``config.pruned_channels``.
+
+    Transformers' CNN configs (ResNet, MobileNetV2) cannot express per-layer widths, so plain
+    ``from_pretrained`` stops at the size mismatch; this class reloads such a checkpoint.
+    """
+    from .pruning.filters.persistence import reshape_recorded_channels
+
+    return _reshaped_on_init(auto_class, config, reshape_recorded_channels, _WITH_RECORDED_CHANNELS)
 
 
 def remove_heads_transformers_kept(model) -> None:
@@ -214,9 +235,12 @@ def empty_model(config, task: str | Task = DEFAULT_TASK) -> PreTrainedModel:
     """The model ``load_model`` builds for ``config``, without weights (on the meta device): its module names and shapes."""
     from accelerate import init_empty_weights
 
+    from .pruning.filters.persistence import reshape_recorded_channels
+
     with init_empty_weights():
         model = get_task(task).auto_class().from_config(config)
         remove_heads_transformers_kept(model)
+        reshape_recorded_channels(model)
     return model
 
 
