@@ -163,6 +163,15 @@ def test_default_prunes_only_channels_inside_blocks():
     assert [b.conv2.out_channels for b in model.layers] == [8, 16, 16]  # the residual widths are unchanged
 
 
+def test_option_a_shortcuts_are_never_pruned():
+    """Torch-Pruning ties the zero-padded shortcuts of every stage into one group of mixed widths, which it cannot cut right."""
+    model = cifar_stand_in()
+    masked, removed, report, pruner = _masked_then_removed(model, FilterPruningConfig(amount=0.5, coupled="prune"))
+    assert pruner.skipped == ["conv1"]
+    torch.testing.assert_close(removed, masked, atol=1e-5, rtol=0)
+    assert [b.conv2.out_channels for b in model.layers] == [8, 16, 16]
+
+
 def test_mobilenet_depthwise_convs_are_pruned_with_their_expansion():
     model = mobilenet()
     pruner = FilterPruner(model, FilterPruningConfig(amount=0.5), {"pixel_values": images(1)})

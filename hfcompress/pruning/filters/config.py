@@ -7,6 +7,7 @@ from typing import Literal, Optional, Union
 
 from ...errors import ConfigError
 from ...targets import PATTERNS_HELP, ModulePatterns, check_module_patterns
+from ..schedules import check_step_fields
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
 
@@ -64,17 +65,8 @@ class FilterPruningConfig:
         for name in ("min_channels", "round_to", "iterations"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} {getattr(self, name)} must be at least 1")
-        for name in ("start_step", "end_step"):
-            value = getattr(self, name)
-            if isinstance(value, float) and not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{name} {value} is a float, so a fraction of training: use a value in [0, 1] or an int step")
-            if isinstance(value, int) and value < 0:
-                raise ConfigError(f"{name} {value} must be >= 0")
+        check_step_fields(self)
         check_module_patterns(self.target_modules, self.exclude_modules)
-
-    @property
-    def target(self) -> float:
-        return self.amount if self.amount is not None else self.target_macs_reduction
 
     @property
     def by_macs(self) -> bool:

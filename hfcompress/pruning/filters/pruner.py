@@ -125,7 +125,8 @@ def channel_groups(model: nn.Module, inputs: dict, config: FilterPruningConfig):
     """Torch-Pruning's dependency graph of ``model`` and the groups ``config`` lets filter pruning act on.
 
     Returns ``(graph, groups, coupled_skipped)``: groups tied by residual additions are left out
-    (their names listed) unless ``config.coupled == 'prune'``.
+    (their names listed) unless ``config.coupled == 'prune'``, and groups tied across layers of
+    different widths always are.
     """
     import torch_pruning as tp
 
@@ -157,7 +158,10 @@ def channel_groups(model: nn.Module, inputs: dict, config: FilterPruningConfig):
             layers=sorted({names[m] for m in layers if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))}),
             scaled=[names[m] for m in outputs + inputs_cut if isinstance(m, (nn.Conv2d, nn.Linear))],
         )
-        if group.coupled and config.coupled == "skip":
+        # Producers of different widths are tied through an op Torch-Pruning maps wrongly (the zero-padded option-A shortcuts
+        # of CIFAR ResNets join 16-, 32- and 64-channel stages into one group): those channels are never pruned.
+        mismatched = len({conv.out_channels for conv in producers.values()}) > 1
+        if mismatched or (group.coupled and config.coupled == "skip"):
             skipped.append(group.name)
         else:
             groups.append(group)
