@@ -241,6 +241,13 @@ def test_target_macs_reduction_is_reached_and_counted():
     assert report["macs_reduction"] < 0.5  # the smallest removal that reaches the target, not everything
 
 
+def test_macs_are_counted_at_the_configured_image_size():
+    small = prune_filters(resnet(), FilterPruningConfig(amount=0.5, image_size=32))
+    large = prune_filters(resnet(), FilterPruningConfig(amount=0.5, image_size=64))
+    assert small["input_shape"] == [1, 3, 32, 32] and large["input_shape"] == [1, 3, 64, 64]
+    assert large["macs_before"] == pytest.approx(4 * small["macs_before"], rel=1e-3)  # the convolutions scale with the pixels
+
+
 def test_iterations_reach_the_same_fraction():
     report = prune_filters(resnet(), FilterPruningConfig(amount=0.5, iterations=3), inputs={"pixel_values": images(1)})
     one_shot = prune_filters(resnet(), FilterPruningConfig(amount=0.5), inputs={"pixel_values": images(1)})
@@ -332,6 +339,7 @@ def test_prune_stage_takes_filters_as_its_method():
         (dict(), "give exactly one of 'amount'"),
         (dict(amount=0.4, target_macs_reduction=0.5), "give exactly one of 'amount'"),
         (dict(amount=0.4, round_to=0), "round_to 0 must be at least 1"),
+        (dict(amount=0.4, image_size=0), "image_size 0 must be at least 1"),
         (dict(amount=0.4, target_modules="(["), "not a valid regular expression"),
     ],
 )

@@ -48,6 +48,9 @@ class FilterPruningConfig:
     )
     start_step: Union[int, float] = field(default=0, metadata={"help": "During training: first pruning step (int) or fraction of training (float)."})
     end_step: Union[int, float] = field(default=0.5, metadata={"help": "During training: last pruning step (int) or fraction of training (float)."})
+    image_size: Optional[int] = field(
+        default=None, metadata={"help": "Side of the image that tracing and MAC counts run on; default: the model config's image_size, else 224."}
+    )
     target_modules: ModulePatterns = field(
         default=None, metadata={"help": f"Conv2d layers whose output channels may be pruned: {PATTERNS_HELP}. Default: every Conv2d."}
     )
@@ -62,8 +65,8 @@ class FilterPruningConfig:
                 raise ConfigError(f"{name} {value} must be in (0, 1): it is the fraction removed (e.g. 0.4)")
         if self.importance not in IMPORTANCES:
             raise ConfigError(f"importance '{self.importance}' is not one of {list(IMPORTANCES)}")
-        for name in ("min_channels", "round_to", "iterations"):
-            if getattr(self, name) < 1:
+        for name in ("min_channels", "round_to", "iterations", "image_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} {getattr(self, name)} must be at least 1")
         check_step_fields(self)
         check_module_patterns(self.target_modules, self.exclude_modules)

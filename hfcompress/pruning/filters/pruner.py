@@ -39,13 +39,13 @@ def evaluating(model: nn.Module):
         model.train(was_training)
 
 
-def example_inputs(model, batch_size: int = 1) -> dict[str, torch.Tensor]:
-    """``pixel_values`` of the size the model's config names (``image_size``, else 224), for tracing and counting MACs."""
-    size = getattr(model.config, "image_size", None) or 224
+def example_inputs(model, image_size: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """One zero image for tracing and counting MACs: ``image_size`` square, else the size the model's config names, else 224."""
+    size = image_size or getattr(model.config, "image_size", None) or 224
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     param = next(model.parameters())
     channels = getattr(model.config, "num_channels", 3)
-    return {"pixel_values": torch.zeros(batch_size, channels, height, width, device=param.device, dtype=param.dtype)}
+    return {"pixel_values": torch.zeros(1, channels, height, width, device=param.device, dtype=param.dtype)}
 
 
 def _flop_counter(model: nn.Module, inputs: dict):
@@ -189,7 +189,7 @@ class FilterPruner:
 
     def __init__(self, model: nn.Module, config: FilterPruningConfig, inputs: Optional[dict] = None):
         self.model, self.config = model, config
-        self.inputs = inputs if inputs is not None else example_inputs(model)
+        self.inputs = inputs if inputs is not None else example_inputs(model, config.image_size)
         self.graph, self.groups, self.skipped = channel_groups(model, self.inputs, config)
         self.removed: dict[str, list[int]] = {g.name: [] for g in self.groups}
         self.taylor: dict[str, torch.Tensor] = {}
@@ -385,7 +385,7 @@ def prune_filters(model, config: Optional[FilterPruningConfig] = None, calibrati
     """Rank, select and remove filters of ``model`` in place, in ``config.iterations`` steps; returns the report.
 
     ``importance='taylor'`` needs ``calibration_batches`` (model inputs with labels); ``inputs`` are
-    what tracing and MAC counts run on (default: one zero image of the config's size).
+    what tracing and MAC counts run on (default: one zero image of ``config.image_size`` or the model config's size).
     """
     cfg = config or FilterPruningConfig(**kwargs)
     pruner = FilterPruner(model, cfg, inputs)
