@@ -26,7 +26,7 @@ from transformers import (
 
 from hfcompress.artifacts import FILTER_PRUNING_FILE
 from hfcompress.errors import ConfigError, ModelError
-from hfcompress.modeling import load_model
+from hfcompress.modeling import empty_model, load_config, load_model
 from hfcompress.pruning.filters import FilterPruner, FilterPruningCallback, FilterPruningConfig, count_macs, prune_filters
 from hfcompress.pruning.filters.callback import write_filter_report
 from hfcompress.pruning.filters.pruner import kept_count
@@ -268,6 +268,8 @@ def test_saved_model_reloads_and_exports_with_the_same_logits(build, tmp_path):
         AutoModelForImageClassification.from_pretrained(tmp_path)
     reloaded = load_model(str(tmp_path), IMAGE_TASK).eval()
     assert type(reloaded).__name__ == type(model).__name__
+    planned = empty_model(load_config(str(tmp_path)), IMAGE_TASK)  # what pre-flight checks see has the pruned shapes too
+    assert {k: v.shape for k, v in planned.state_dict().items()} == {k: v.shape for k, v in reloaded.state_dict().items()}
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixel_values=x).logits, expected, atol=1e-6, rtol=0)
     onnxruntime = pytest.importorskip("onnxruntime")
@@ -277,6 +279,14 @@ def test_saved_model_reloads_and_exports_with_the_same_logits(build, tmp_path):
     session = onnxruntime.InferenceSession(str(path))
     logits = session.run(None, {"pixel_values": x.numpy()})[0]
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
+
+
+def test_recorded_sizes_of_a_missing_layer_are_refused(tmp_path):
+    model = resnet()
+    model.config.pruned_channels = {"resnet.encoder.stages.9.convolution": {"in_channels": 4, "out_channels": 4, "groups": 1}}
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="records sizes .* for layer 'resnet.encoder.stages.9.convolution'"):
+        load_model(str(tmp_path), IMAGE_TASK)
 
 
 def test_report_renders_as_a_compression_summary(tmp_path):
