@@ -64,12 +64,13 @@ def count_macs(model: nn.Module, inputs: dict) -> int:
     return _flop_counter(model, inputs).get_total_flops() // 2
 
 
-def layer_macs(model: nn.Module, inputs: dict) -> dict[str, int]:
-    """The MACs of each Conv2d and Linear layer of ``model`` on ``inputs``, by module name."""
-    counts = _flop_counter(model, inputs).get_flop_counts()
-    prefix = f"{type(model).__name__}."
-    return {name: sum(counts.get(prefix + name, {}).values()) // 2
-            for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+def macs_by_layer(model: nn.Module, inputs: dict) -> tuple[int, dict[str, int]]:
+    """The model's MACs on ``inputs``, and those of each of its Conv2d and Linear layers by module name (one count)."""
+    counter = _flop_counter(model, inputs)
+    counts, prefix = counter.get_flop_counts(), f"{type(model).__name__}."
+    layers = {name: sum(counts.get(prefix + name, {}).values()) // 2
+              for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    return counter.get_total_flops() // 2, layers
 
 
 def num_parameters(model: nn.Module) -> int:
@@ -194,8 +195,7 @@ class FilterPruner:
         self.removed: dict[str, list[int]] = {g.name: [] for g in self.groups}
         self.taylor: dict[str, torch.Tensor] = {}
         self.channels_before = {g.name: g.channels for g in self.groups}
-        self.layer_macs = layer_macs(model, self.inputs)
-        self.macs_before = count_macs(model, self.inputs)
+        self.macs_before, self.layer_macs = macs_by_layer(model, self.inputs)
         self.params_before = num_parameters(model)
 
     # --- importance -----------------------------------------------------------------------------
