@@ -385,3 +385,20 @@ def test_a_model_torch_pruning_cannot_trace_is_refused():
 def test_targets_that_tie_every_channel_leave_nothing_to_prune():
     with pytest.raises(ModelError, match="no channels of CifarStandIn can be pruned"):
         FilterPruner(cifar_stand_in(), FilterPruningConfig(amount=0.5, exclude_modules=r".*conv1"), {"pixel_values": images(1)})
+
+
+@pytest.mark.integration
+def test_a_recipe_that_filter_prunes_a_text_model_fails_before_any_stage_runs(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
+    from hfcompress.recipes import parse_recipe, run_recipe
+
+    recipe = {
+        "name": "filters-on-text", "output_dir": str(tmp_path / "run"), "seed": 0,
+        "data": {"path": str(tiny_sst2_dir), "eval_split": "dev", "max_length": 32},
+        "stages": [
+            {"stage": "finetune", "name": "first", "model": str(tiny_teacher_dir), "training": {"max_steps": 1, "use_cpu": True}},
+            {"stage": "prune", "name": "pruned", "model": "first", "filters": {"amount": 0.5}},
+        ],
+    }
+    with pytest.raises(ModelError, match="has no Conv2d layers.*magnitude or structured pruning"):
+        run_recipe(parse_recipe(recipe))
+    assert not (tmp_path / "run" / "first").exists()
