@@ -28,7 +28,7 @@ from hfcompress.artifacts import FILTER_PRUNING_FILE
 from hfcompress.errors import ConfigError, ModelError
 from hfcompress.modeling import empty_model, load_config, load_model
 from hfcompress.pruning.filters import FilterPruner, FilterPruningCallback, FilterPruningConfig, count_macs, prune_filters
-from hfcompress.pruning.filters.callback import write_filter_report
+from hfcompress.pruning.filters.callback import PruningSteps, write_filter_report
 from hfcompress.pruning.filters.pruner import kept_count
 from hfcompress.recipes.schema import from_dict
 from hfcompress.recipes.stages.prune import PruneStageConfig
@@ -331,6 +331,12 @@ def test_callback_prunes_during_training_and_removes_at_the_end(importance, tmp_
     assert model.config.pruned_channels
     callback.write_artifacts(tmp_path)
     assert_compression_summary(tmp_path, "filters")
+
+
+def test_taylor_pruning_in_training_waits_for_the_first_gradients():
+    steps = PruningSteps.from_config(FilterPruningConfig(amount=0.5, importance="taylor", start_step=0, end_step=0), 10)
+    assert steps.steps() == [1]
+    assert PruningSteps.from_config(FilterPruningConfig(amount=0.5, iterations=3, start_step=0, end_step=0.4), 10).steps() == [0, 2, 4]
 
 
 def test_prune_stage_takes_filters_as_its_method():

@@ -51,6 +51,8 @@ class PruningSteps:
     @classmethod
     def from_config(cls, cfg: FilterPruningConfig, max_steps: int) -> "PruningSteps":
         start = resolve_step(cfg.start_step, max_steps)
+        if cfg.importance == "taylor":
+            start = max(start, 1)  # Taylor scores need the gradients of at least one optimizer step
         return cls(start, max(start, resolve_step(cfg.end_step, max_steps)), cfg.iterations)
 
     def steps(self) -> list[int]:
@@ -96,8 +98,6 @@ class FilterPruningCallback(MaskedPruningCallback):
             self.pruner.accumulate_taylor()
 
     def prune(self, step: int) -> None:
-        if self.config.importance == "taylor" and not self.pruner.taylor:
-            return  # no gradients yet at step 0: the first Taylor pruning happens at the next pruning step
         self.pruner.select(self.schedule.sparsity_at(step))
         self.masks = self.pruner.masks()
 
