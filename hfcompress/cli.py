@@ -1,4 +1,4 @@
-"""``hfcompress`` command line: ``run`` a recipe, ``evaluate`` a model, ``export`` it to ONNX, write its ``card``, ``push`` it to the Hub."""
+"""``hfcompress`` command line: ``run`` a recipe, ``evaluate`` a model, ``export`` it to ONNX, write its ``card``, ``push`` it to the Hub, ``serve`` it."""
 
 from __future__ import annotations
 
@@ -277,6 +277,36 @@ def _fill_push(push: argparse.ArgumentParser) -> None:
     push.set_defaults(fn=_cmd_push)
 
 
+def _cmd_serve(args) -> int:
+    from .serving.app import serve
+    from .serving.config import ServeConfig
+
+    config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
+    serve(args.model, config)
+    return 0
+
+
+def _add_serve_parser(sub: _LazySubParsers) -> None:
+    sub.add_lazy_parser(
+        "serve", _fill_serve, help="Serve a model over HTTP: batched /predict, /metadata, /metrics and a page to try it.",
+        description="Serve an exported ONNX directory or a safetensors checkpoint with FastAPI on uvicorn: POST /predict takes "
+                    "Hugging Face inference requests ({\"inputs\": ...}) and runs them in dynamic batches; GET / is a page to try the "
+                    "model, /docs the API. Needs the serve extra.",
+    )
+
+
+def _fill_serve(serve: argparse.ArgumentParser) -> None:
+    from .serving.config import LONG_INPUT_POLICIES, ServeConfig
+
+    serve.add_argument("model", help="Exported ONNX directory (hfcompress export), safetensors checkpoint directory, or Hub id.")
+    choices = {"backend": ["auto", "pytorch", "onnx"], "long_input": list(LONG_INPUT_POLICIES)}
+    for f in dataclasses.fields(ServeConfig):
+        kind = {"Optional[int]": int, "int": int, "float": float}.get(str(f.type), str)
+        serve.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, choices=choices.get(f.name),
+                           help=f.metadata["help"] + ("" if f.default is None else f" Default: {f.default}."))
+    serve.set_defaults(fn=_cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfcompress", description="Distil, prune, quantize, export and ship Transformers models.")
     parser.add_argument("--debug", action="store_true", help="Show full tracebacks for errors in the input.")
@@ -349,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_size_reduction_commands(sub)
     _add_card_parser(sub)
     _add_push_parser(sub)
+    _add_serve_parser(sub)
     return parser
 
 

@@ -50,6 +50,7 @@ class Task:
     label_shift: int = 0  # causal LMs predict the next token: labels are shifted by one
     pre_split_words: bool = False  # the text column holds lists of words (tokenized with is_split_into_words)
     onnx_inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+    serves_pairs: bool = False  # a served request may hold {"text", "text_pair"} pairs
 
     @property
     def pipeline_tag(self) -> str:
@@ -308,6 +309,50 @@ class Task:
             predictions.append(logits.argmax(-1)[keep].numpy())
             references.append(labels[keep].numpy())
         return self.compute_metrics(np.concatenate(predictions), np.concatenate(references), num_labels=num_labels)
+
+    # --- serving ----------------------------------------------------------------------------
+
+    def serve_inputs(self, inputs) -> list[TextInput]:
+        """The model inputs of a request's ``inputs`` value (Hugging Face inference conventions).
+
+        A text, or a list of texts; :attr:`serves_pairs` tasks also take ``{"text": ..., "text_pair": ...}``
+        and lists of them. Raises :class:`~hfcompress.errors.DataError` naming what is wrong.
+        """
+        from ..errors import DataError
+
+        items = inputs if isinstance(inputs, list) else [inputs]
+        if not items:
+            raise DataError("'inputs' is an empty list: send at least one text")
+        return [self._serve_input(item, DataError) for item in items]
+
+    def _serve_input(self, item, error: type) -> TextInput:
+        pair_form = ' or {"text": ..., "text_pair": ...}' if self.serves_pairs else ""
+        if isinstance(item, dict) and self.serves_pairs:
+            if set(item) != {"text", "text_pair"}:
+                raise error(f"a pair input has keys {sorted(item)}: give exactly 'text' and 'text_pair'")
+            pair = (item["text"], item["text_pair"])
+            if not all(isinstance(t, str) and t.strip() for t in pair):
+                raise error("'text' and 'text_pair' must both be non-empty strings")
+            return pair
+        if not isinstance(item, str):
+            raise error(f"each input must be a string{pair_form}, got {type(item).__name__}")
+        if not item.strip():
+            raise error("an input text is empty: send text with at least one non-space character")
+        return item
+
+    def serve_tokenizer_kwargs(self) -> dict:
+        """Extra tokenizer arguments :meth:`serve_outputs` needs (e.g. character offsets)."""
+        return {}
+
+    def serve_outputs(self, logits, encoding, config, top_k: Sequence[Optional[int]]) -> list[list[dict]]:
+        """Pipeline-shaped results of one batch: a list of dicts per input, from the logits as a numpy array.
+
+        ``encoding`` is the batch's tokenizer output, ``config`` the model config (labels), ``top_k``
+        one value per input (None: every label). Tasks that can be served override it.
+        """
+        from ..errors import ModelError
+
+        raise ModelError(f"serving the {self.name} task is not supported yet: serve a text- or token-classification model")
 
     def card_labels(self, config: dict) -> Optional[dict]:
         """Labels the model card lists."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from .base import Task
 
@@ -22,6 +22,22 @@ class TextClassificationTask(Task):
     def card_labels(self, config: dict) -> Optional[dict]:
         return config.get("id2label")
 
+    def serve_outputs(self, logits, encoding, config, top_k: Sequence[Optional[int]]) -> list[list[dict]]:
+        """Labels by score, highest first, as the text-classification pipeline gives them: softmax over the
+        labels, or a sigmoid per label for multi-label models; ``top_k`` None keeps every label."""
+        import numpy as np
+
+        if config.problem_type == "multi_label_classification" or logits.shape[-1] == 1:
+            scores = 1.0 / (1.0 + np.exp(-logits))
+        else:
+            shifted = np.exp(logits - logits.max(-1, keepdims=True))
+            scores = shifted / shifted.sum(-1, keepdims=True)
+        results = []
+        for row, k in zip(scores, top_k):
+            order = np.argsort(-row, kind="stable")[:k]
+            results.append([{"label": config.id2label[int(i)], "score": float(row[i])} for i in order])
+        return results
+
 
 TEXT_CLASSIFICATION = TextClassificationTask(
     name="text-classification",
@@ -30,4 +46,5 @@ TEXT_CLASSIFICATION = TextClassificationTask(
     ort_model="ORTModelForSequenceClassification",
     architecture_suffixes=("ForSequenceClassification",),
     per_token=False,
+    serves_pairs=True,
 )

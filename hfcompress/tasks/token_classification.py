@@ -38,6 +38,31 @@ class TokenClassificationTask(Task):
         """Words joined by spaces: what a user sends to a token-classification pipeline."""
         return [" ".join(words) for words in rows[cfg.text_column][:count]]
 
+    def serve_tokenizer_kwargs(self) -> dict:
+        return {"return_offsets_mapping": True}
+
+    def serve_outputs(self, logits, encoding, config, top_k: Sequence[Optional[int]]) -> list[list[dict]]:
+        """One entry per sub-token with its best tag, as the token-classification pipeline gives them without
+        aggregation: ``entity``, ``score``, ``index``, ``word``, ``start`` and ``end``; special tokens and
+        padding are left out, and so is the ``O`` tag, as the pipeline's ``ignore_labels`` does."""
+        import numpy as np
+
+        shifted = np.exp(logits - logits.max(-1, keepdims=True))
+        scores = shifted / shifted.sum(-1, keepdims=True)
+        results = []
+        for i, row in enumerate(scores):
+            tokens, offsets = encoding.tokens(i), encoding["offset_mapping"][i]
+            entities = []
+            for index, word_id in enumerate(encoding.word_ids(i)):
+                best = int(row[index].argmax())
+                label = config.id2label[best]
+                if word_id is None or label == "O":
+                    continue
+                start, end = (int(x) for x in offsets[index])
+                entities.append({"entity": label, "score": float(row[index, best]), "index": index, "word": tokens[index], "start": start, "end": end})
+            results.append(entities)
+        return results
+
     def f1_average(self, num_labels: int) -> Optional[str]:
         return "macro"  # tags are many and skewed (mostly O): a plain binary F1 would be meaningless
 

@@ -1,0 +1,75 @@
+"""What ``hfcompress serve`` runs with: the server, the dynamic batcher and the limits on requests.
+
+Every field has its help text in its metadata; the ``serve`` command's options are generated from
+them, so the command line and the Python API cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..errors import ConfigError
+
+LONG_INPUT_POLICIES = ("truncate", "reject")
+BACKENDS = ("auto", "pytorch", "onnx")
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class ServeConfig:
+    """Server, batching and request limits of ``hfcompress serve`` (validated when built)."""
+
+    host: str = _help("Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).", default="127.0.0.1")
+    port: int = _help("TCP port to listen on (0: any free port).", default=8000)
+    workers: int = _help("Server processes, each with its own copy of the model and its own batcher.", default=1)
+    threads: Optional[int] = _help("Intra-op threads of each worker's ONNX Runtime session or torch (default: the runtime's choice).", default=None)
+    backend: str = _help("Runtime: onnx (the directory's .onnx file), pytorch (safetensors weights), or auto: onnx when there is one.", default="auto")
+    onnx_file: Optional[str] = _help("ONNX file in the model directory (default model.onnx), e.g. model_quantized.onnx.", default=None)
+    max_batch_size: int = _help("Most inputs run together in one padded batch.", default=32)
+    max_wait_ms: float = _help("How long the first input of a batch waits for others to join it (0: run what is queued at once).", default=2.0)
+    max_queue: int = _help("Most inputs waiting for the model; beyond it requests get 503 with Retry-After.", default=256)
+    max_body_bytes: int = _help("Largest request body in bytes (413 beyond it, refused before it is read in full).", default=1_000_000)
+    max_items: int = _help("Most inputs in one request.", default=64)
+    max_input_chars: int = _help("Longest input text in characters (a pair counts both texts); longer ones get 413.", default=20_000)
+    max_length: Optional[int] = _help("Longest input in tokens (default: what the model's position embeddings allow, at most 512).", default=None)
+    long_input: str = _help("Inputs longer than max_length tokens: truncate them, or reject the request with 413.", default="truncate")
+    graceful_timeout_s: float = _help("On shutdown, how long in-flight requests may take to finish.", default=30.0)
+
+    def __post_init__(self):
+        positive = ("workers", "max_batch_size", "max_queue", "max_body_bytes", "max_items", "max_input_chars")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"serve {name} must be a positive integer, got {value!r}")
+        for name in ("threads", "max_length"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"serve {name} must be a positive integer or unset, got {value!r}")
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ConfigError(f"serve port must be between 0 and 65535, got {self.port!r}")
+        if not 0 <= self.max_wait_ms <= 1000:
+            raise ConfigError(f"serve max_wait_ms must be between 0 and 1000 ms, got {self.max_wait_ms!r}")
+        if self.graceful_timeout_s < 0:
+            raise ConfigError(f"serve graceful_timeout_s must not be negative, got {self.graceful_timeout_s!r}")
+        if self.long_input not in LONG_INPUT_POLICIES:
+            raise ConfigError(f"serve long_input '{self.long_input}' is not one of {LONG_INPUT_POLICIES}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"serve backend '{self.backend}' is not one of {BACKENDS}")
+        if self.max_queue < self.max_items:
+            raise ConfigError(f"serve max_queue ({self.max_queue}) is below max_items ({self.max_items}): a full request could never be queued; raise max_queue")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ServeConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown serve settings {unknown}: use {sorted(names)}")
+        return cls(**values)
