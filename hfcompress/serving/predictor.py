@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Union
 from ..artifacts import COMPRESSION_SUMMARY_FILE, EVAL_RESULTS_FILE, PARITY_FILE, RECIPE_FILE, read_compression_summaries
 from ..errors import DataError, ModelError
 from ..tasks import Task, TextInput, task_of, tokenize_inputs
+from ..tasks.base import ServedBatch
 from .config import ServeConfig
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -68,7 +69,7 @@ class Predictor:
         feeds = {name: value for name, value in encoding.items() if name != "offset_mapping"}
         with torch.inference_mode():
             logits = self.model(**feeds).logits
-        return self.task.serve_outputs(logits.float().numpy(), encoding, self.model_config, top_ks)
+        return self.task.serve_outputs(logits.float().numpy(), ServedBatch(inputs, encoding, self.tokenizer, self.model_config), top_ks)
 
     def metadata(self) -> dict:
         """Task, labels, runtime, size on disk, measured metrics and how the model was compressed, from the files beside it."""

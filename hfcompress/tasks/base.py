@@ -9,7 +9,7 @@ Heavy libraries are imported inside methods: the CLI lists tasks without importi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +27,16 @@ def tokenize_inputs(tokenizer, inputs: Sequence[TextInput], **kwargs):
     if inputs and isinstance(inputs[0], tuple):
         return tokenizer([a for a, _ in inputs], [b for _, b in inputs], **kwargs)
     return tokenizer(inputs, **kwargs)
+
+
+@dataclass(frozen=True)
+class ServedBatch:
+    """What a served batch's results are made from, beside its logits."""
+
+    inputs: Sequence[TextInput]  # as the requests sent them
+    encoding: Any  # the tokenizer's BatchEncoding of the padded batch (with what serve_tokenizer_kwargs asked for)
+    tokenizer: Any
+    config: Any  # the model config: labels, problem type
 
 
 @dataclass(frozen=True)
@@ -344,11 +354,10 @@ class Task:
         """Extra tokenizer arguments :meth:`serve_outputs` needs (e.g. character offsets)."""
         return {}
 
-    def serve_outputs(self, logits, encoding, config, top_k: Sequence[Optional[int]]) -> list[list[dict]]:
+    def serve_outputs(self, logits, batch: ServedBatch, top_k: Sequence[Optional[int]]) -> list[list[dict]]:
         """Pipeline-shaped results of one batch: a list of dicts per input, from the logits as a numpy array.
 
-        ``encoding`` is the batch's tokenizer output, ``config`` the model config (labels), ``top_k``
-        one value per input (None: every label). Tasks that can be served override it.
+        ``top_k`` is one value per input (None: every label). Tasks that can be served override it.
         """
         from ..errors import ModelError
 

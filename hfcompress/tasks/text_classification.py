@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .base import Task
+from .base import ServedBatch, Task
 
 
 @dataclass(frozen=True)
@@ -22,11 +22,12 @@ class TextClassificationTask(Task):
     def card_labels(self, config: dict) -> Optional[dict]:
         return config.get("id2label")
 
-    def serve_outputs(self, logits, encoding, config, top_k: Sequence[Optional[int]]) -> list[list[dict]]:
+    def serve_outputs(self, logits, batch: ServedBatch, top_k: Sequence[Optional[int]]) -> list[list[dict]]:
         """Labels by score, highest first, as the text-classification pipeline gives them: softmax over the
         labels, or a sigmoid per label for multi-label models; ``top_k`` None keeps every label."""
         import numpy as np
 
+        config = batch.config
         if config.problem_type == "multi_label_classification" or logits.shape[-1] == 1:
             scores = 1.0 / (1.0 + np.exp(-logits))
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .base import IGNORE_INDEX, Task
+from .base import IGNORE_INDEX, ServedBatch, Task
 
 
 def align_word_labels(word_ids: list[Optional[int]], word_labels: list[int]) -> list[int]:
@@ -41,25 +41,27 @@ class TokenClassificationTask(Task):
     def serve_tokenizer_kwargs(self) -> dict:
         return {"return_offsets_mapping": True}
 
-    def serve_outputs(self, logits, encoding, config, top_k: Sequence[Optional[int]]) -> list[list[dict]]:
+    def serve_outputs(self, logits, batch: ServedBatch, top_k: Sequence[Optional[int]]) -> list[list[dict]]:
         """One entry per sub-token with its best tag, as the token-classification pipeline gives them without
-        aggregation: ``entity``, ``score``, ``index``, ``word``, ``start`` and ``end``; special tokens and
-        padding are left out, and so is the ``O`` tag, as the pipeline's ``ignore_labels`` does."""
+        aggregation: ``entity``, ``score``, ``index``, ``word`` (the text's own span for an unknown token),
+        ``start`` and ``end``; special tokens, padding and the ``O`` tag are left out (the pipeline's ``ignore_labels``)."""
         import numpy as np
 
         shifted = np.exp(logits - logits.max(-1, keepdims=True))
         scores = shifted / shifted.sum(-1, keepdims=True)
+        encoding, unknown = batch.encoding, batch.tokenizer.unk_token_id
         results = []
         for i, row in enumerate(scores):
-            tokens, offsets = encoding.tokens(i), encoding["offset_mapping"][i]
+            tokens, ids, offsets = encoding.tokens(i), encoding["input_ids"][i], encoding["offset_mapping"][i]
             entities = []
             for index, word_id in enumerate(encoding.word_ids(i)):
                 best = int(row[index].argmax())
-                label = config.id2label[best]
+                label = batch.config.id2label[best]
                 if word_id is None or label == "O":
                     continue
                 start, end = (int(x) for x in offsets[index])
-                entities.append({"entity": label, "score": float(row[index, best]), "index": index, "word": tokens[index], "start": start, "end": end})
+                word = batch.inputs[i][start:end] if int(ids[index]) == unknown else tokens[index]
+                entities.append({"entity": label, "score": float(row[index, best]), "index": index, "word": word, "start": start, "end": end})
             results.append(entities)
         return results
 

@@ -1,0 +1,63 @@
+"""Tiny models to serve, and a real uvicorn server on a free loopback port, for the serving tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+from conftest import save_tiny_wordpiece_tokenizer, tiny_bert_config
+
+LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
+TAGS = {0: "O", 1: "B-PER", 2: "I-PER"}
+VOCAB = 100
+
+
+def save_tiny_classifier(out: Path, token_level: bool = False) -> Path:
+    """A tiny random BERT (sequence or token classifier) with safetensors weights, its tokenizer and Trainer's eval results."""
+    import torch
+    from transformers import BertForSequenceClassification, BertForTokenClassification
+
+    from hfcompress.artifacts import EVAL_RESULTS_FILE
+
+    labels = TAGS if token_level else LABELS
+    torch.manual_seed(0)
+    model_class = BertForTokenClassification if token_level else BertForSequenceClassification
+    config = tiny_bert_config(VOCAB, num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()})
+    model_class(config).save_pretrained(out)
+    save_tiny_wordpiece_tokenizer(out, VOCAB)
+    (out / EVAL_RESULTS_FILE).write_text(json.dumps({"eval_accuracy": 0.75, "eval_loss": 0.5, "eval_runtime": 1.2}))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(app, graceful_timeout_s: float = 5.0):
+    """``app`` served by uvicorn in a thread on a free loopback port; yields its base URL, stops it on exit."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=graceful_timeout_s))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
