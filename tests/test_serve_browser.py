@@ -1,0 +1,56 @@
+"""The page at / in a real headless browser: Debian's chromium driven by Playwright, on loopback only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+from serve_helpers import LABELS, running_server, save_tiny_classifier  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+# headless and offline: nothing but the server on loopback may be contacted
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's chromium; without it a developer's run skips, but CI (which installs it) fails."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs it (apt-get install -y chromium)", pytrace=False)
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium to run the browser test")
+    return CHROMIUM
+
+
+def test_page_shows_labels_with_score_bars(chromium, tmp_path):
+    from hfcompress.serving.app import create_app
+    from hfcompress.serving.config import ServeConfig
+
+    model = save_tiny_classifier(tmp_path / "tiny")
+    with running_server(create_app(model, ServeConfig())) as url, playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            playwright_api.expect(page.locator("#about")).to_contain_text("text-classification")
+            page.fill("#text", "a gripping, beautifully shot film")
+            page.click("#predict")
+            rows = page.locator(".result")
+            playwright_api.expect(rows).to_have_count(len(LABELS))
+            labels = rows.locator(".label").all_inner_texts()
+            scores = [float(s) for s in rows.locator(".score").all_inner_texts()]
+            widths = [bar.evaluate("e => e.style.width") for bar in rows.locator(".bar > div").all()]
+            page.fill("#text", "")
+            page.click("#predict")
+            playwright_api.expect(page.locator("#error")).to_contain_text("Type some text")
+        finally:
+            browser.close()
+    assert sorted(labels) == sorted(LABELS.values())
+    assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=2e-3)
+    assert [float(w.rstrip("%")) for w in widths] == pytest.approx([100 * s for s in scores], abs=0.1)
