@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -371,3 +372,15 @@ def test_task_parses_requests():
         text.serve_inputs([])
     with pytest.raises(ModelError, match="not supported yet"):
         get_task("text-generation").serve_outputs(None, None, [None])
+
+
+def test_worker_processes_build_the_app_from_the_environment(onnx_dir, monkeypatch):
+    """With --workers N uvicorn imports the app in each process: the settings travel in environment variables."""
+    from hfcompress.serving import app as serving_app
+
+    config = ServeConfig(max_items=3, workers=2)
+    monkeypatch.setenv(serving_app.MODEL_ENV, str(onnx_dir))
+    monkeypatch.setenv(serving_app.CONFIG_ENV, json.dumps(config.to_dict()))
+    with running_server(serving_app.app_from_environment()) as url:
+        assert httpx.get(f"{url}/metadata").json()["serving"] == config.to_dict()
+        assert httpx.post(f"{url}/predict", json={"inputs": ["a"] * 4}).status_code == 422
