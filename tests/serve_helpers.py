@@ -61,3 +61,37 @@ def running_server(app, graceful_timeout_s: float = 5.0):
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@contextlib.contextmanager
+def cli_server(model: Path, *options: str, startup_timeout_s: float = 120):
+    """``hfcompress serve MODEL OPTIONS`` in a subprocess on a free port, once it is ready; yields (process, base URL)."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen([sys.executable, "-m", "hfcompress.cli", "serve", str(model), "--port", str(port), *options],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            try:
+                if httpx.get(f"{url}/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None:
+                raise RuntimeError(f"hfcompress serve exited with {process.returncode}: {process.stdout.read()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"hfcompress serve was not ready within {startup_timeout_s} s")
+            time.sleep(0.2)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

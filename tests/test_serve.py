@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,13 +15,10 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import LABELS, running_server, save_tiny_classifier  # noqa: E402
+from serve_helpers import LABELS, cli_server, running_server, save_tiny_classifier  # noqa: E402
 
 from hfcompress.errors import ConfigError, DataError, ModelError  # noqa: E402
 from hfcompress.serving.config import ServeConfig  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
@@ -265,27 +259,9 @@ def test_concurrent_requests_run_in_shared_batches(onnx_dir, onnx_predictor):
     assert values["hfcompress_batch_size_count"] < 24 and values['hfcompress_batch_size_bucket{le="1.0"}'] < values["hfcompress_batch_size_count"]
 
 
-def test_sigterm_lets_the_in_flight_request_finish(onnx_dir, tmp_path):
-    from serve_helpers import free_port
-
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def test_sigterm_lets_the_in_flight_request_finish(onnx_dir):
     # a batch waits 1 s for company, so the request is still in flight when SIGTERM arrives
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hfcompress.cli", "serve", str(onnx_dir), "--port", str(port), "--max-wait-ms", "1000", "--max-batch-size", "64"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read() if server.poll() is not None else "server did not start"
-            time.sleep(0.2)
+    with cli_server(onnx_dir, "--max-wait-ms", "1000", "--max-batch-size", "64") as (server, url):
         result = {}
         request = threading.Thread(target=lambda: result.update(response=httpx.post(f"{url}/predict", json={"inputs": "in flight"}, timeout=30)))
         started = time.monotonic()
@@ -294,12 +270,20 @@ def test_sigterm_lets_the_in_flight_request_finish(onnx_dir, tmp_path):
         server.send_signal(signal.SIGTERM)
         request.join(30)
         assert server.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled once it has shut down
-    finally:
-        if server.poll() is None:
-            server.kill()
     response = result["response"]
     assert response.status_code == 200 and {r["label"] for r in response.json()} == set(LABELS.values())
     assert time.monotonic() - started >= 1.0  # it waited for its batch rather than being cut off
+
+
+@pytest.mark.slow
+def test_worker_processes_share_their_metrics(onnx_dir):
+    with cli_server(onnx_dir, "--workers", "2", startup_timeout_s=240) as (server, url):
+        for i in range(6):  # a new connection each: the kernel spreads them over the workers
+            assert httpx.post(f"{url}/predict", json={"inputs": f"text {i}"}).status_code == 200
+        metrics = httpx.get(f"{url}/metrics").text
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    assert 'hfcompress_requests_total{endpoint="/predict",status="200"} 6.0' in metrics  # whichever worker answered /metrics
 
 
 # --- loading and configuration -----------------------------------------------------------------------

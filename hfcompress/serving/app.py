@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import time
 from importlib import resources
 from typing import Any, Optional, Union
@@ -31,6 +32,7 @@ from .predictor import InputTooLong, Predictor, input_chars, load_predictor
 logger = logging.getLogger("hfcompress.serve")
 
 MODEL_ENV, CONFIG_ENV = "HFCOMPRESS_SERVE_MODEL", "HFCOMPRESS_SERVE_CONFIG"  # how uvicorn's worker processes get their settings
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's directory for metrics shared by worker processes
 ENDPOINTS = ("/", "/predict", "/health", "/ready", "/metadata", "/metrics", "/docs", "/openapi.json")
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -58,7 +60,12 @@ def error_response(status: int, message: str, error_type: str, headers: Optional
 
 
 class Metrics:
-    """The server's Prometheus metrics, in a registry of its own (several apps may live in one process)."""
+    """The server's Prometheus metrics, in a registry of its own (several apps may live in one process).
+
+    With ``--workers N`` each process counts its own share in prometheus-client's multiprocess files
+    (``PROMETHEUS_MULTIPROC_DIR``, which :func:`serve` sets), and ``/metrics`` of any worker reports
+    the sum over all of them.
+    """
 
     def __init__(self):
         self.registry = CollectorRegistry()
@@ -66,7 +73,13 @@ class Metrics:
         self.latency = Histogram("hfcompress_request_duration_seconds", "HTTP request latency.", ["endpoint"], registry=self.registry)
         self.batch_size = Histogram("hfcompress_batch_size", "Inputs per batch the model ran.", buckets=BATCH_SIZE_BUCKETS, registry=self.registry)
         self.batch_seconds = Histogram("hfcompress_batch_duration_seconds", "Time the model took per batch.", registry=self.registry)
-        self.queue_depth = Gauge("hfcompress_queue_depth", "Inputs waiting for the model.", registry=self.registry)
+        self.queue_depth = Gauge("hfcompress_queue_depth", "Inputs waiting for the model.", registry=self.registry, multiprocess_mode="livesum")
+        self.exposition = self.registry
+        if os.environ.get(MULTIPROCESS_ENV):
+            from prometheus_client import multiprocess
+
+            self.exposition = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposition)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -158,8 +171,8 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
     metrics = Metrics()
     batcher = DynamicBatcher(
         predictor.predict, config.max_batch_size, config.max_wait_ms, config.max_queue, length=input_chars, on_batch=metrics.observe_batch,
+        on_depth=metrics.queue_depth.set,
     )
-    metrics.queue_depth.set_function(lambda: batcher.depth)
     state = {"ready": False}
 
     @contextlib.asynccontextmanager
@@ -232,7 +245,7 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
     @app.get("/metrics")
     async def prometheus_metrics():
         """Prometheus text: requests by status, latency, batch sizes, queue depth."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     page = resources.files(__package__).joinpath("static", "index.html").read_text(encoding="utf-8")
 
@@ -258,4 +271,6 @@ def serve(model_path: Union[str, os.PathLike], config: ServeConfig) -> None:
         return
     load_predictor(model_path, config)  # fails here, once, in one line, before workers start
     os.environ[MODEL_ENV], os.environ[CONFIG_ENV] = str(model_path), json.dumps(config.to_dict())
+    if not os.environ.get(MULTIPROCESS_ENV):  # the workers' metrics meet in a fresh directory (stale files would add up)
+        os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="hfcompress-serve-metrics-")
     uvicorn.run("hfcompress.serving.app:app_from_environment", factory=True, workers=config.workers, **options)

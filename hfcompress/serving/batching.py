@@ -36,7 +36,8 @@ class _Item:
 class DynamicBatcher:
     """Queue of inputs in front of ``run_batch(values, top_ks) -> results`` (one result per value).
 
-    ``length(value)`` orders inputs for grouping; ``on_batch(size, seconds)`` is told of every batch run.
+    ``length(value)`` orders inputs for grouping; ``on_batch(size, seconds)`` is told of every batch run,
+    ``on_depth(inputs)`` of every change in the number of inputs waiting.
     Start it with :meth:`start` inside the running event loop, stop it with :meth:`stop` (which runs
     everything still queued first).
     """
@@ -44,10 +45,11 @@ class DynamicBatcher:
     def __init__(
         self, run_batch: Callable[[list, list], list], max_batch_size: int, max_wait_ms: float, max_queue: int,
         length: Callable[[Any], int] = len, on_batch: Optional[Callable[[int, float], None]] = None,
+        on_depth: Optional[Callable[[int], None]] = None,
     ):
-        self.run_batch, self.length, self.on_batch = run_batch, length, on_batch
+        self.run_batch, self.length, self.on_batch, self.on_depth = run_batch, length, on_batch, on_depth
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000.0, max_queue
-        self._pending: list[_Item] = []
+        self._pending_items: list[_Item] = []
         self._wakeup: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
         self._executor: Optional[ThreadPoolExecutor] = None
@@ -58,6 +60,16 @@ class DynamicBatcher:
     def depth(self) -> int:
         """Inputs waiting for the model (not counting the batch running now)."""
         return len(self._pending)
+
+    @property
+    def _pending(self) -> list[_Item]:
+        return self._pending_items
+
+    @_pending.setter
+    def _pending(self, items: list[_Item]) -> None:
+        self._pending_items = items
+        if self.on_depth is not None:
+            self.on_depth(len(items))
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -85,7 +97,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         items = [_Item(v, top_k, self.length(v), now, loop.create_future()) for v in values]
-        self._pending.extend(items)
+        self._pending = self._pending + items
         self._wakeup.set()
         return list(await asyncio.gather(*(item.future for item in items)))
 
