@@ -8,6 +8,7 @@ import re
 import signal
 import threading
 import time
+from http import HTTPStatus
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,7 @@ def test_bad_input_gets_4xx_json_error(server, kind, request_kwargs, status):
     response = httpx.post(f"{server}/predict", **request_kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert isinstance(error, str) and error and "\n" not in error
+    assert isinstance(error, str) and error and "\n" not in error and response.json()["error_type"] == HTTPStatus(status).phrase
     assert httpx.post(f"{server}/predict", json={"inputs": "still serving"}).status_code == 200
 
 

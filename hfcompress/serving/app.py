@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import time
+from http import HTTPStatus
 from importlib import resources
 from typing import Any, Optional, Union
 
@@ -55,8 +56,9 @@ class PredictRequest(BaseModel):
     top_k: Optional[StrictInt] = Field(None, ge=1, description="Same as parameters.top_k (the text-classification pipeline's argument).")
 
 
-def error_response(status: int, message: str, error_type: str, headers: Optional[dict] = None) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
+def error_response(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    """``{"error": one line naming the problem and the fix, "error_type": the status's phrase}``."""
+    return JSONResponse({"error": message, "error_type": HTTPStatus(status).phrase}, status_code=status, headers=headers)
 
 
 class Metrics:
@@ -123,9 +125,9 @@ class RequestGuard:
         if length is None:
             return None
         if not length.isdigit():
-            return error_response(400, f"Content-Length {length.decode(errors='replace')!r} is not a number of bytes", "BadRequest")
+            return error_response(400, f"Content-Length {length.decode(errors='replace')!r} is not a number of bytes")
         if int(length) > self.max_body_bytes:
-            return error_response(413, f"the body has {int(length)} bytes: send at most {self.max_body_bytes} (the server's max_body_bytes)", "PayloadTooLarge")
+            return error_response(413, f"the body has {int(length)} bytes: send at most {self.max_body_bytes} (the server's max_body_bytes)")
         return None
 
     def _limited(self, receive):
@@ -196,11 +198,11 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
         status, message = _validation_message(error)
-        return error_response(status, message, "Validation")
+        return error_response(status, message)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        return error_response(error.status_code, str(error.detail), type(error).__name__ if error.status_code >= 500 else "Validation", error.headers)
+        return error_response(error.status_code, str(error.detail), error.headers)
 
     @app.post("/predict", dependencies=[Depends(require_json)], responses={
         200: {"description": "One list of {label, score} per input (a single input: one list), best first."},
@@ -215,14 +217,14 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
             items = predictor.parse(request.inputs)
             results = await batcher.submit(items, top_k)
         except InputTooLong as e:
-            return error_response(413, str(e), "Validation")
+            return error_response(413, str(e))
         except DataError as e:
-            return error_response(422, str(e), "Validation")
+            return error_response(422, str(e))
         except QueueFull as e:
-            return error_response(503, str(e), "Overloaded", {"Retry-After": str(e.retry_after_s)})
+            return error_response(503, str(e), {"Retry-After": str(e.retry_after_s)})
         except Exception as e:  # noqa: BLE001 - the model failed: this request gets 500, the server keeps serving
             logger.exception("prediction failed")
-            return error_response(500, f"the model failed on this request ({type(e).__name__}): see the server log", "Internal")
+            return error_response(500, f"the model failed on this request ({type(e).__name__}): see the server log")
         return results if isinstance(request.inputs, list) else results[0]
 
     @app.get("/health")
@@ -234,7 +236,7 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
     async def ready():
         """Readiness: the model is loaded and the batcher takes requests."""
         if not state["ready"]:
-            return error_response(503, "the server is starting or shutting down", "Unavailable", {"Retry-After": "1"})
+            return error_response(503, "the server is starting or shutting down", {"Retry-After": "1"})
         return {"status": "ready", "model": metadata["model"], "task": metadata["task"]}
 
     @app.get("/metadata")
