@@ -25,6 +25,9 @@ _EXPORTS = {
     "MagnitudePruningConfig": "pruning",
     "StructuredPruningCallback": "pruning",
     "StructuredPruningConfig": "pruning",
+    "FilterPruningCallback": "pruning",
+    "FilterPruningConfig": "pruning",
+    "prune_filters": "pruning",
     "LowRankConfig": "lowrank",
     "factorize": "lowrank",
     "factorize_checkpoint": "lowrank",
@@ -59,6 +62,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .distillation import DistillationTrainer, DistillationTrainingArguments, build_student_from_teacher
     from .errors import ConfigError, DataError, HFCompressError, ModelError
     from .lowrank import LowRankConfig, factorize, factorize_checkpoint, load_factorized
-    from .pruning import MagnitudePruningCallback, MagnitudePruningConfig, StructuredPruningCallback, StructuredPruningConfig
+    from .pruning import (
+        FilterPruningCallback,
+        FilterPruningConfig,
+        MagnitudePruningCallback,
+        MagnitudePruningConfig,
+        StructuredPruningCallback,
+        StructuredPruningConfig,
+        prune_filters,
+    )
     from .quantization import BnbConfig, PTQConfig, QATCallback, QATConfig, quantize_bnb, quantize_onnx
     from .vocab import VocabTrimConfig, trim_checkpoint, trim_vocabulary

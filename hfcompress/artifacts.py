@@ -39,6 +39,7 @@ PUSH_RESULT_FILE = "push.json"  # the push stage's record of the commit it made 
 
 # --- compression methods (each also writes COMPRESSION_SUMMARY_FILE) ----------------------------
 SPARSITY_REPORT_FILE = "sparsity_report.json"  # measured sparsity / heads and FFN kept (magnitude and structured pruning)
+FILTER_PRUNING_FILE = "filter_pruning.json"  # channels per group, parameters and MACs before/after (filter pruning of CNNs)
 PRUNING_MASKS_FILE = "pruning_masks.safetensors"  # masks in a pruning run's checkpoints, to resume it
 QUANTIZATION_FILE = "quantization.json"  # the quantization scheme (QAT, ONNX PTQ, bitsandbytes)
 QAT_RANGES_FILE = "qat_ranges.safetensors"  # activation ranges QAT observed; static ONNX quantization reuses them

@@ -36,8 +36,8 @@ def _cmd_evaluate(args) -> int:
     data = TaskData(
         DataConfig(
             path=args.data, name=args.data_config, task=args.task, eval_split=args.split, text_column=args.text_column,
-            text_pair_column=args.text_pair_column, label_column=args.label_column, max_length=args.max_length,
-            max_eval_samples=args.max_samples,
+            text_pair_column=args.text_pair_column, image_column=args.image_column, label_column=args.label_column,
+            max_length=args.max_length, max_eval_samples=args.max_samples,
         ),
         splits=[args.split],
     )
@@ -375,15 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", default=DEFAULT_TASK, choices=task_names(), help=f"The data's task (default {DEFAULT_TASK}).")
     ev.add_argument("--text-column", default="sentence", help="Column with the text.")
     ev.add_argument("--text-pair-column", default=None, help="Column with the second text of sentence-pair tasks (e.g. hypothesis for MNLI); default: none.")
+    ev.add_argument("--image-column", default=None, help="Column with the images of image tasks; default: 'img' or 'image', whichever the data has.")
     ev.add_argument("--label-column", default="label", help="Column with the labels.")
     ev.add_argument("--max-length", type=int, default=128, help="Truncate inputs to this many tokens.")
     ev.add_argument("--max-samples", type=int, default=None, help="Evaluate the first N examples only.")
     ev.add_argument("--batch-size", type=int, default=64, help="Batch size for the task metrics.")
     ev.add_argument("--backend", default="auto", choices=["auto", "pytorch", "onnx"], help="Runtime; auto: ONNX Runtime when the directory has an .onnx file.")
     ev.add_argument("--onnx-file", default=None, help="ONNX file in the model directory (default model.onnx), e.g. model_optimized.onnx.")
-    ev.add_argument("--latency", action="store_true", help="Also measure p50/p95 latency and throughput on sentences of the split.")
+    ev.add_argument("--latency", action="store_true", help="Also measure p50/p95 latency and throughput on inputs of the split (sentences or images).")
     ev.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 32], help="Batch sizes to time.")
-    ev.add_argument("--latency-samples", type=int, default=256, help="Sentences of the split that make the latency batches.")
+    ev.add_argument("--latency-samples", type=int, default=256, help="Inputs of the split (sentences or images) that make the latency batches.")
     ev.add_argument("--threads", type=int, default=2, help="Intra-op threads while timing.")
     ev.add_argument("--warmup", type=int, default=5, help="Untimed calls before timing.")
     ev.add_argument("--repeats", type=int, default=3, help="Timed passes over the latency batches.")

@@ -1,8 +1,9 @@
-"""Task data: load a split from the Hub or a local path, check it, tokenize it.
+"""Task data: load a split from the Hub or a local path, check it, turn it into model inputs.
 
 Every dataset argument accepts a Hub id (``glue`` with ``name: sst2``) or a local path: a directory
 with one file per split (``train.tsv``, ``dev.tsv``, ``validation.jsonl``, ...), a directory written
-by ``Dataset.save_to_disk``, or a dataset directory that ``datasets.load_dataset`` understands.
+by ``Dataset.save_to_disk``, or a dataset directory that ``datasets.load_dataset`` understands (Parquet
+splits in the Hub's layout, an image folder).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class DataConfig:
     eval_split: str = field(default="validation", metadata={"help": "Split used for evaluation (SST-2 TSV: 'dev')."})
     text_column: str = field(default="sentence", metadata={"help": "Column with the text (a list of words for token classification)."})
     text_pair_column: Optional[str] = field(default=None, metadata={"help": "Second text column for pair tasks (e.g. MNLI)."})
+    image_column: Optional[str] = field(default=None, metadata={"help": "Image tasks: column with the images; default 'img' or 'image', whichever the data has."})
+    augment: bool = field(default=True, metadata={"help": "Image tasks: random crop with 4-pixel padding and horizontal flip of the training split (seeded)."})
     label_column: str = field(default="label", metadata={"help": "Column with the labels; unused by tasks without labels (language modelling)."})
     max_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep a random subset of this size (seeded)."})
@@ -55,6 +58,15 @@ def _split_files(directory: Path) -> dict[str, Path]:
         if p.is_file() and p.suffix in _BUILDERS:
             files.setdefault(p.stem, p)
     return files
+
+
+def _is_split_file_directory(directory: Path, splits: list[str]) -> bool:
+    """One file per split at the top. A dataset in the Hub's layout (Parquet under a config sub-directory, as CIFAR-10 has)
+    may hold other top-level files (classes.txt); it is one when no split has a top-level file and sub-directories hold the data."""
+    files = _split_files(directory)
+    if not files:
+        return False
+    return any(s in files for s in splits) or not any(p.is_dir() and not p.name.startswith(".") for p in directory.iterdir())
 
 
 def _has_no_rows(path: Path) -> bool:
@@ -85,7 +97,7 @@ def load_raw_splits(cfg: DataConfig, splits: list[str]) -> DatasetDict:
     try:
         if local.is_dir() and (local / "dataset_dict.json").exists():
             loaded = datasets.load_from_disk(str(local))
-        elif local.is_dir() and _split_files(local):
+        elif local.is_dir() and _is_split_file_directory(local, splits):
             files = _split_files(local)
             missing = [s for s in splits if s not in files]
             if missing:
@@ -141,16 +153,21 @@ class TaskData:
 
     def __init__(self, cfg: DataConfig, splits: Optional[list[str]] = None, seed: int = 42):
         self.task: Task = get_task(cfg.task)
-        self.cfg = cfg
         splits = splits or [cfg.train_split, cfg.eval_split]
         raw = load_raw_splits(cfg, list(dict.fromkeys(splits)))
+        self.cfg = cfg = self.task.resolve_columns(cfg, next(iter(raw.values())).column_names)
+        self.seed = seed
         for split, ds in raw.items():
             self._check_columns(split, ds)
-            self._check_cells(split, ds)
+        if cfg.train_split in raw and self.task.has_labels and isinstance(raw[cfg.train_split].features[cfg.label_column], ClassLabel):
+            train = raw[cfg.train_split]  # the whole split: a subset that misses a rare class is fine, a dataset without it is not
+            self.task.check_labels_covered(cfg.train_split, train, cfg, train.features[cfg.label_column].num_classes)
         if cfg.max_train_samples and cfg.train_split in raw and cfg.max_train_samples < len(raw[cfg.train_split]):
             raw[cfg.train_split] = raw[cfg.train_split].shuffle(seed=seed).select(range(cfg.max_train_samples))
         if cfg.max_eval_samples and cfg.eval_split in raw and cfg.max_eval_samples < len(raw[cfg.eval_split]):
             raw[cfg.eval_split] = raw[cfg.eval_split].select(range(cfg.max_eval_samples))
+        # rows are checked once subsets are taken: only the rows used (every image is decoded once here)
+        self.checked: dict[str, Optional[dict]] = {split: self.task.check_rows(split, ds, cfg) for split, ds in raw.items()}
         self.raw = raw
         self.label_names = self._label_names() if self.task.has_labels else []
         self.label2id = {name: i for i, name in enumerate(self.label_names)}
@@ -168,22 +185,8 @@ class TaskData:
             if col not in ds.column_names:
                 raise DataError(
                     f"split '{split}' has no column '{col}'{closest(col, ds.column_names)}: columns are {ds.column_names}; "
-                    "set data.text_column/data.label_column"
+                    "set data.text_column/data.image_column/data.label_column"
                 )
-
-    def _check_cells(self, split: str, ds: datasets.Dataset) -> None:
-        """Every row of a labelled task needs its text and label: name the first empty cell (data rows count from 1).
-
-        Language-modelling text keeps its empty lines: they are paragraph breaks, not missing values.
-        """
-        if not self.task.has_labels:
-            return
-        for column in self.task.required_columns(self.cfg):
-            for row, value in enumerate(ds[column], 1):
-                if value is None or (isinstance(value, (str, list)) and len(value) == 0):
-                    raise DataError(
-                        f"split '{split}' row {row} has an empty '{column}': fill it in or delete the row"
-                    )
 
     def _label_names(self) -> list[Any]:
         train = self.raw.get(self.cfg.train_split)
@@ -214,15 +217,12 @@ class TaskData:
         names = getattr(self, "_class_label_names", None)
         return {i: (names[i] if names else str(n)) for i, n in enumerate(self.label_names)}
 
-    def tokenize(self, tokenizer, split: str) -> datasets.Dataset:
-        """Tokenize one split; label values are mapped to ids 0..num_labels-1."""
-        ds = self.raw[split]
-        self.task.prepare_tokenizer(tokenizer)
-
-        def encode(batch):
-            return self.task.encode(batch, tokenizer, self.cfg, self.label2id)
-
-        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"Tokenizing {split}")
+    def tokenize(self, processor, split: str) -> datasets.Dataset:
+        """One split as model inputs with label ids 0..num_labels-1: tokenized (text), or image-processed on the fly (images,
+        the training split augmented unless ``augment`` is off)."""
+        return self.task.prepare_split(
+            self.raw[split], processor, self.cfg, self.label2id, split, split == self.cfg.train_split, self.seed, self.checked.get(split)
+        )
 
     def collator(self, tokenizer):
         return self.task.collator(tokenizer)

@@ -1,4 +1,4 @@
-"""Loading models and tokenizers by Hub id or local path, for the tasks hfcompress supports."""
+"""Loading models and their processors (tokenizers, image processors) by Hub id or local path, for the tasks hfcompress supports."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Optional
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
 from .errors import ModelError
-from .tasks import DEFAULT_TASK, Task, get_task, task_of
+from .tasks import DEFAULT_TASK, TASKS, Task, get_task, task_of
 
 
 def _describe_load_error(name: str, error: Exception) -> ModelError:
@@ -34,7 +34,7 @@ def load_config(name_or_path: str, trust_remote_code: bool = False):
 
 def check_head_fits_labels(config, num_labels: int, name: str) -> None:
     """A trained classification head must have as many labels as the data; a base model gets a new head."""
-    has_head = any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in (config.architectures or []))
+    has_head = any(task.matches(a) for task in TASKS.values() if task.has_labels for a in (config.architectures or []))
     if has_head and config.num_labels != num_labels:
         raise ModelError(
             f"model '{name}' has {config.num_labels} labels but the data has {num_labels}: "
@@ -80,7 +80,15 @@ def check_model_files(path: Path, needs_tokenizer: bool) -> None:
         except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, ValueError, OSError... for a broken file
             raise ModelError(f"{graph} does not load as ONNX ({type(e).__name__}): export the model again") from None
     if needs_tokenizer:
-        check_tokenizer_files(path)
+        _task_of_directory(path).check_processor_files(path)
+
+
+def _task_of_directory(path: Path) -> Task:
+    """The task of a saved model from its config.json; a base model without a head reads text (the default task)."""
+    try:
+        return task_of(json.loads((path / "config.json").read_text()))
+    except (ModelError, OSError, ValueError):
+        return get_task(DEFAULT_TASK)
 
 
 def check_tokenizer_files(path: Path) -> None:
@@ -110,6 +118,23 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
         raise _describe_load_error(name_or_path, e) from e
 
 
+def load_processor(name_or_path: str, task: Optional[str | Task] = None, trust_remote_code: bool = False):
+    """What turns raw inputs into the model's inputs, as saved with it: a tokenizer, or an image processor for image tasks.
+
+    The task is inferred from the model's config when not given (a base model without a head: text).
+    """
+    if task is None:
+        local = Path(os.path.expanduser(name_or_path))
+        if local.is_dir():
+            task = _task_of_directory(local)
+        else:
+            try:
+                task = task_of(load_config(name_or_path, trust_remote_code))
+            except ModelError:
+                task = DEFAULT_TASK
+    return get_task(task).load_processor(name_or_path, trust_remote_code)
+
+
 def load_model(
     name_or_path: str,
     task: str | Task = DEFAULT_TASK,
@@ -136,11 +161,15 @@ def load_model(
             config.label2id = {v: k for k, v in id2label.items()}
     from .pruning.structured import check_recorded_heads, recorded_heads
 
+    from .pruning.filters.persistence import recorded_channels
+
     model_class = task.auto_class()
     if recorded_heads(config):
         check_recorded_heads(config)
         if not TRANSFORMERS_REMOVES_PRUNED_HEADS:
             model_class = with_recorded_heads(model_class, config)
+    if recorded_channels(config):
+        model_class = with_recorded_channels(model_class, config)
     try:
         return model_class.from_pretrained(name_or_path, config=config, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
@@ -152,28 +181,45 @@ def load_model(
 TRANSFORMERS_REMOVES_PRUNED_HEADS = hasattr(PreTrainedModel, "prune_heads")
 
 _WITH_RECORDED_HEADS: dict[type, type] = {}
+_WITH_RECORDED_CHANNELS: dict[type, type] = {}
 
 
-def with_recorded_heads(auto_class, config) -> type:
-    """The model class ``auto_class`` maps ``config`` to, built with the heads ``config.pruned_heads`` records removed.
+def _reshaped_on_init(auto_class, config, reshape, cache: dict[type, type]) -> type:
+    """The model class ``auto_class`` maps ``config`` to, with ``reshape(model)`` run at the end of ``__init__``.
 
-    For transformers 5. Removing them in ``__init__``, before ``from_pretrained`` loads the weights, keeps
-    everything it does (Hub ids, shards, dtype, device_map, bitsandbytes). The subclass keeps its base's
-    name and module, so ``save_pretrained`` writes the same architecture.
+    Reshaping in ``__init__``, before ``from_pretrained`` loads the weights, keeps everything it does
+    (Hub ids, shards, dtype, device_map, bitsandbytes). The subclass keeps its base's name and module,
+    so ``save_pretrained`` writes the same architecture.
     """
-    from .pruning.structured import remove_recorded_heads
-
     base = auto_class._model_mapping.get(type(config), None)
     if base is None:  # remote code: from_pretrained stops at the size mismatch
         return auto_class
-    if base not in _WITH_RECORDED_HEADS:
+    if base not in cache:
 
         def __init__(self, config, *args, **kwargs):
             base.__init__(self, config, *args, **kwargs)
-            remove_recorded_heads(self)
+            reshape(self)
 
-        _WITH_RECORDED_HEADS[base] = type(base.__name__, (base,), {"__init__": __init__, "__module__": base.__module__, "__qualname__": base.__qualname__})
-    return _WITH_RECORDED_HEADS[base]
+        cache[base] = type(base.__name__, (base,), {"__init__": __init__, "__module__": base.__module__, "__qualname__": base.__qualname__})
+    return cache[base]
+
+
+def with_recorded_heads(auto_class, config) -> type:
+    """The model class of ``config``, built with the heads ``config.pruned_heads`` records removed (for transformers 5)."""
+    from .pruning.structured import remove_recorded_heads
+
+    return _reshaped_on_init(auto_class, config, remove_recorded_heads, _WITH_RECORDED_HEADS)
+
+
+def with_recorded_channels(auto_class, config) -> type:
+    """The model class of ``config``, built with the layer sizes filter pruning recorded in ``config.pruned_channels``.
+
+    Transformers' CNN configs (ResNet, MobileNetV2) cannot express per-layer widths, so plain
+    ``from_pretrained`` stops at the size mismatch; this class reloads such a checkpoint.
+    """
+    from .pruning.filters.persistence import reshape_recorded_channels
+
+    return _reshaped_on_init(auto_class, config, reshape_recorded_channels, _WITH_RECORDED_CHANNELS)
 
 
 def remove_heads_transformers_kept(model) -> None:
@@ -189,14 +235,17 @@ def empty_model(config, task: str | Task = DEFAULT_TASK) -> PreTrainedModel:
     """The model ``load_model`` builds for ``config``, without weights (on the meta device): its module names and shapes."""
     from accelerate import init_empty_weights
 
+    from .pruning.filters.persistence import reshape_recorded_channels
+
     with init_empty_weights():
         model = get_task(task).auto_class().from_config(config)
         remove_heads_transformers_kept(model)
+        reshape_recorded_channels(model)
     return model
 
 
 def load_checkpoint(name_or_path: str, task: Optional[str | Task] = None, trust_remote_code: bool = False):
-    """``(model, tokenizer, task)`` of a checkpoint; the task is inferred from its config when not given."""
-    tokenizer = load_tokenizer(name_or_path, trust_remote_code)
+    """``(model, processor, task)`` of a checkpoint; the task is inferred from its config when not given."""
     task = get_task(task) if task is not None else task_of(load_config(name_or_path, trust_remote_code))
-    return load_model(name_or_path, task, trust_remote_code=trust_remote_code), tokenizer, task
+    processor = load_processor(name_or_path, task, trust_remote_code)
+    return load_model(name_or_path, task, trust_remote_code=trust_remote_code), processor, task

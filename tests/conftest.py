@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "assets"
 MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
 SST2 = SHARED / "data" / "sst2"
+CIFAR10 = SHARED / "data" / "cifar10"
 
 
 def _require(path: Path) -> Path:
@@ -49,6 +50,11 @@ def minilm_path() -> Path:
 @pytest.fixture(scope="session")
 def sst2_path() -> Path:
     return _require(SST2)
+
+
+@pytest.fixture(scope="session")
+def cifar10_path() -> Path:
+    return _require(CIFAR10)
 
 
 @pytest.fixture(scope="session")

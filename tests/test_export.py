@@ -216,7 +216,8 @@ def test_optimum_graph_has_the_recorded_signature(arch, tmp_path, tokenizer):
 def test_every_task_has_a_signature_case():
     from hfcompress.tasks import TASKS, task_of
 
-    archs = {"bert": "BertForSequenceClassification", "bert-tokens": "BertForTokenClassification", "gpt2": "GPT2LMHeadModel"}
+    archs = {"bert": "BertForSequenceClassification", "bert-tokens": "BertForTokenClassification", "gpt2": "GPT2LMHeadModel",
+             "mobilenet": "MobileNetV2ForImageClassification"}  # the image case is in test_image_classification.py
     assert {task_of({"architectures": [archs[a]]}).name for a in archs} == set(TASKS)
 
 

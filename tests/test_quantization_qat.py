@@ -52,7 +52,6 @@ def test_weight_fake_quant_matches_onnxruntime_quantize_data(preset):
 
 def test_activation_fake_quant_matches_dynamic_quantize_linear():
     """The dynamic activation simulation equals ONNX Runtime's DynamicQuantizeLinear followed by DequantizeLinear."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -143,7 +142,7 @@ def test_config_errors_are_one_line_and_name_the_fix():
         QATConfig(preset="avx")
     with pytest.raises(ConfigError, match="static only"):
         PTQConfig(preset="tensorrt", mode="dynamic")
-    with pytest.raises(ConfigError, match="no Linear layer"):
+    with pytest.raises(ConfigError, match="no Linear/Conv2d layer"):
         prepare_qat(nn.Sequential(nn.Linear(2, 2)), QATConfig(target_modules=["nothing"]))
 
 

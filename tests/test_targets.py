@@ -12,7 +12,7 @@ from hfcompress.lowrank.factorize import target_layers
 from hfcompress.pruning import MagnitudePruningConfig
 from hfcompress.pruning.magnitude import prunable_weights
 from hfcompress.quantization.config import QATConfig
-from hfcompress.quantization.qat import target_linears
+from hfcompress.quantization.qat import qat_layers
 from hfcompress.targets import check_module_patterns, matches, replace_module, select_modules
 
 # The six Linear layers of each of the tiny BERT's four blocks, then its pooler and classifier.
@@ -97,7 +97,7 @@ def test_default_selections_are_those_of_the_old_syntaxes(bert):
     every-Linear default, low-rank's component-matched head list)."""
     config = MagnitudePruningConfig()
     assert _pruned(bert, target_modules=config.target_modules, exclude_modules=config.exclude_modules) == BLOCK_LINEARS
-    assert target_linears(bert, QATConfig()) == ALL_LINEARS
+    assert qat_layers(bert, QATConfig()) == ALL_LINEARS
     assert target_layers(bert, LowRankConfig(energy=0.9)) == BLOCK_LINEARS
 
 
@@ -113,7 +113,7 @@ def test_pruning_qat_and_lowrank_select_the_same_layers_for_the_same_spec(bert, 
     spec = dict(target_modules=target_modules, exclude_modules=exclude_modules)
     expected = list(select_modules(bert, **spec))
     assert _pruned(bert, **spec) == expected
-    assert target_linears(bert, QATConfig(**spec)) == expected
+    assert qat_layers(bert, QATConfig(**spec)) == expected
     assert target_layers(bert, LowRankConfig(energy=0.9, **spec)) == expected
 
 

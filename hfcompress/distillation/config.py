@@ -34,8 +34,15 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[tuple[in
     return [(i, min((i + 1) * k - 1, teacher_layers - 1)) for i in range(student_layers)]
 
 
+def layer_count(config) -> int:
+    """Transformer layers of a model (0 for models without, such as CNNs)."""
+    return getattr(config, "num_hidden_layers", 0) or 0
+
+
 def resolve_layer_map(spec: Optional[str], student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
-    """The layer pairs of ``spec`` (or the uniform map), checked against both models' layer counts."""
+    """The layer pairs of ``spec`` (or the uniform map; none when a model has no layers), checked against both models' layer counts."""
+    if not spec and not (student_layers and teacher_layers):
+        return []
     pairs = parse_layer_map(spec) if spec else uniform_layer_map(student_layers, teacher_layers)
     for s, t in pairs:
         if not (0 <= s < student_layers and 0 <= t < teacher_layers):

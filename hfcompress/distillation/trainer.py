@@ -15,7 +15,7 @@ from ..artifacts import DISTILLATION_PROJECTIONS_FILE
 from ..errors import ConfigError
 from ..tasks import task_of
 from .cache import INDEX_COLUMN, TeacherLogitCache
-from .config import DistillationTrainingArguments, resolve_layer_map
+from .config import DistillationTrainingArguments, layer_count, resolve_layer_map
 from .losses import attention_loss, combine, count_items, distillation_loss_sums, hidden_state_loss
 
 _PROJECTIONS_ATTR = "hfc_distillation_projections"
@@ -24,13 +24,18 @@ logger = logging.get_logger(__name__)
 
 
 def check_compatible(teacher: PreTrainedModel, student: PreTrainedModel, task) -> None:
-    """Teacher and student must share a vocabulary and (for labelled tasks) a label set."""
-    tv, sv = teacher.config.vocab_size, student.config.vocab_size
+    """Teacher and student must share a vocabulary (models that read tokens) and (for labelled tasks) a label set."""
+    tv, sv = getattr(teacher.config, "vocab_size", None), getattr(student.config, "vocab_size", None)
     if tv != sv:
         raise ConfigError(
             f"teacher and student vocabularies differ ({tv} vs {sv} tokens): distil between models that share a tokenizer"
         )
     task.check_compatible(teacher.config, student.config)
+
+
+def _output_flags(hidden: bool, attentions: bool) -> dict:
+    """Only the output flags asked for: models without attention (CNNs) take no ``output_attentions``."""
+    return {**({"output_hidden_states": True} if hidden else {}), **({"output_attentions": True} if attentions else {})}
 
 
 class DistillationTrainer(Trainer):
@@ -53,7 +58,12 @@ class DistillationTrainer(Trainer):
             logger.warning("attention_distill_weight > 0: switching student and teacher to eager attention (slower, returns attention maps)")
             model.set_attn_implementation("eager")
             teacher_model.set_attn_implementation("eager")
-        self.layer_map = resolve_layer_map(args.layer_map, model.config.num_hidden_layers, teacher_model.config.num_hidden_layers)
+        self.layer_map = resolve_layer_map(args.layer_map, layer_count(model.config), layer_count(teacher_model.config))
+        if (args.hidden_distill_weight > 0 or args.attention_distill_weight > 0) and not self.layer_map:
+            raise ConfigError(
+                f"hidden-state and attention distillation pair transformer layers, which {type(model).__name__} and "
+                f"{type(teacher_model).__name__} do not both have: set hidden_distill_weight and attention_distill_weight to 0"
+            )
         if args.hidden_distill_weight > 0:
             s_width, t_width = model.config.hidden_size, teacher_model.config.hidden_size
             if s_width != t_width:
@@ -77,6 +87,11 @@ class DistillationTrainer(Trainer):
 
     def _attach_teacher_cache(self) -> None:
         dataset = self.train_dataset
+        if dataset.format["type"] == "custom":
+            raise ConfigError(
+                "teacher_cache_dir: this training set is preprocessed on the fly (image processing, random augmentation), "
+                "so logits cached from one teacher pass would not match what the student sees; remove teacher_cache_dir"
+            )
         if INDEX_COLUMN in dataset.column_names:
             dataset = dataset.remove_columns(INDEX_COLUMN)
         with self.args.main_process_first(desc="teacher logit cache"):
@@ -107,7 +122,7 @@ class DistillationTrainer(Trainer):
         teacher_inputs = {k: v for k, v in inputs.items() if k in self._teacher_inputs and k != "labels"}
         self.teacher_forward_passes += 1
         with torch.no_grad():
-            out = self.teacher(**teacher_inputs, output_hidden_states=need_hidden, output_attentions=need_attn)
+            out = self.teacher(**teacher_inputs, **_output_flags(need_hidden, need_attn))
         return out.logits, out
 
     # --- loss ------------------------------------------------------------------------------------
@@ -117,7 +132,7 @@ class DistillationTrainer(Trainer):
         if not batch_samples:
             return None
         count = sum(
-            count_items(self.task, b.get("labels"), b.get("attention_mask"), b["input_ids"].shape[0]) for b in batch_samples
+            count_items(self.task, b.get("labels"), b.get("attention_mask"), len(next(iter(b.values())))) for b in batch_samples
         )
         count = torch.tensor(count, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
@@ -132,7 +147,7 @@ class DistillationTrainer(Trainer):
         need_hidden = training and args.hidden_distill_weight > 0
         need_attn = training and args.attention_distill_weight > 0
         student_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        outputs = model(**student_inputs, output_hidden_states=need_hidden, output_attentions=need_attn)
+        outputs = model(**student_inputs, **_output_flags(need_hidden, need_attn))
         teacher_logits, teacher_out = self._teacher_outputs(
             inputs, example_index if training else None, need_hidden, need_attn
         )

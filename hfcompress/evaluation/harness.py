@@ -10,7 +10,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import TaskData
-from ..modeling import load_tokenizer
 from ..tasks import Task, TextInput
 from .footprint import onnx_footprint, pytorch_footprint
 from .runtime import load_for_inference, model_source_path
@@ -18,7 +17,8 @@ from .runtime import load_for_inference, model_source_path
 
 def _batches(dataset, collator, batch_size: int, desc: str) -> Iterator[dict]:
     for start in tqdm(range(0, len(dataset), batch_size), desc=desc, leave=False):
-        yield collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        # one read per batch: an on-the-fly transform (image processing) runs once on it, not once per row
+        yield collator(dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset))))))
 
 
 def _forward_fn(model, backend: str) -> Callable[[dict], torch.Tensor]:
@@ -50,19 +50,20 @@ def evaluate_model(
     ``model`` is a checkpoint directory or Hub id, a directory with an ONNX model (``model.onnx``, or
     ``onnx_file``) loaded through ``optimum.onnxruntime``, or an already loaded PreTrainedModel/ORTModel.
     ``backend="auto"`` picks ONNX Runtime when the directory holds an ``.onnx`` file. ``tokenizer``
-    defaults to the one saved with the model.
+    (for image tasks the image processor) defaults to the one saved with the model.
     """
     task = data.task
     loaded, backend = load_for_inference(model, task, backend, onnx_file)
     source = model_source_path(model)
-    if tokenizer is None:
-        tokenizer = load_tokenizer(str(model) if isinstance(model, (str, os.PathLike)) else loaded.config._name_or_path)
-    dataset = data.tokenize(tokenizer, data.cfg.eval_split)
+    processor = tokenizer
+    if processor is None:
+        processor = task.load_processor(str(model) if isinstance(model, (str, os.PathLike)) else loaded.config._name_or_path)
+    dataset = data.tokenize(processor, data.cfg.eval_split)
     name = Path(str(source or getattr(loaded.config, "_name_or_path", "model"))).name
     result: dict = {"path": str(source) if source else None, "backend": backend, "num_examples": len(dataset)}
     result.update(
         task_metrics(
-            _forward_fn(loaded, backend), task, dataset, data.collator(tokenizer), batch_size, data.num_labels, desc=f"Evaluating {name}"
+            _forward_fn(loaded, backend), task, dataset, data.collator(processor), batch_size, data.num_labels, desc=f"Evaluating {name}"
         )
     )
     if backend == "onnx":
@@ -73,7 +74,7 @@ def evaluate_model(
 
 
 def evaluation_texts(data: TaskData, count: Optional[int] = None) -> list[TextInput]:
-    """The first ``count`` inputs of the evaluation split, pairs as (text, text_pair): real inputs for timing and parity."""
+    """The first ``count`` inputs of the evaluation split, pairs as (text, text_pair), images as RGB PIL images: real inputs for timing and parity."""
     return data.inputs(data.cfg.eval_split, count)
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from ..tasks import TextInput, tokenize_inputs
+from ..tasks import DEFAULT_TASK, Task, TextInput, get_task, task_of
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni", "fma", "asimd", "asimddp")
 
@@ -79,30 +79,29 @@ def _batch_len(batch) -> int:
     return len(batch)
 
 
-def latency_batches(tokenizer, texts: Sequence[TextInput], batch_size: int, max_length: int = 128, max_batches: Optional[int] = None) -> list[dict]:
-    """Consecutive batches of ``texts`` (cycled when there are fewer than ``batch_size``), each padded to its own longest sentence.
+def latency_batches(
+    processor, inputs: Sequence, batch_size: int, max_length: int = 128, max_batches: Optional[int] = None, task: Optional[Task] = None
+) -> list[dict]:
+    """Consecutive batches of ``inputs`` (cycled when there are fewer than ``batch_size``) as ``task`` feeds a model.
 
-    The batches depend only on the texts, the tokenizer and the batch size, so every variant of a
-    model that shares a tokenizer is timed on identical inputs.
+    Texts are padded to each batch's longest; images go through the image processor. The batches
+    depend only on the inputs, the processor and the batch size, so every variant of a model that
+    shares a processor is timed on identical inputs. ``task`` defaults to text.
     """
-    if not texts:
-        raise ConfigError("measure_latency needs at least one text: pass real sentences, e.g. from the evaluation split")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # GPT-2-style tokenizers have no pad token
-    texts = list(texts) * -(-batch_size // len(texts)) if len(texts) < batch_size else list(texts)
-    starts = range(0, len(texts) - batch_size + 1, batch_size)
+    if not inputs:
+        raise ConfigError("measure_latency needs at least one text (or image): pass real inputs, e.g. from the evaluation split")
+    task = task or get_task(DEFAULT_TASK)
+    inputs = list(inputs) * -(-batch_size // len(inputs)) if len(inputs) < batch_size else list(inputs)
+    starts = range(0, len(inputs) - batch_size + 1, batch_size)
     if max_batches is not None:
         starts = starts[:max_batches]
-    return [
-        dict(tokenize_inputs(tokenizer, texts[s : s + batch_size], padding="longest", truncation=True, max_length=max_length, return_tensors="pt"))
-        for s in starts
-    ]
+    return [task.model_inputs(processor, inputs[s : s + batch_size], max_length) for s in starts]
 
 
 def measure_latency(
     model,
     tokenizer_or_path,
-    texts: Sequence[TextInput],
+    texts: Sequence[TextInput],  # or images, for image tasks
     batch_sizes: Sequence[int] = (1, 32),
     threads: int = 2,
     backend: str = "auto",
@@ -121,7 +120,6 @@ def measure_latency(
     """
     import torch
 
-    from ..modeling import load_tokenizer
     from .runtime import is_ort_model, load_for_inference
 
     if threads < 1 or any(b < 1 for b in batch_sizes) or warmup < 0 or repeats < 1:
@@ -134,7 +132,8 @@ def measure_latency(
                 "pass the model directory instead, or load it with load_ort_model(..., threads=N)"
             )
     loaded, backend = load_for_inference(model, None, backend, onnx_file, threads)
-    tokenizer = load_tokenizer(str(tokenizer_or_path)) if isinstance(tokenizer_or_path, (str, os.PathLike)) else tokenizer_or_path
+    task = task_of(loaded.config)
+    processor = task.load_processor(str(tokenizer_or_path)) if isinstance(tokenizer_or_path, (str, os.PathLike)) else tokenizer_or_path
     input_names = set(loaded.input_names) if backend == "onnx" else None
     previous_threads = torch.get_num_threads()
     set_threads(threads)
@@ -142,7 +141,7 @@ def measure_latency(
     try:
         with torch.inference_mode():
             for size in batch_sizes:
-                batches = latency_batches(tokenizer, texts, size, max_length, max_batches)
+                batches = latency_batches(processor, texts, size, max_length, max_batches, task)
                 if input_names is not None:
                     batches = [{k: v for k, v in b.items() if k in input_names} for b in batches]
                 result[f"b{size}"] = {**time_batches(lambda b: loaded(**b), batches, warmup, repeats), "batches": len(batches)}

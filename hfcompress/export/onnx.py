@@ -2,7 +2,9 @@
 
 Backend ``auto`` uses Optimum's exporter where optimum-onnx is installed (the transformers 4.57
 stack) and the dynamo exporter elsewhere; both give each task's graph the same input and output
-names and dynamic axes, so what reads the graph afterwards does not depend on the exporter.
+names and dynamic axes, so what reads the graph afterwards does not depend on the exporter. (Image
+graphs have a dynamic batch axis and the image processor's size, as Optimum's MobileNetV2 graph; for
+ResNet, Optimum also names the channel, height and width axes.)
 
 Every export is compared with the PyTorch model on real sentences at several batch sizes and
 sequence lengths (``parity.json``); a model that exports but disagrees beyond the tolerance is a
@@ -24,7 +26,7 @@ from transformers import AutoConfig
 
 from ..errors import ConfigError, ModelError, closest
 from ..lowrank.modeling import is_factorized
-from ..modeling import load_model, load_tokenizer
+from ..modeling import load_model
 from ..artifacts import PARITY_FILE, QAT_RANGES_FILE
 from ..quantization.config import write_quantization_report
 from ..quantization.qat import read_quantization_json
@@ -92,8 +94,8 @@ def export_onnx(
     """Export a checkpoint (local directory or Hub id) to ``output_dir/model.onnx``, check parity, return the .onnx path.
 
     ``options`` are :class:`ExportConfig` fields (``backend``, ``optimize``, ``atol``, ``batch_sizes``,
-    ``sequence_lengths``); ``parity_texts`` are the sentences of the parity check (default: a built-in
-    set of real sentences). An existing non-empty ``output_dir`` needs ``overwrite=True``.
+    ``sequence_lengths``); ``parity_texts`` are the inputs of the parity check, sentences or (image tasks)
+    PIL images (default: the task's, a built-in set of real sentences or seeded noise images). An existing non-empty ``output_dir`` needs ``overwrite=True``.
     """
     try:
         config = ExportConfig(task=task, opset=opset, **options)
@@ -109,14 +111,16 @@ def export_onnx(
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot export '{model_dir}': no readable config.json ({str(e).splitlines()[0][:160]}); give a checkpoint directory or Hub id") from e
     task = get_task(config.task) if config.task else task_of(model_config)
-    tokenizer = load_tokenizer(str(model_dir))
+    processor = task.load_processor(str(model_dir))
+    if parity_texts:  # inputs the task cannot take (sentences for an image model) fail before the slow export
+        task.parity_batch(processor, parity_texts, 1, task.parity_shapes(model_config, config.sequence_lengths)[0])
     model = load_model(str(model_dir), task)
     backend = config.resolved_backend
     with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
         if backend == "optimum":
             _export_optimum(model_dir, staging, task, config.opset)
         else:
-            _export_dynamo(model, tokenizer, task, staging, config.opset)
+            _export_dynamo(model, processor, task, staging, config.opset)
         if is_factorized(model_config):  # the graph holds the factors; ONNX Runtime needs only the base architecture's config
             model_config.base_config().save_pretrained(str(staging))
         parity = {
@@ -128,7 +132,7 @@ def export_onnx(
             onnx_paths.append(optimize_onnx(staging, config.optimize))
             parity["optimization_level"] = config.optimize
         for path in onnx_paths:
-            result = check_parity(model, path, tokenizer, parity_texts, config.batch_sizes, config.sequence_lengths, config.atol, task)
+            result = check_parity(model, path, processor, parity_texts, config.batch_sizes, config.sequence_lengths, config.atol, task)
             raise_on_mismatch(result, f"the {backend} export {path.name} of {model_dir}")
             parity["files"][path.name] = {**result, "sha256": file_sha256(path)}
         atomic_write_json(staging / PARITY_FILE, parity)
@@ -183,23 +187,23 @@ class _Logits(torch.nn.Module):
         return self.model(**dict(zip(self.input_names, inputs))).logits
 
 
-def _export_dynamo(model, tokenizer, task, out: Path, opset: Optional[int]) -> None:
-    """torch.onnx.export(dynamo=True) with the graph Optimum would give ``task``, then the config and tokenizer beside it.
+def _export_dynamo(model, processor, task, out: Path, opset: Optional[int]) -> None:
+    """torch.onnx.export(dynamo=True) with the graph Optimum would give ``task``, then the config and processor beside it.
 
-    The inputs are the task's (:meth:`~hfcompress.tasks.Task.onnx_input_names`), each of shape
-    (batch_size, sequence_length); the output is ``logits``, whose dimensions take those names where
-    they follow the inputs'. Decoders are exported without past key values (Optimum's
-    non-"with-past" graph); KV-cache graphs wait for the generative-LM issue.
+    The inputs are the task's (:meth:`~hfcompress.tasks.Task.onnx_input_names`), with the task's
+    dynamic axes (text: batch_size and sequence_length; images: batch_size); the output is
+    ``logits``, whose dimensions take those names where they follow the inputs'. Decoders are
+    exported without past key values (Optimum's non-"with-past" graph); KV-cache graphs wait for the
+    generative-LM issue.
     """
-    from .parity import DEFAULT_PARITY_TEXTS, parity_batch
-
-    input_names = task.onnx_input_names(model, tokenizer)
-    task.prepare_tokenizer(tokenizer)
-    # a sample of batch 2 and length 16 keeps both dimensions from being specialised to 0/1
-    sample = task.onnx_feeds(parity_batch(tokenizer, DEFAULT_PARITY_TEXTS, 2, 16), input_names)
+    input_names = task.onnx_input_names(model, processor)
+    task.prepare_tokenizer(processor)
+    # a sample of batch 2 (and length 16) keeps the dynamic dimensions from being specialised to 0/1
+    shape = task.parity_shapes(model.config, [16])[0]
+    sample = task.onnx_feeds(task.parity_batch(processor, task.default_inputs(processor, model.config), 2, shape), input_names)
     args = tuple(torch.from_numpy(sample[n]) for n in input_names)
     model.config.use_cache = False  # no past key values: the graph maps tokens to logits, like Optimum's non-"with-past" tasks
-    dims = {0: "batch_size", 1: "sequence_length"}
+    dims = task.onnx_dynamic_axes()
     program = torch.onnx.export(
         _Logits(model, input_names).eval(), args, dynamo=True, input_names=input_names, output_names=["logits"],
         dynamic_shapes=(tuple(dims for _ in input_names),), opset_version=opset, verbose=False,
@@ -212,6 +216,6 @@ def _export_dynamo(model, tokenizer, task, out: Path, opset: Optional[int]) -> N
             del node.metadata_props[key]
     program.save(str(out / "model.onnx"))
     model.config.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None and model.can_generate():
         model.generation_config.save_pretrained(out)

@@ -1,4 +1,4 @@
-"""Parity of an exported ONNX model with its PyTorch original, on real sentences.
+"""Parity of an exported ONNX model with its PyTorch original, on real sentences (or images, for image tasks).
 
 Each check feeds the same batch to PyTorch and to ONNX Runtime and takes the largest absolute
 difference over every output the two share (logits). A batch of size B at length L holds one
@@ -63,36 +63,32 @@ def check_parity(
     model,
     onnx_path: str | os.PathLike,
     tokenizer,
-    texts: Optional[Sequence[str]] = None,
+    texts: Optional[Sequence] = None,
     batch_sizes: Sequence[int] = (1, 4),
     sequence_lengths: Sequence[int] = (16, 128),
     atol: float = 1e-4,
     task: Optional[Task] = None,
 ) -> dict:
-    """Compare ``model`` (PyTorch) with ``onnx_path`` (ONNX Runtime, CPU) at every batch size x length.
+    """Compare ``model`` (PyTorch) with ``onnx_path`` (ONNX Runtime, CPU) at every batch size x input shape.
 
-    Both get the same inputs: the graph's, with those a tokenizer does not give derived by ``task``
-    (default: the model's). Returns ``{"max_abs_diff", "tolerance", "passed", "checks": [{"batch_size", "sequence_length", "max_abs_diff"}]}``;
-    lengths beyond the model's maximum are capped to it.
+    Both get the same inputs: the graph's, made from ``texts`` (for image tasks: images, through
+    ``tokenizer``, the image processor), with those a tokenizer does not give derived by ``task``
+    (default: the model's). Returns ``{"max_abs_diff", "tolerance", "passed", "checks": [{"batch_size",
+    "sequence_length" (text), "max_abs_diff"}]}``; lengths beyond the model's maximum are capped to it.
     """
     import onnxruntime as ort
     import torch
 
     task = task or task_of(model)
-    texts = list(texts or DEFAULT_PARITY_TEXTS)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # GPT-2-style tokenizers have no pad token
+    texts = list(texts or task.default_inputs(tokenizer, model.config))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     input_names = [i.name for i in session.get_inputs()]
     output_names = [o.name for o in session.get_outputs()]
-    max_length = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) or 512
-    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        max_length -= 2  # RoBERTa positions start after the padding index
     model.eval()
     checks = []
-    for length in sorted({min(length, max_length) for length in sequence_lengths}):
+    for shape in task.parity_shapes(model.config, sequence_lengths):
         for batch_size in batch_sizes:
-            feeds = task.onnx_feeds(parity_batch(tokenizer, texts, batch_size, length), input_names)
+            feeds = task.onnx_feeds(task.parity_batch(tokenizer, texts, batch_size, shape), input_names)
             onnx_outputs = dict(zip(output_names, session.run(None, feeds)))
             with torch.no_grad():
                 torch_outputs = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
@@ -100,7 +96,7 @@ def check_parity(
             if not shared:
                 raise ParityError(f"the ONNX outputs {output_names} match none of the PyTorch outputs {list(torch_outputs)}")
             diff = max(float(np.abs(torch_outputs[n].float().numpy() - onnx_outputs[n]).max()) for n in shared)
-            checks.append({"batch_size": batch_size, "sequence_length": length, "max_abs_diff": diff})
+            checks.append({"batch_size": batch_size, **shape, "max_abs_diff": diff})
     worst = max(checks, key=lambda c: c["max_abs_diff"])
     return {
         "onnx_file": Path(onnx_path).name,
@@ -115,7 +111,7 @@ def raise_on_mismatch(result: dict, what: str) -> None:
     if not result["passed"]:
         worst = max(result["checks"], key=lambda c: c["max_abs_diff"])
         raise ParityError(
-            f"{what} disagrees with PyTorch: max abs diff {worst['max_abs_diff']:.3g} at batch {worst['batch_size']}, "
-            f"length {worst['sequence_length']} exceeds atol {result['tolerance']:g}; nothing was written. Try the other "
+            f"{what} disagrees with PyTorch: max abs diff {worst['max_abs_diff']:.3g} at batch {worst['batch_size']}"
+            + (f", length {worst['sequence_length']}" if "sequence_length" in worst else "") + f" exceeds atol {result['tolerance']:g}; nothing was written. Try the other "
             "backend or a lower optimization level, or raise --atol if this difference is expected"
         )

@@ -325,6 +325,7 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
         "task": task.pipeline_tag if task else None,
         "task_name": task.display_name if task else None,
         "ort_class": task.ort_model if task else None,
+        "usage": (task or TASKS[DEFAULT_TASK]).card_usage(),
         "architecture": (config.get("architectures") or [None])[0],
         "model_type": config.get("model_type"),
         "num_layers": config.get("num_hidden_layers") or config.get("n_layer"),

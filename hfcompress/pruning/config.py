@@ -8,6 +8,7 @@ from typing import Literal, Optional, Union
 
 from ..errors import ConfigError
 from ..targets import PATTERNS_HELP, ModulePatterns, check_module_patterns
+from .schedules import check_step_fields
 
 # Linear (and GPT-2 Conv1D) layers inside numbered blocks: BERT/RoBERTa ``encoder.layer.N``,
 # DistilBERT ``transformer.layer.N``, GPT-2 ``transformer.h.N``, T5/BART/Llama ``block.N``/``layers.N``.
@@ -73,12 +74,7 @@ class MagnitudePruningConfig:
             raise ConfigError(f"initial_sparsity {self.initial_sparsity} must be in [0, target_sparsity={self.target_sparsity}]")
         if self.frequency < 1:
             raise ConfigError(f"frequency {self.frequency} must be at least 1 optimizer step")
-        for name in ("start_step", "end_step"):
-            value = getattr(self, name)
-            if isinstance(value, float) and not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{name} {value} is a float, so a fraction of training: use a value in [0, 1] or an int step")
-            if isinstance(value, int) and value < 0:
-                raise ConfigError(f"{name} {value} must be >= 0")
+        check_step_fields(self)
         check_module_patterns(self.target_modules, self.exclude_modules)
 
 

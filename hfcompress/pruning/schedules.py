@@ -11,6 +11,18 @@ def resolve_step(value: Union[int, float], max_steps: int) -> int:
     return int(round(value * max_steps)) if isinstance(value, float) else int(value)
 
 
+def check_step_fields(config, names=("start_step", "end_step")) -> None:
+    """Config-time check of step fields: an int is a step (>= 0), a float a fraction of training (in [0, 1])."""
+    from ..errors import ConfigError
+
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, float) and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} {value} is a float, so a fraction of training: use a value in [0, 1] or an int step")
+        if isinstance(value, int) and value < 0:
+            raise ConfigError(f"{name} {value} must be >= 0")
+
+
 def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int) -> float:
     """Zhu & Gupta (2017): ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t_end - t0))^3``, clamped to [t0, t_end]."""
     if end <= start:

@@ -15,7 +15,8 @@ from ..errors import ConfigError, closest
 from ..targets import PATTERNS_HELP, ModulePatterns, check_module_patterns
 
 PRESETS = ("avx2", "avx512", "avx512_vnni", "arm64", "tensorrt")
-Preset = Literal["avx2", "avx512", "avx512_vnni", "arm64", "tensorrt"]
+AUTO_PRESET = "auto"
+Preset = Literal["auto", "avx2", "avx512", "avx512_vnni", "arm64", "tensorrt"]
 Mode = Literal["dynamic", "static"]
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
@@ -68,6 +69,37 @@ def _check_choice(value: str, choices, key: str) -> None:
         raise ConfigError(f"{key} '{value}' is unknown{closest(value, choices)}: use one of {list(choices)}")
 
 
+def cpu_preset(isa: Optional[list[str]] = None, machine: Optional[str] = None) -> tuple[str, str]:
+    """The CPU preset for this machine's int8 kernels (or the given ISA flags and machine), and why.
+
+    AVX2 without VNNI multiplies u8 by s8 with an instruction (vpmaddubsw) whose 16-bit sums can
+    saturate, so the avx2 preset stores weights as uint8 (ONNX Runtime's u8u8 kernels) rather than
+    shrinking the range (reduce_range); with VNNI (AVX-512 VNNI or AVX-VNNI) s8 weights cannot
+    saturate; ARM64 has its own s8 kernels.
+    """
+    if isa is None or machine is None:
+        from ..evaluation.latency import cpu_info
+
+        info = cpu_info(threads=1)
+        isa, machine = info["isa"] if isa is None else isa, info["machine"] if machine is None else machine
+    flags = set(isa)
+    if machine.lower() in ("aarch64", "arm64"):
+        return "arm64", f"{machine} CPU"
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        return "avx512_vnni", f"VNNI int8 dot products ({', '.join(sorted(flags & {'avx512_vnni', 'avx_vnni'}))}): int8 weights do not saturate"
+    if "avx512f" in flags:
+        return "avx512", "AVX-512 without VNNI"
+    return "avx2", f"no VNNI (ISA: {', '.join(sorted(flags)) or 'none found'}): uint8 weights, as u8*s8 products can saturate on AVX2"
+
+
+def resolve_preset(config) -> None:
+    """Replace ``preset: auto`` by this CPU's preset; ``config.preset_reason`` says why (empty when it was chosen by hand)."""
+    config.preset_reason = ""
+    if config.preset == AUTO_PRESET:
+        config.preset, reason = cpu_preset()
+        config.preset_reason = f"chosen for this CPU: {reason}"
+
+
 def ort_scheme(preset: str, mode: str, per_channel: bool = True) -> OrtScheme:
     """The arithmetic of Optimum's ``AutoQuantizationConfig.<preset>(is_static=...)`` as ONNX Runtime applies it.
 
@@ -96,15 +128,15 @@ class _TargetsOrtScheme:
 
 @dataclass
 class QATConfig(_TargetsOrtScheme):
-    """Quantization-aware training: fake-quantize the targeted Linear layers as ONNX Runtime int8 will."""
+    """Quantization-aware training: fake-quantize the targeted Linear and Conv2d layers as ONNX Runtime int8 will."""
 
-    preset: Preset = field(default="avx2", metadata={"help": f"Deployment preset to simulate, one of {PRESETS}; must match the later `quantize` stage."})
+    preset: Preset = field(default="avx2", metadata={"help": f"Deployment preset to simulate, one of {PRESETS}, or 'auto' for this CPU's; must match the later `quantize` stage."})
     mode: Mode = field(default="dynamic", metadata={"help": "Deployment mode to simulate: 'dynamic' (activation ranges per batch) or 'static' (calibrated ranges, learned here as moving averages)."})
     per_channel: bool = field(default=True, metadata={"help": "One weight scale per output channel (as Optimum's presets do) rather than one per tensor."})
     start_step: int = field(default=0, metadata={"help": "Optimizer step from which fake quantization is on; before it training is plain fp32."})
     target_modules: ModulePatterns = field(
         default=None,
-        metadata={"help": f"Linear layers to fake-quantize: {PATTERNS_HELP}. Default: every nn.Linear (ONNX Runtime quantizes every MatMul/Gemm)."},
+        metadata={"help": f"Linear and Conv2d layers to fake-quantize: {PATTERNS_HELP}. Default: every nn.Linear and nn.Conv2d (ONNX Runtime quantizes every MatMul/Gemm, and every Conv of a static graph)."},
     )
     exclude_modules: ModulePatterns = field(
         default=None,
@@ -113,11 +145,22 @@ class QATConfig(_TargetsOrtScheme):
     )
     range_momentum: float = field(default=0.01, metadata={"help": "Moving-average weight of each batch's min/max in the observed activation ranges."})
     freeze_ranges_step: Optional[int] = field(default=None, metadata={"help": "Optimizer step after which the observed activation ranges stop moving (static mode); default: never."})
+    fold_batch_norm: bool = field(
+        default=True,
+        metadata={"help": "Conv2d layers: fold the BatchNorm2d that follows each conv into its weights during training, so the weights fake-quantized are the folded ones ONNX Runtime quantizes."},
+    )
+    freeze_bn_step: Optional[int] = field(
+        default=None,
+        metadata={"help": "Optimizer step after which the folded BatchNorms' running statistics are frozen and used instead of the batch's (the inference form trains); default: never."},
+    )
 
     def __post_init__(self):
+        resolve_preset(self)
         self.scheme  # noqa: B018  (validates preset, mode and their combination)
         if self.start_step < 0:
             raise ConfigError(f"start_step must be >= 0, got {self.start_step}")
+        if self.freeze_bn_step is not None and self.freeze_bn_step < self.start_step:
+            raise ConfigError(f"freeze_bn_step ({self.freeze_bn_step}) comes before start_step ({self.start_step}): BatchNorms are only folded once QAT starts")
         if not 0.0 < self.range_momentum <= 1.0:
             raise ConfigError(f"range_momentum must be in (0, 1], got {self.range_momentum}")
         check_module_patterns(self.target_modules, self.exclude_modules)
@@ -127,8 +170,8 @@ class QATConfig(_TargetsOrtScheme):
 class PTQConfig(_TargetsOrtScheme):
     """Post-training int8 quantization of an ONNX export with ``onnxruntime.quantization``, with Optimum's presets."""
 
-    mode: Mode = field(default="dynamic", metadata={"help": "'dynamic' (activations quantized per batch at run time) or 'static' (ranges calibrated on data, QDQ graph)."})
-    preset: Preset = field(default="avx2", metadata={"help": f"Hardware preset (Optimum's AutoQuantizationConfig settings), one of {PRESETS}; 'tensorrt' is static, symmetric int8 QDQ for TensorRT."})
+    mode: Mode = field(default="dynamic", metadata={"help": "'dynamic' (activations quantized per batch at run time; MatMul/Gemm only, so it is refused for CNNs, whose weights are in Conv layers) or 'static' (ranges calibrated on data, QDQ graph; what CNNs need)."})
+    preset: Preset = field(default="avx2", metadata={"help": f"Hardware preset (Optimum's AutoQuantizationConfig settings), one of {PRESETS}, or 'auto': this CPU's (avx512_vnni with VNNI, avx512, else avx2; arm64 on ARM), recorded in quantization.json; 'tensorrt' is static, symmetric int8 QDQ for TensorRT."})
     per_channel: bool = field(default=True, metadata={"help": "One weight scale per output channel."})
     calibration_method: Literal["minmax", "percentile", "entropy"] = field(default="minmax", metadata={"help": f"Static only: how activation ranges are chosen, one of {CALIBRATION_METHODS}."})
     calibration_split: Optional[str] = field(default=None, metadata={"help": "Static only: dataset split drawn for calibration; default: the training split."})
@@ -142,7 +185,8 @@ class PTQConfig(_TargetsOrtScheme):
     embedding_block_size: int = field(default=128, metadata={"help": "4-bit embeddings: values sharing one scale, along the hidden dimension (power of 2, >= 16)."})
     operators: Optional[list[str]] = field(
         default=None,
-        metadata={"help": "ONNX operator types to quantize; default: MatMul and Gemm, i.e. the Linear layers (plus Gather with quantize_embeddings)."},
+        metadata={"help": "ONNX operator types to quantize; default: MatMul and Gemm, i.e. the Linear layers (plus Gather with quantize_embeddings); "
+                  "in a graph with Conv (a CNN), every operator ONNX Runtime's static quantizer knows (its default), so int8 flows from one Conv to the next."},
     )
     exclude_nodes: list[str] = field(default_factory=list, metadata={"help": "ONNX node names to keep in fp32."})
     quantize_attention_matmuls: bool = field(
@@ -151,11 +195,12 @@ class PTQConfig(_TargetsOrtScheme):
     )
     linear_inputs_only: bool = field(
         default=True,
-        metadata={"help": "Static, CPU presets: keep Q/DQ only where the Linear layers read (inputs and weights), as QAT simulates; ONNX Runtime's own QDQ graph also requantizes every MatMul/Gemm output (the logits too) and feeds residual additions the quantized copy of their input. False keeps that graph. TensorRT graphs are left as written."},
+        metadata={"help": "Static, CPU presets: keep Q/DQ only where the Linear layers read (inputs and weights), as QAT simulates; ONNX Runtime's own QDQ graph also requantizes every MatMul/Gemm output (the logits too) and feeds residual additions the quantized copy of their input. False keeps that graph. TensorRT graphs, and graphs with Conv (ONNX Runtime needs each Conv's output Q/DQ to run it as QLinearConv), are left as written."},
     )
     qat_ranges: bool = field(default=True, metadata={"help": f"Static only: when the model has {QAT_RANGES_FILE} (from QATCallback), use its activation ranges for the Linear inputs instead of calibrated ones."})
 
     def __post_init__(self):
+        resolve_preset(self)
         self.scheme  # noqa: B018  (validates preset, mode and their combination)
         _check_choice(self.calibration_method, CALIBRATION_METHODS, "calibration_method")
         if self.calibration_samples < 1:
@@ -172,9 +217,13 @@ class PTQConfig(_TargetsOrtScheme):
             if self.embedding_block_size < 16 or self.embedding_block_size & (self.embedding_block_size - 1):
                 raise ConfigError(f"embedding_block_size must be a power of 2 of at least 16, got {self.embedding_block_size}")
 
-    def operator_types(self) -> list[str]:
+    def operator_types(self, convolutional: bool = False) -> list[str]:
         if self.operators is not None:
             return list(self.operators)
+        if convolutional:
+            from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+            return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))  # what quantize_static takes when given no list
         # 4-bit embeddings are quantized after the int8 pass, by ONNX Runtime's block quantizer
         return ["MatMul", "Gemm"] + (["Gather"] if self.quantize_embeddings and self.embedding_bits == 8 else [])
 
@@ -183,16 +232,16 @@ class PTQConfig(_TargetsOrtScheme):
 _QUANTIZATION_SUMMARIES = {
     "qat": (
         "Trained with fake quantization that simulates ONNX Runtime's int8 arithmetic, so that static int8 quantization of the export keeps the accuracy.",
-        ("weights", "activations", "preset", "mode", "calibration", "start_step"), ("step",),
+        ("weights", "activations", "preset", "mode", "calibration", "start_step", "freeze_bn_step"), ("step",),
     ),
     "static": (
         "Weights and activations quantized by ONNX Runtime, activation ranges calibrated ahead of time on training examples.",
-        ("weights", "activations", "preset", "calibration", "operators", "embeddings_quantized", "embedding_bits",
-         "embedding_block_size", "attention_matmuls_quantized", "qdq"), ("onnx_file",),
+        ("weights", "activations", "preset", "preset_reason", "calibration", "operators", "embeddings_quantized", "embedding_bits",
+         "embedding_block_size", "attention_matmuls_quantized", "qdq"), ("convs_quantized", "onnx_file"),
     ),
     "dynamic": (
         "Weights quantized by ONNX Runtime ahead of time, activations quantized per batch at run time.",
-        ("weights", "activations", "preset", "operators", "embeddings_quantized", "embedding_bits", "embedding_block_size",
+        ("weights", "activations", "preset", "preset_reason", "operators", "embeddings_quantized", "embedding_bits", "embedding_block_size",
          "attention_matmuls_quantized"), ("onnx_file",),
     ),
     "bnb": (

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Union
 
 from .base import IGNORE_INDEX, Task, TextInput, tokenize_inputs
+from .image_classification import IMAGE_CLASSIFICATION
 from .text_classification import TEXT_CLASSIFICATION
 from .text_generation import TEXT_GENERATION
 from .token_classification import TOKEN_CLASSIFICATION
@@ -23,7 +24,7 @@ def register_task(task: Task) -> Task:
     return task
 
 
-for _task in (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, TEXT_GENERATION):
+for _task in (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, TEXT_GENERATION, IMAGE_CLASSIFICATION):
     register_task(_task)
 
 DEFAULT_TASK = TEXT_CLASSIFICATION.name

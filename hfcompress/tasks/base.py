@@ -88,9 +88,32 @@ class Task:
 
     # --- data -------------------------------------------------------------------------------
 
+    def resolve_columns(self, cfg: DataConfig, column_names: Sequence[str]) -> DataConfig:
+        """``cfg`` with any column it leaves to the data filled in (the image column of image tasks)."""
+        return cfg
+
     def required_columns(self, cfg: DataConfig) -> list[str]:
         columns = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
         return columns + ([cfg.label_column] if self.has_labels else [])
+
+    def check_rows(self, split: str, ds, cfg: DataConfig) -> Optional[dict]:
+        """Every row of a labelled task needs its input and label: name the first empty cell (data rows count from 1).
+
+        Language-modelling text keeps its empty lines: they are paragraph breaks, not missing values.
+        Returns what :meth:`prepare_split` needs to know of the rows (nothing, for text).
+        """
+        from ..errors import DataError
+
+        if not self.has_labels:
+            return None
+        for column in self.required_columns(cfg):
+            for row, value in enumerate(ds[column], 1):
+                if value is None or (isinstance(value, (str, list)) and len(value) == 0):
+                    raise DataError(f"split '{split}' row {row} has an empty '{column}': fill it in or delete the row")
+        return None
+
+    def check_labels_covered(self, split: str, ds, cfg: DataConfig, label_count: int) -> None:
+        """Called with a ClassLabel's class count on the training split; text tasks accept classes without examples."""
 
     def label_values(self, column: Sequence) -> set:
         """The label values a split uses (token tasks: every tag of every row)."""
@@ -109,6 +132,33 @@ class Task:
         enc = self.tokenize_rows(batch, tokenizer, cfg)
         enc["labels"] = [label2id[v] for v in batch[cfg.label_column]]
         return enc
+
+    def prepare_split(self, ds, tokenizer, cfg: DataConfig, label2id: dict, split: str, train: bool, seed: int, checked: Optional[dict] = None):
+        """A raw split as model inputs and labels (text: tokenized once with ``Dataset.map``)."""
+        self.prepare_tokenizer(tokenizer)
+
+        def encode(batch):
+            return self.encode(batch, tokenizer, cfg, label2id)
+
+        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"Tokenizing {split}")
+
+    def load_processor(self, name_or_path: str, trust_remote_code: bool = False):
+        """What turns this task's raw inputs into model inputs, saved with the model: here its tokenizer."""
+        from ..modeling import load_tokenizer
+
+        return load_tokenizer(name_or_path, trust_remote_code)
+
+    def check_processor_files(self, path) -> None:
+        """A local model directory must hold what :meth:`load_processor` reads."""
+        from ..modeling import check_tokenizer_files
+
+        check_tokenizer_files(path)
+
+    def model_inputs(self, tokenizer, inputs: Sequence[TextInput], max_length: Optional[int] = None) -> dict:
+        """One batch of torch tensors from raw inputs, as a deployed model gets them (padded to the longest)."""
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token  # GPT-2-style tokenizers have no pad token
+        return dict(tokenize_inputs(tokenizer, inputs, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"))
 
     def collator(self, tokenizer):
         from transformers import DataCollatorWithPadding
@@ -161,6 +211,31 @@ class Task:
 
             raise ModelError(f"the ONNX graph needs inputs {missing} that the tokenizer does not produce: re-export the model with its own tokenizer")
         return {name: given[name] for name in input_names}
+
+    def onnx_dynamic_axes(self) -> dict[int, str]:
+        """The dimensions of every graph input that vary between calls, by name (Optimum's names)."""
+        return {0: "batch_size", 1: "sequence_length"}
+
+    def parity_shapes(self, config, sequence_lengths: Sequence[int]) -> list[dict]:
+        """The input shapes a parity check runs at besides the batch size: each length, capped at the model's maximum."""
+        max_length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 512
+        if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+            max_length -= 2  # RoBERTa positions start after the padding index
+        return [{"sequence_length": length} for length in sorted({min(length, max_length) for length in sequence_lengths})]
+
+    def parity_batch(self, tokenizer, inputs: Sequence[TextInput], batch_size: int, shape: dict) -> dict:
+        """A parity-check batch of ``batch_size`` rows at ``shape`` (one of :meth:`parity_shapes`)."""
+        from ..export.parity import parity_batch
+
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token  # GPT-2-style tokenizers have no pad token
+        return parity_batch(tokenizer, inputs, batch_size, shape["sequence_length"])
+
+    def default_inputs(self, tokenizer, config) -> list:
+        """Inputs for the export's parity check when no real ones are given: a built-in set of real sentences."""
+        from ..export.parity import DEFAULT_PARITY_TEXTS
+
+        return list(DEFAULT_PARITY_TEXTS)
 
     def derived_inputs(self, encoding: dict) -> dict:
         """Graph inputs computed from the tokenizer's arrays: one segment (zero token types), as ORTModel fills them."""
@@ -291,6 +366,17 @@ class Task:
     def card_labels(self, config: dict) -> Optional[dict]:
         """Labels the model card lists."""
         return None
+
+    def card_usage(self) -> dict:
+        """How the card's ONNX Runtime snippets load the processor and make inputs, and what built-in parity inputs are."""
+        return {
+            "processor_var": "tokenizer",
+            "processor_class": "AutoTokenizer",
+            "example_imports": "",
+            "example_inputs": 'tokenizer(["A small model that still gets it right."], return_tensors="np")',
+            "given_parity_inputs": "the sentences given to the export",
+            "builtin_parity_inputs": "hfcompress's built-in real sentences",
+        }
 
     def card_metrics(self, results: dict, metrics: dict) -> dict:
         """Metrics for the card derived from a Trainer's eval results (language models: perplexity from the loss)."""

@@ -1,8 +1,11 @@
-"""The ``prune`` stage, and the ``magnitude_pruning`` / ``structured_pruning`` callbacks for training stages.
+"""The ``prune`` stage, and the ``magnitude_pruning`` / ``structured_pruning`` / ``filter_pruning`` callbacks for training stages.
 
-With ``training``, the model is pruned on the schedule while it trains: distilled from ``teacher`` if
-given, else fine-tuned on the labels. Without it, the model is pruned at once (no training) and saved.
-Either way ``sparsity_report.json`` is written next to the model.
+One stage, one method key: ``magnitude`` (sparse weights), ``structured`` (attention heads and FFN
+neurons) or ``filters`` (CNN output channels). With ``training``, the model is pruned on the schedule
+while it trains: distilled from ``teacher`` if given, else fine-tuned on the labels (for ``filters``,
+that is the iterative prune / fine-tune loop: ``iterations`` pruning steps with training between).
+Without it, the model is pruned at once (no training) and saved. Either way the method's report
+(``sparsity_report.json``, or ``filter_pruning.json``) is written next to the model.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from ...pruning import (
     magnitude_prune,
     structured_prune,
 )
+from ...pruning.filters import FilterPruningCallback, FilterPruningConfig, prune_filters, write_filter_report
+from ...pruning.filters.pruner import check_supported as check_filters_support
 from ...pruning.masks import write_pruning_report
 from ...pruning.structured import check_supported as check_structured_support
 from ..context import RunContext
@@ -31,16 +36,18 @@ from .train import _load_for_task, train_and_publish, validate_training
 
 register_callback("magnitude_pruning", MagnitudePruningConfig)(MagnitudePruningCallback)
 register_callback("structured_pruning", StructuredPruningConfig)(StructuredPruningCallback)
+register_callback("filter_pruning", FilterPruningConfig)(FilterPruningCallback)
 
 
 @dataclass
 class PruneStageConfig(StageConfig):
-    """Prune a model: unstructured/N:M magnitude pruning or structured head/FFN slimming, with or without training."""
+    """Prune a model: unstructured/N:M magnitude pruning, structured head/FFN slimming or CNN filter pruning, with or without training."""
 
     model: str = field(metadata={"help": "Model to prune: an earlier stage's name, a local path or a Hub id.", "model_ref": True})
     name: str = field(default="pruned", metadata={"help": "Stage name; also its output sub-directory."})
     magnitude: Optional[MagnitudePruningConfig] = field(default=None, metadata={"help": "Magnitude pruning settings (MagnitudePruningConfig fields)."})
     structured: Optional[StructuredPruningConfig] = field(default=None, metadata={"help": "Head/FFN slimming settings (StructuredPruningConfig fields)."})
+    filters: Optional[FilterPruningConfig] = field(default=None, metadata={"help": "CNN filter pruning settings (FilterPruningConfig fields)."})
     teacher: Optional[str] = field(
         default=None, metadata={"help": "Distil from this teacher while pruning (needs training); default: train on labels.", "model_ref": True}
     )
@@ -48,12 +55,14 @@ class PruneStageConfig(StageConfig):
         default_factory=dict,
         metadata={"help": "(Distillation)TrainingArguments fields; empty: prune at once without training."},
     )
-    calibration_samples: int = field(default=256, metadata={"help": "Training examples for 'taylor' importance when pruning without training."})
+    calibration_samples: int = field(
+        default=256, metadata={"help": "Training examples for 'taylor' importance when pruning without training (filters: the first also sets the input size MACs are counted at)."}
+    )
     trust_remote_code: bool = False
 
     def __post_init__(self):
-        if (self.magnitude is None) == (self.structured is None):
-            raise ConfigError("give exactly one of 'magnitude' (sparse weights) or 'structured' (fewer heads/neurons)")
+        if sum(method is not None for method in (self.magnitude, self.structured, self.filters)) != 1:
+            raise ConfigError("give exactly one of 'magnitude' (sparse weights), 'structured' (fewer heads/neurons) or 'filters' (fewer CNN channels)")
         if self.teacher is not None and not self.training:
             raise ConfigError("'teacher' distils while pruning, which needs 'training' (e.g. num_train_epochs: 1)")
         self.training = validate_training(self.training, DistillationTrainingArguments if self.teacher else TrainingArguments)
@@ -66,12 +75,16 @@ class PruneStageConfig(StageConfig):
         planned = ctx.planned_model(self.model, self.trust_remote_code)
         if self.structured is not None and planned is not None:
             check_structured_support(planned.config, ctx.data().task)
+        if self.filters is not None and planned is not None:
+            check_filters_support(planned.config, ctx.data().task)
 
     @property
     def callbacks(self) -> list[dict]:
         """The pruning callback spec that ``train_and_publish`` builds."""
         if self.magnitude is not None:
             return [{"type": "magnitude_pruning", **to_dict(self.magnitude)}]
+        if self.filters is not None:
+            return [{"type": "filter_pruning", **to_dict(self.filters)}]
         return [{"type": "structured_pruning", **to_dict(self.structured)}]
 
 
@@ -93,8 +106,14 @@ def run_prune(cfg: PruneStageConfig, ctx: RunContext):
             teacher = _load_for_task(ctx, cfg.teacher, cfg.trust_remote_code)[0]
             return train_and_publish(ctx, cfg, model, tokenizer, DistillationTrainer, DistillationTrainingArguments, teacher_model=teacher)[0]
         return train_and_publish(ctx, cfg, model, tokenizer, Trainer, TrainingArguments)[0]
+    write_report = write_pruning_report
     if cfg.magnitude is not None:
         report = magnitude_prune(model, cfg.magnitude)
+    elif cfg.filters is not None:
+        first = next(_calibration_batches(ctx, tokenizer, model, 1))  # MACs are counted on one image of the data's size
+        inputs = {k: v[:1] for k, v in first.items() if k != "labels"}
+        batches = _calibration_batches(ctx, tokenizer, model, cfg.calibration_samples) if cfg.filters.importance == "taylor" else None
+        report, write_report = prune_filters(model, cfg.filters, calibration_batches=batches, inputs=inputs), write_filter_report
     else:
         batches = _calibration_batches(ctx, tokenizer, model, cfg.calibration_samples) if cfg.structured.importance == "taylor" else None
         report = structured_prune(model, cfg.structured, calibration_batches=batches)
@@ -102,5 +121,5 @@ def run_prune(cfg: PruneStageConfig, ctx: RunContext):
     if ctx.state.is_main_process:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        write_pruning_report(staging, report)
+        write_report(staging, report)
     return ctx.publish(staging, cfg.name)

@@ -24,7 +24,7 @@ def qat_callback(config: QATConfig) -> QATCallback:
 
 @dataclass
 class QuantizeStageConfig(StageConfig):
-    """Quantize a model: ONNX Runtime int8 (dynamic or static, CPU presets or TensorRT QDQ), or bitsandbytes 8/4-bit."""
+    """Quantize a model: ONNX Runtime int8 (dynamic or static, CPU presets or TensorRT QDQ; a CNN static only, calibrated on its images), or bitsandbytes 8/4-bit."""
 
     model: str = field(metadata={"help": "Model to quantize: an earlier stage's name, a local path or a Hub id (a PyTorch checkpoint or a directory with an .onnx file).", "model_ref": True})
     name: str = field(default="quantized", metadata={"help": "Stage name; also its output sub-directory."})

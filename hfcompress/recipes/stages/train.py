@@ -14,10 +14,10 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from ...artifacts import EVAL_RESULTS_FILE, TRAIN_RESULTS_FILE, TRAINER_STATE_FILE, TRAINING_ARGS_FILE
 from ...checkpoints import discard_incomplete_checkpoints, last_complete_checkpoint
 from ...distillation import DistillationTrainer, DistillationTrainingArguments, build_student_from_teacher
-from ...distillation.config import resolve_layer_map
+from ...distillation.config import layer_count, resolve_layer_map
 from ...errors import ConfigError
 from ...guards import CheckRanksInSync, NonFiniteLossConfig, SaveFinalCheckpoint, StopOnNonFiniteLoss
-from ...modeling import check_head_fits_labels, load_model, load_tokenizer
+from ...modeling import check_head_fits_labels, load_model
 from ...utils.io import atomic_write_json, atomic_write_text
 from ...utils.transformers_compat import PORTABLE_FIELDS, training_kwargs
 from ..context import PlannedModel, RunContext
@@ -188,26 +188,31 @@ class DistillStageConfig(StageConfig):
             if student is None:
                 return
             student = plan_task_model(ctx, student, self.student, self.student_layers, f"{self.name}.student_layers")
+            task = ctx.data().task
             check_same_vocabulary(
-                load_tokenizer(teacher.tokenizer_ref, self.trust_remote_code),
-                load_tokenizer(student.tokenizer_ref, self.trust_remote_code),
+                task.load_processor(teacher.tokenizer_ref, self.trust_remote_code),
+                task.load_processor(student.tokenizer_ref, self.trust_remote_code),
                 self.student,
             )
         t_cfg, s_cfg = teacher.config, student.config
-        if t_cfg.vocab_size != s_cfg.vocab_size:
+        t_vocab, s_vocab = getattr(t_cfg, "vocab_size", None), getattr(s_cfg, "vocab_size", None)
+        if t_vocab != s_vocab:
             raise ConfigError(
-                f"teacher and student vocabularies differ ({t_cfg.vocab_size} vs {s_cfg.vocab_size} tokens): "
+                f"teacher and student vocabularies differ ({t_vocab} vs {s_vocab} tokens): "
                 "distil between models that share a tokenizer"
             )
         try:
-            resolve_layer_map(self.training.get("layer_map"), s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
+            resolve_layer_map(self.training.get("layer_map"), layer_count(s_cfg), layer_count(t_cfg))
         except ConfigError as e:
             raise ConfigError(f"{self.name}.training.{e}") from None
         ctx.planned[self.name] = PlannedModel(student.config, teacher.tokenizer_ref)
 
 
-def check_same_vocabulary(teacher_tokenizer, student_tokenizer, student_ref: str) -> None:
-    if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+def check_same_vocabulary(teacher_processor, student_processor, student_ref: str) -> None:
+    """Tokenizers must agree; image processors have no vocabulary (the student is trained and saved with the teacher's)."""
+    if not hasattr(teacher_processor, "get_vocab"):
+        return
+    if student_processor.get_vocab() != teacher_processor.get_vocab():
         raise ConfigError(
             f"student '{student_ref}' and teacher use different tokenizers: distil between models that share a vocabulary"
         )
@@ -226,7 +231,7 @@ def plan_task_model(ctx: RunContext, model: PlannedModel, ref: str, layers: Opti
             f"data.max_length {data.cfg.max_length} is longer than model '{ref}' can read ({positions} positions): set data.max_length to at most {positions}"
         )
     if layers is not None:
-        total = config.num_hidden_layers
+        total = layer_count(config)
         if not layers or any(not 0 <= i < total for i in layers) or len(set(layers)) != len(layers):
             raise ConfigError(
                 f"{layers_path}: {layers} must be distinct layer indices of '{ref}', which has {total} layers (0..{total - 1})"
@@ -235,11 +240,11 @@ def plan_task_model(ctx: RunContext, model: PlannedModel, ref: str, layers: Opti
     return PlannedModel(config, model.tokenizer_ref)
 
 
-def train_and_publish(ctx: RunContext, cfg, model, tokenizer, trainer_cls, args_cls, **trainer_kwargs):
+def train_and_publish(ctx: RunContext, cfg, model, processor, trainer_cls, args_cls, **trainer_kwargs):
     """Train with checkpoints in the stage's work directory, evaluate, and publish the final model atomically."""
     data = ctx.data()
-    train_ds = data.tokenize(tokenizer, data.cfg.train_split)
-    eval_ds = data.tokenize(tokenizer, data.cfg.eval_split)
+    train_ds = data.tokenize(processor, data.cfg.train_split)
+    eval_ds = data.tokenize(processor, data.cfg.eval_split)
     checkpoints = ctx.work_dir(cfg.name) / "checkpoints"
     args = args_cls(output_dir=str(checkpoints), seed=ctx.seed, **training_kwargs({**TRAINING_DEFAULTS, **cfg.training}))
     trainer = trainer_cls(
@@ -247,8 +252,8 @@ def train_and_publish(ctx: RunContext, cfg, model, tokenizer, trainer_cls, args_
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=data.collator(tokenizer),
-        processing_class=tokenizer,
+        data_collator=data.collator(processor),
+        processing_class=processor,
         compute_metrics=data.task.trainer_compute_metrics(num_labels=data.num_labels),
         callbacks=[*build_callbacks(with_default_callbacks(cfg.callbacks)), SaveFinalCheckpoint()],
         **trainer_kwargs,
@@ -279,31 +284,32 @@ def train_and_publish(ctx: RunContext, cfg, model, tokenizer, trainer_cls, args_
 
 
 def _load_for_task(ctx: RunContext, ref: str, trust_remote_code: bool):
+    """(model with a head for the data's labels, its processor (tokenizer or image processor), its path)."""
     data = ctx.data()
     path = ctx.resolve(ref)
     model = load_model(path, data.task, data.num_labels or None, data.label_display_names() or None, trust_remote_code)
-    return model, load_tokenizer(path, trust_remote_code), path
+    return model, data.task.load_processor(path, trust_remote_code), path
 
 
 @register_stage("finetune", FinetuneStageConfig)
 @register_stage("finetune_teacher", FinetuneTeacherStageConfig)
 def run_finetune(cfg: FinetuneStageConfig, ctx: RunContext):
-    model, tokenizer, _ = _load_for_task(ctx, cfg.model, cfg.trust_remote_code)
+    model, processor, _ = _load_for_task(ctx, cfg.model, cfg.trust_remote_code)
     if cfg.layers is not None:
         model = build_student_from_teacher(model, cfg.layers)
-    return train_and_publish(ctx, cfg, model, tokenizer, Trainer, TrainingArguments)[0]
+    return train_and_publish(ctx, cfg, model, processor, Trainer, TrainingArguments)[0]
 
 
 @register_stage("distill", DistillStageConfig)
 def run_distill(cfg: DistillStageConfig, ctx: RunContext):
-    teacher, tokenizer, _ = _load_for_task(ctx, cfg.teacher, cfg.trust_remote_code)
+    teacher, processor, _ = _load_for_task(ctx, cfg.teacher, cfg.trust_remote_code)
     if cfg.student is None:
         student = build_student_from_teacher(teacher, cfg.student_layers)
     else:
-        student, student_tokenizer, student_path = _load_for_task(ctx, cfg.student, cfg.trust_remote_code)
-        check_same_vocabulary(tokenizer, student_tokenizer, student_path)
+        student, student_processor, student_path = _load_for_task(ctx, cfg.student, cfg.trust_remote_code)
+        check_same_vocabulary(processor, student_processor, student_path)
         if cfg.student_layers is not None:
             student = build_student_from_teacher(student, cfg.student_layers)
     return train_and_publish(
-        ctx, cfg, student, tokenizer, DistillationTrainer, DistillationTrainingArguments, teacher_model=teacher
+        ctx, cfg, student, processor, DistillationTrainer, DistillationTrainingArguments, teacher_model=teacher
     )[0]
