@@ -6,6 +6,7 @@ The public names below are imported on first use (PEP 562), so ``import hfcompre
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 from .utils.imports import lazy_exports, when_imported
@@ -48,10 +49,14 @@ __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 
 def _register_model_types() -> None:
-    """Factorised checkpoints load through transformers' Auto classes after ``import hfcompress`` (see hfcompress.lowrank)."""
+    """Factorised checkpoints (see hfcompress.lowrank) and hfcompress's model families (hfcompress.models) load
+    through transformers' Auto classes after ``import hfcompress``."""
     from .lowrank.modeling import register_factorized_auto_classes
 
     register_factorized_auto_classes()
+    # the package registers its families once its modules are loaded; a plain import (not ``from ... import``) also
+    # holds when transformers was first imported by hfcompress.models itself, which then finishes and registers
+    importlib.import_module(f"{__name__}.models")
 
 
 # done when transformers is imported (now, if it already is): importing hfcompress alone loads neither transformers nor torch
