@@ -1,6 +1,7 @@
 from .footprint import linear_weight_sparsity, onnx_footprint, pytorch_footprint
 from .harness import evaluate_model, evaluate_pytorch, evaluation_texts
 from .latency import cpu_info, measure_latency
+from .macs import count_macs
 from .paired import classification_predictions, mcnemar_exact, paired_comparison
 from .report import compression_row, write_compression_report
 from .runtime import load_ort_model
@@ -8,6 +9,7 @@ from .runtime import load_ort_model
 __all__ = [
     "compression_row",
     "classification_predictions",
+    "count_macs",
     "cpu_info",
     "evaluate_model",
     "evaluate_pytorch",
