@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from hfcompress.artifacts import EVAL_RESULTS_FILE  # noqa: E402
 from hfcompress.errors import DataError, HFCompressError  # noqa: E402
 from hfcompress.models.cifar_resnet import DEPTHS  # noqa: E402
-from hfcompress.models.cifar_resnet.conversion import convert_reference_checkpoint, image_processor  # noqa: E402
+from hfcompress.models.cifar_resnet.conversion import convert_to_directory  # noqa: E402
 from hfcompress.utils.bench import bench_parser  # noqa: E402
-from hfcompress.utils.io import atomic_output_dir, atomic_write_json  # noqa: E402
+from hfcompress.utils.io import atomic_write_json  # noqa: E402
 
 CIFAR10 = "../shared/assets/data/cifar10"
 
@@ -44,14 +44,6 @@ def parse_args(argv=None):
     p.add_argument("--label-column", default="label", help="Label column of --eval-data.")
     p.add_argument("--batch-size", type=int, default=250, help="Images per forward pass when measuring.")
     return p.parse_args(argv)
-
-
-def read_classes(path: str) -> dict[int, str]:
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"class names file {file} does not exist: give --classes a text file with one class name a line")
-    names = [line.strip() for line in file.read_text().splitlines() if line.strip()]
-    return dict(enumerate(names))
 
 
 def top1_accuracy(model_dir: Path, data: str, split: str, limit, image_column: str, label_column: str, batch_size: int) -> dict:
@@ -85,11 +77,8 @@ def top1_accuracy(model_dir: Path, data: str, split: str, limit, image_column: s
 def main(argv=None) -> int:
     a = parse_args(argv)
     try:
-        model = convert_reference_checkpoint(a.checkpoint, a.depth, read_classes(a.classes))
         out = Path(a.out)
-        with atomic_output_dir(out, overwrite=a.overwrite) as staging:
-            model.save_pretrained(staging)
-            image_processor().save_pretrained(staging)
+        model = convert_to_directory(a.checkpoint, out, a.depth, a.classes, a.overwrite)
         print(f"ResNet-{model.config.depth} ({sum(p.numel() for p in model.parameters()):,} parameters) saved to {out}")
         if a.eval_data:
             result = top1_accuracy(out, a.eval_data, a.eval_split, a.eval_limit, a.image_column, a.label_column, a.batch_size)

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ...errors import ModelError
+from ...errors import DataError, ModelError
 from .configuration import CifarResNetConfig
 from .modeling import CifarResNetForImageClassification
 
@@ -87,3 +87,25 @@ def image_processor():
         do_resize=False, size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_rescale=True, do_normalize=True,
         image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
     )
+
+
+def read_class_names(path: str | os.PathLike) -> dict[int, str]:
+    """id2label from a text file with one class name a line, in label order (CIFAR-10's classes.txt)."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"class names file {file} does not exist: give a text file with one class name a line")
+    return dict(enumerate(line.strip() for line in file.read_text().splitlines() if line.strip()))
+
+
+def convert_to_directory(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, depth: Optional[int] = None,
+    classes: Optional[str | os.PathLike] = None, overwrite: bool = False,
+) -> CifarResNetForImageClassification:
+    """Convert ``checkpoint`` and save model (safetensors), config and image processor to ``out``, atomically."""
+    from ...utils.io import atomic_output_dir
+
+    model = convert_reference_checkpoint(checkpoint, depth, read_class_names(classes) if classes else None)
+    with atomic_output_dir(out, overwrite=overwrite) as staging:
+        model.save_pretrained(staging)
+        image_processor().save_pretrained(staging)
+    return model
