@@ -40,7 +40,7 @@ from hfcompress.modeling import load_config, load_model, load_tokenizer  # noqa:
 from hfcompress.pruning import MagnitudePruningCallback, StructuredPruningCallback  # noqa: E402
 from hfcompress.quantization import QATCallback, QATConfig  # noqa: E402
 from hfcompress.recipes import load_recipe, run_recipe  # noqa: E402
-from hfcompress.utils.bench import REPO, add_output_arg, add_threads_arg, bench_parser, command_line, repo_relative  # noqa: E402
+from hfcompress.utils.bench import REPO, add_output_arg, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, repo_relative  # noqa: E402
 from hfcompress.utils.io import atomic_output_dir  # noqa: E402
 
 OPTIMUM_ONNX, OPTIMUM_INT8 = "optimum_onnx", "optimum_int8"
@@ -169,21 +169,7 @@ def check_goals(rows: list[dict], headline: str) -> dict:
         "faster_b1_than_optimum_int8": int8["latency_ms_p50_b1"] / h["latency_ms_p50_b1"],
         "accuracy_points_below_optimum_int8": 100 * (int8["accuracy"] - h["accuracy"]),
     }
-    goals = {}
-    for key, (what, op, target) in GOALS.items():
-        value = values[key]
-        met = value >= target if op == ">=" else value <= target
-        goals[key] = {"what": what, "target": f"{op} {target}", "value": round(value, 4), "met": met}
-    return {"variant": headline, "goals": goals, "all_met": all(g["met"] for g in goals.values())}
-
-
-def goals_markdown(result: dict) -> str:
-    if not result:
-        return ""
-    lines = [f"## Goals of `{result['variant']}`", "", "| goal | target | measured | met |", "|---|---|---|---|"]
-    for g in result["goals"].values():
-        lines.append(f"| {g['what']} | {g['target']} | {g['value']:.3f} | {'yes' if g['met'] else '**no**'} |")
-    return "\n".join(lines) + "\n"
+    return goals_met(headline, values, GOALS)
 
 
 def distilled_student_layers(recipe) -> list[int]:

@@ -13,6 +13,7 @@ then imports this module::
 from __future__ import annotations
 
 import argparse
+import operator
 import os
 import shlex
 import sys
@@ -81,3 +82,26 @@ def _relative_arg(arg: str) -> str:
     if sep and os.path.isabs(value):
         return f"{key}={repo_relative(value)}"
     return repo_relative(arg)
+
+
+_COMPARISONS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+
+
+def goals_met(headline: str, values: dict[str, float], goals: dict[str, tuple[str, str, float]]) -> dict:
+    """The goals of variant ``headline``: each ``goals[key] = (what, comparison, target)`` checked against ``values[key]``
+    (comparison one of >=, <=, >, <)."""
+    checked = {}
+    for key, (what, op, target) in goals.items():
+        value = values[key]
+        checked[key] = {"what": what, "target": f"{op} {target}", "value": round(value, 4), "met": bool(_COMPARISONS[op](value, target))}
+    return {"variant": headline, "goals": checked, "all_met": all(g["met"] for g in checked.values())}
+
+
+def goals_markdown(result: dict) -> str:
+    """A Markdown table of :func:`goals_met`'s result ('' when no goals were checked)."""
+    if not result:
+        return ""
+    lines = [f"## Goals of `{result['variant']}`", "", "| goal | target | measured | met |", "|---|---|---|---|"]
+    for g in result["goals"].values():
+        lines.append(f"| {g['what']} | {g['target']} | {g['value']:.3f} | {'yes' if g['met'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
