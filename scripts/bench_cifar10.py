@@ -30,7 +30,7 @@ from hfcompress.recipes.recipe import apply_overrides, load_yaml, parse_recipe  
 from hfcompress.recipes.registry import STAGES  # noqa: E402
 from hfcompress.recipes.runner import run_recipe  # noqa: E402
 from hfcompress.recipes.schema import from_dict  # noqa: E402
-from hfcompress.utils.bench import REPO, add_output_arg, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, repo_relative  # noqa: E402
+from hfcompress.utils.bench import REPO, add_output_arg, add_recipe_args, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, repo_relative  # noqa: E402
 
 CHECKPOINTS = "../shared/assets/models/resnet-cifar10/pretrained_models"
 PRETRAINED = {"resnet56": ("resnet56-4bfd9763.th", 56), "resnet20": ("resnet20-12fca82f.th", 20)}
@@ -63,8 +63,7 @@ GOALS = {
 
 def parse_args(argv=None):
     p = bench_parser(__doc__)
-    p.add_argument("--recipe", default=str(REPO / "recipes" / "cifar10_resnet56.yaml"), help="The hfcompress pipelines (a recipe file).")
-    p.add_argument("--override", action="append", default=[], help="Recipe override key=value (repeatable), e.g. output_dir=DIR.")
+    add_recipe_args(p, str(REPO / "recipes" / "cifar10_resnet56.yaml"))
     p.add_argument("--train-limit", type=int, default=None, help="Train on a seeded random subset of this many training images.")
     p.add_argument("--test-limit", type=int, default=None, help="Evaluate on the first N test images.")
     p.add_argument("--epochs", type=float, default=None, help="Epochs of every training stage (default: the recipe's).")

@@ -40,7 +40,7 @@ from hfcompress.modeling import load_config, load_model, load_tokenizer  # noqa:
 from hfcompress.pruning import MagnitudePruningCallback, StructuredPruningCallback  # noqa: E402
 from hfcompress.quantization import QATCallback, QATConfig  # noqa: E402
 from hfcompress.recipes import load_recipe, run_recipe  # noqa: E402
-from hfcompress.utils.bench import REPO, add_output_arg, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, repo_relative  # noqa: E402
+from hfcompress.utils.bench import REPO, add_output_arg, add_recipe_args, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, repo_relative  # noqa: E402
 from hfcompress.utils.io import atomic_output_dir  # noqa: E402
 
 OPTIMUM_ONNX, OPTIMUM_INT8 = "optimum_onnx", "optimum_int8"
@@ -69,8 +69,7 @@ GOALS = {
 
 def parse_args(argv=None):
     p = bench_parser(__doc__)
-    p.add_argument("--recipe", default=str(REPO / "recipes" / "sst2_minilm.yaml"), help="The hfcompress pipeline (a recipe file).")
-    p.add_argument("--override", action="append", default=[], help="Recipe override key=value (repeatable), e.g. data.path=DIR.")
+    add_recipe_args(p, str(REPO / "recipes" / "sst2_minilm.yaml"), help="The hfcompress pipeline (a recipe file).")
     p.add_argument(
         "--variant", action="append", default=None, metavar="REF=LABEL",
         help="A variant to measure: a recipe stage name, a path, or optimum_onnx / optimum_int8 (the baselines), with its label. "

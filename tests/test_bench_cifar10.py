@@ -1,4 +1,4 @@
-"""scripts/bench_cifar10.py: which stages a checkout can run, the goals, and a smoke run of the whole benchmark on a few images."""
+"""scripts/bench_cifar10.py and the CIFAR-10 recipes: which stages a checkout can run, the goals, smoke runs on a few images."""
 
 import importlib.util
 import json
@@ -92,3 +92,23 @@ def test_benchmark_smoke_runs_every_variant_on_a_few_images(tmp_path):
         assert macs["resnet56_pruned"] <= macs["resnet56"] / 2
     assert all(r["num_examples"] == 16 and r["latency_ms_p50_b1"] > 0 for r in report["rows"])
     assert report["settings"]["train_limit"] == 32 and "isa" in report["hardware"][0] and report["hardware"][0]["threads"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_smoke_recipe_fine_tunes_exports_and_evaluates_resnet20(tmp_path):
+    from hfcompress.tasks import TASKS
+
+    if "image-classification" not in TASKS:
+        pytest.skip("the image-classification task is not in this checkout: recipes/cifar10_smoke.yaml needs it")
+    from hfcompress.models.cifar_resnet.conversion import convert_to_directory
+    from hfcompress.recipes import run_recipe
+
+    data = _require(SHARED / "data" / "cifar10")
+    pretrained = tmp_path / "resnet20"
+    convert_to_directory(_require(SHARED / "models" / "resnet-cifar10" / "pretrained_models" / "resnet20-12fca82f.th"), pretrained, 20, data / "classes.txt")
+    outputs = run_recipe(REPO / "recipes" / "cifar10_smoke.yaml", [f"output_dir={tmp_path / 'run'}", f"stages.resnet20.model={pretrained}"])
+    rows = {r["name"]: r for r in json.loads((outputs["evaluation"] / "results.json").read_text())}
+    assert set(rows) == {"resnet20", "resnet20_onnx"} and all(r["num_examples"] == 256 for r in rows.values())
+    assert rows["resnet20"]["accuracy"] == pytest.approx(rows["resnet20_onnx"]["accuracy"], abs=2 / 256)  # exported logits match
+    assert rows["resnet20"]["accuracy"] > 0.6  # the pretrained network, barely moved by one short epoch at a small learning rate

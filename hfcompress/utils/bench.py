@@ -37,6 +37,12 @@ def add_data_args(parser: argparse.ArgumentParser, default: Optional[str] = SST2
     parser.add_argument("--data-config", default=None, help="Hub dataset config (e.g. sst2 for glue).")
 
 
+def add_recipe_args(parser: argparse.ArgumentParser, default: str, help: str = "The hfcompress pipelines (a recipe file).") -> None:
+    """``--recipe`` (default ``default``) and repeatable ``--override key=value``."""
+    parser.add_argument("--recipe", default=default, help=help)
+    parser.add_argument("--override", action="append", default=[], help="Recipe override key=value (repeatable), e.g. output_dir=DIR.")
+
+
 def add_threads_arg(parser: argparse.ArgumentParser, help: str = "Intra-op threads of PyTorch and ONNX Runtime.") -> None:
     parser.add_argument("--threads", type=int, default=2, help=help)
 
