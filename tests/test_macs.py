@@ -1,11 +1,11 @@
-"""count_macs: PyTorch's FLOP counter, checked on models whose MACs are known by hand or published."""
+"""count_macs and macs_by_module: PyTorch's FLOP counter, checked on models whose MACs are known by hand or published."""
 
 import pytest
 import torch
 from torch import nn
 
 from hfcompress.errors import ModelError
-from hfcompress.evaluation.macs import count_macs
+from hfcompress.evaluation.macs import count_macs, macs_by_module
 from hfcompress.models.cifar_resnet import CifarResNetConfig, CifarResNetForImageClassification
 from tests.conftest import tiny_bert_config
 
@@ -35,6 +35,22 @@ def test_inputs_as_mapping_tuple_or_tensor_give_one_count():
     x = torch.zeros(1, 3, 16, 16)
     model = Keyword()
     assert count_macs(model, {"pixel_values": x}) == count_macs(model, (x,)) == count_macs(model, x) == CONV_THEN_LINEAR_MACS
+
+
+def test_macs_by_module_splits_the_same_count_by_layer():
+    model = conv_then_linear()
+    total, layers = macs_by_module(model, torch.zeros(2, 3, 16, 16))
+    assert total == 2 * CONV_THEN_LINEAR_MACS
+    assert layers == {"0": 2 * 16 * 16 * 8 * 27, "3": 2 * 8 * 16 * 16 * 10}  # the ReLU and Flatten are not of the types asked for
+    assert macs_by_module(model, torch.zeros(1, 3, 16, 16), types=(nn.Linear,))[1] == {"3": 8 * 16 * 16 * 10}
+
+
+def test_macs_by_module_names_the_layers_of_a_nested_model():
+    model = CifarResNetForImageClassification(CifarResNetConfig.for_depth(20, stage_widths=[4, 8, 8], num_labels=3))
+    x = {"pixel_values": torch.zeros(1, 3, 32, 32)}
+    total, layers = macs_by_module(model, x)
+    assert total == count_macs(model, x) == sum(layers.values())  # convolutions and the classifier are all it counts
+    assert layers["resnet.stem.conv"] == 32 * 32 * 4 * 27 and layers["classifier"] == 8 * 3
 
 
 def test_training_mode_is_restored_and_bad_inputs_are_refused():

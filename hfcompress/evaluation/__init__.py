@@ -1,7 +1,7 @@
 from .footprint import linear_weight_sparsity, onnx_footprint, pytorch_footprint
 from .harness import evaluate_model, evaluate_pytorch, evaluation_texts
 from .latency import cpu_info, measure_latency
-from .macs import count_macs
+from .macs import count_macs, macs_by_module
 from .paired import classification_predictions, mcnemar_exact, paired_comparison
 from .report import compression_row, write_compression_report
 from .runtime import load_ort_model
@@ -15,6 +15,7 @@ __all__ = [
     "evaluate_pytorch",
     "evaluation_texts",
     "linear_weight_sparsity",
+    "macs_by_module",
     "load_ort_model",
     "mcnemar_exact",
     "measure_latency",

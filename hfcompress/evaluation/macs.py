@@ -17,7 +17,6 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from ..errors import ModelError
 
 
-
 def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
@@ -27,13 +26,8 @@ def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=N
 _UNCOUNTED_KERNELS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
 
 
-def count_macs(model: torch.nn.Module, example_inputs: Any) -> int:
-    """MACs of one forward pass of ``model`` (in eval mode, without gradients) on ``example_inputs``.
-
-    ``example_inputs`` is what the model is called with: a mapping of keyword arguments (a task's batch:
-    ``{"pixel_values": ...}`` or a tokenizer's output), a tensor, or a tuple of positional tensors. The
-    count is for the whole batch; give one example (batch 1) for the per-example figure reports show.
-    """
+def _counted(model: torch.nn.Module, example_inputs: Any) -> FlopCounterMode:
+    """One forward pass of ``model`` (in eval mode, without gradients) under the FLOP counter; its mode is restored after."""
     if isinstance(example_inputs, Mapping):
         args, kwargs = (), dict(example_inputs)
     elif isinstance(example_inputs, torch.Tensor):
@@ -51,4 +45,29 @@ def count_macs(model: torch.nn.Module, example_inputs: Any) -> int:
             model(*args, **kwargs)
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // 2
+    return counter
+
+
+def count_macs(model: torch.nn.Module, example_inputs: Any) -> int:
+    """MACs of one forward pass of ``model`` (in eval mode, without gradients) on ``example_inputs``.
+
+    ``example_inputs`` is what the model is called with: a mapping of keyword arguments (a task's batch:
+    ``{"pixel_values": ...}`` or a tokenizer's output), a tensor, or a tuple of positional tensors. The
+    count is for the whole batch; give one example (batch 1) for the per-example figure reports show.
+    """
+    return _counted(model, example_inputs).get_total_flops() // 2
+
+
+def macs_by_module(
+    model: torch.nn.Module, example_inputs: Any, types: tuple[type[torch.nn.Module], ...] = (torch.nn.Conv2d, torch.nn.Linear)
+) -> tuple[int, dict[str, int]]:
+    """The MACs of :func:`count_macs`, and those of each submodule of ``types`` by module name, from the same single pass.
+
+    A module called more than once is counted over all its calls; one that never runs counts 0.
+    """
+    counter = _counted(model, example_inputs)
+    # the counter names modules by their path under the root module's class name
+    counts, prefix = counter.get_flop_counts(), f"{type(model).__name__}."
+    by_module = {name: sum(counts.get(prefix + name, {}).values()) // 2
+                 for name, module in model.named_modules() if name and isinstance(module, types)}
+    return counter.get_total_flops() // 2, by_module

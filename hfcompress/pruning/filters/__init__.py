@@ -9,13 +9,12 @@ PEFT-style: :class:`FilterPruningConfig` (what and how much), ``importance`` (ho
 from .callback import FilterPruningCallback, summarize_filter_pruning, write_filter_report
 from .config import FilterPruningConfig
 from .persistence import recorded_channels, reshape_recorded_channels
-from .pruner import FilterPruner, count_macs, example_inputs, prune_filters
+from .pruner import FilterPruner, example_inputs, prune_filters
 
 __all__ = [
     "FilterPruner",
     "FilterPruningCallback",
     "FilterPruningConfig",
-    "count_macs",
     "example_inputs",
     "prune_filters",
     "recorded_channels",

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
+from ...evaluation.macs import count_macs, macs_by_module
 from ...targets import select_modules
 from .config import FilterPruningConfig
 from .importance import channel_scores, taylor_terms
@@ -46,31 +47,6 @@ def example_inputs(model, image_size: Optional[int] = None) -> dict[str, torch.T
     param = next(model.parameters())
     channels = getattr(model.config, "num_channels", 3)
     return {"pixel_values": torch.zeros(1, channels, height, width, device=param.device, dtype=param.dtype)}
-
-
-def _flop_counter(model: nn.Module, inputs: dict):
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with evaluating(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(**inputs)
-    return counter
-
-
-def count_macs(model: nn.Module, inputs: dict) -> int:
-    """Multiply-accumulates of one forward pass on ``inputs``, counted by ``torch.utils.flop_counter`` (FLOPs / 2).
-
-    (Swap for ``hfcompress.evaluation.macs`` once it is on main.)
-    """
-    return _flop_counter(model, inputs).get_total_flops() // 2
-
-
-def macs_by_layer(model: nn.Module, inputs: dict) -> tuple[int, dict[str, int]]:
-    """The model's MACs on ``inputs``, and those of each of its Conv2d and Linear layers by module name (one count)."""
-    counter = _flop_counter(model, inputs)
-    counts, prefix = counter.get_flop_counts(), f"{type(model).__name__}."
-    layers = {name: sum(counts.get(prefix + name, {}).values()) // 2
-              for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    return counter.get_total_flops() // 2, layers
 
 
 def num_parameters(model: nn.Module) -> int:
@@ -195,7 +171,7 @@ class FilterPruner:
         self.removed: dict[str, list[int]] = {g.name: [] for g in self.groups}
         self.taylor: dict[str, torch.Tensor] = {}
         self.channels_before = {g.name: g.channels for g in self.groups}
-        self.macs_before, self.layer_macs = macs_by_layer(model, self.inputs)
+        self.macs_before, self.layer_macs = macs_by_module(model, self.inputs)
         self.params_before = num_parameters(model)
 
     # --- importance -----------------------------------------------------------------------------
