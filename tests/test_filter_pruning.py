@@ -27,8 +27,11 @@ from transformers import (
 from hfcompress.artifacts import FILTER_PRUNING_FILE
 from hfcompress.errors import ConfigError, ModelError
 from hfcompress.modeling import empty_model, load_config, load_model
-from hfcompress.pruning.filters import FilterPruner, FilterPruningCallback, FilterPruningConfig, count_macs, prune_filters
+from hfcompress.models.cifar_resnet import CifarResNetConfig, CifarResNetForImageClassification
+from hfcompress.evaluation.macs import count_macs
+from hfcompress.pruning.filters import FilterPruner, FilterPruningCallback, FilterPruningConfig, prune_filters
 from hfcompress.pruning.filters.callback import PruningSteps, write_filter_report
+from hfcompress.pruning.filters.persistence import record_channels
 from hfcompress.pruning.filters.pruner import kept_count
 from hfcompress.recipes.schema import from_dict
 from hfcompress.recipes.stages.prune import PruneStageConfig
@@ -279,6 +282,39 @@ def test_saved_model_reloads_and_exports_with_the_same_logits(build, tmp_path):
     session = onnxruntime.InferenceSession(str(path))
     logits = session.run(None, {"pixel_values": x.numpy()})[0]
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
+
+
+def tiny_cifar_resnet():
+    torch.manual_seed(0)
+    config = CifarResNetConfig.for_depth(20, stage_widths=[4, 8, 8], num_labels=3)
+    return _randomise_norms(CifarResNetForImageClassification(config))
+
+
+def test_pruned_cifar_resnet_records_block_widths_and_reloads_with_plain_from_pretrained(tmp_path):
+    model = tiny_cifar_resnet()
+    prune_filters(model, FilterPruningConfig(amount=0.5), inputs={"pixel_values": images(1)})
+    blocks = [block for stage in model.resnet.stages for block in stage]
+    assert model.config.block_widths == [block.conv1.out_channels for block in blocks] == [2] * 3 + [4] * 6
+    x = images()
+    with torch.no_grad():
+        expected = model(pixel_values=x).logits
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["block_widths"] == model.config.block_widths and "pruned_channels" not in saved  # the config sizes every layer
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded, CifarResNetForImageClassification)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, expected, atol=1e-6, rtol=0)
+
+
+def test_cifar_resnet_layers_its_config_cannot_size_stay_in_pruned_channels():
+    model = tiny_cifar_resnet()
+    block = model.resnet.stages[2][2]
+    block.conv1, block.bn1 = nn.Conv2d(8, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5)
+    block.conv2 = nn.Conv2d(5, 6, 3, padding=1, bias=False)  # writes 6 of the stage's 8 channels: not a width the config has
+    record_channels(model, ["resnet.stages.2.2.conv1", "resnet.stages.2.2.bn1", "resnet.stages.2.2.conv2"])
+    assert model.config.block_widths[-1] == 5
+    assert model.config.pruned_channels == {"resnet.stages.2.2.conv2": {"in_channels": 5, "out_channels": 6, "groups": 1}}
 
 
 def test_recorded_sizes_of_a_missing_layer_are_refused(tmp_path):

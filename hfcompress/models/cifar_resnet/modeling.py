@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,25 @@ from .configuration import CifarResNetConfig
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class BlockShape(NamedTuple):
+    in_channels: int
+    width: int  # the block's inner width: its first conv's outputs
+    out_channels: int
+    stride: int
+
+
+def block_shapes(config: CifarResNetConfig) -> Iterator[list[BlockShape]]:
+    """Each stage's blocks as the config sizes them: a stage's first block downsamples (except the first stage's)."""
+    widths = iter(config.block_widths)
+    in_channels = config.stage_widths[0]
+    for index, (out_channels, blocks) in enumerate(zip(config.stage_widths, config.blocks_per_stage)):
+        stage = []
+        for block in range(blocks):
+            stage.append(BlockShape(in_channels, next(widths), out_channels, 2 if index > 0 and block == 0 else 1))
+            in_channels = out_channels
+        yield stage
 
 
 class CifarResNetStem(nn.Module):
@@ -61,6 +80,25 @@ class CifarResNetPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     _no_split_modules = ["CifarResNetBasicBlock"]
 
+    def record_pruned_widths(self) -> set[str]:
+        """Filter pruning's hook: write each block's inner width (its first conv's outputs) into ``config.block_widths``, so
+        that plain ``from_pretrained`` rebuilds the pruned blocks, and return the layers whose sizes the config now gives.
+
+        A block's first conv reads, and its second conv writes, the stage width its config names; a layer whose stage
+        channels were cut as well is left out of the returned names (so it stays recorded in ``pruned_channels``).
+        """
+        blocks = [(name, m) for name, m in self.named_modules() if isinstance(m, CifarResNetBasicBlock)]
+        self.config.block_widths = [block.conv1.out_channels for _, block in blocks]
+        shapes = [shape for stage in block_shapes(self.config) for shape in stage]
+        sized = set()
+        for (name, block), shape in zip(blocks, shapes):
+            sized.add(f"{name}.bn1")
+            if block.conv1.in_channels == shape.in_channels:
+                sized.add(f"{name}.conv1")
+            if block.conv2.out_channels == shape.out_channels:
+                sized.add(f"{name}.conv2")
+        return sized
+
     def _init_weights(self, module):
         # the reference's init: Kaiming normal (fan in) for conv and linear weights, torch's defaults otherwise
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -81,15 +119,7 @@ class CifarResNetModel(CifarResNetPreTrainedModel):
     def __init__(self, config: CifarResNetConfig):
         super().__init__(config)
         self.stem = CifarResNetStem(config.num_channels, config.stage_widths[0])
-        widths = iter(config.block_widths)
-        in_channels, stages = config.stage_widths[0], []
-        for index, (out_channels, blocks) in enumerate(zip(config.stage_widths, config.blocks_per_stage)):
-            stage = []
-            for block in range(blocks):
-                stride = 2 if index > 0 and block == 0 else 1
-                stage.append(CifarResNetBasicBlock(in_channels, next(widths), out_channels, stride))
-                in_channels = out_channels
-            stages.append(nn.Sequential(*stage))
+        stages = [nn.Sequential(*(CifarResNetBasicBlock(*shape) for shape in stage)) for stage in block_shapes(config)]
         self.stages = nn.ModuleList(stages)
         self.post_init()
 

@@ -1,10 +1,13 @@
 """The channel counts filter pruning leaves, recorded in the config so the model reloads.
 
-Transformers' ResNet and MobileNetV2 configs cannot express per-layer widths, so every layer whose
-shape pruning changed is recorded in ``config.pruned_channels`` ({module name: its sizes}). A model
-built from that config gets those shapes (:func:`reshape_recorded_channels`) before its weights
-load: :func:`hfcompress.modeling.load_model` does it, plain ``from_pretrained`` does not (it stops
-at the size mismatch). This module needs no torch-pruning, so loading a pruned model does not either.
+A model whose config has fields for its widths says so with a ``record_pruned_widths()`` method: it writes its
+current widths into its config and returns the layers the config now sizes (the CIFAR ResNets: each block's inner
+width in ``config.block_widths``), and the model reloads with plain ``from_pretrained``. Transformers' ResNet and
+MobileNetV2 configs cannot express per-layer widths, so every other layer whose shape pruning changed is recorded
+in ``config.pruned_channels`` ({module name: its sizes}). A model built from that config gets those shapes
+(:func:`reshape_recorded_channels`) before its weights load: :func:`hfcompress.modeling.load_model` does it, plain
+``from_pretrained`` does not (it stops at the size mismatch). This module needs no torch-pruning, so loading a
+pruned model does not either.
 """
 
 from __future__ import annotations
@@ -34,10 +37,17 @@ def layer_sizes(module: nn.Module) -> dict[str, int]:
 
 
 def record_channels(model, names) -> None:
-    """Add the current sizes of the layers ``names`` to ``model.config.pruned_channels`` (kept across repeated pruning)."""
+    """Record the current sizes of the layers ``names``: in the model's own config fields where it has them
+    (``record_pruned_widths``), the rest in ``config.pruned_channels`` (kept across repeated pruning)."""
+    record_widths = getattr(model, "record_pruned_widths", None)
+    sized_by_config = set(record_widths()) if record_widths is not None else set()
     recorded = recorded_channels(model.config)
     recorded.update({name: layer_sizes(model.get_submodule(name)) for name in names})
-    setattr(model.config, CONFIG_FIELD, dict(sorted(recorded.items())))
+    recorded = {name: sizes for name, sizes in sorted(recorded.items()) if name not in sized_by_config}
+    if recorded:
+        setattr(model.config, CONFIG_FIELD, recorded)
+    elif hasattr(model.config, CONFIG_FIELD):
+        delattr(model.config, CONFIG_FIELD)
 
 
 def _resized(module: nn.Module, sizes: dict[str, int]) -> nn.Module:
