@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 from transformers import (
     AutoModelForImageClassification,
     BertConfig,
@@ -35,16 +33,13 @@ from hfcompress.pruning.filters.persistence import record_channels
 from hfcompress.pruning.filters.pruner import kept_count
 from hfcompress.recipes.schema import from_dict
 from hfcompress.recipes.stages.prune import PruneStageConfig
-from hfcompress.tasks import Task
+from hfcompress.tasks import get_task
 from tests.conftest import assert_compression_summary
 
 pytest.importorskip("torch_pruning")
 
 IMAGE = 32
-# Until the image-classification task is on main: the same Auto class and ONNX input, as a Task of its own.
-IMAGE_TASK = Task(name="image-classification", display_name="image classification", auto_model="AutoModelForImageClassification",
-                  ort_model="ORTModelForImageClassification", architecture_suffixes=("ForImageClassification",), per_token=False,
-                  onnx_inputs=("pixel_values",))
+IMAGE_TASK = get_task("image-classification")
 
 
 def _randomise_norms(model):
@@ -71,46 +66,14 @@ def mobilenet():
     return _randomise_norms(MobileNetV2ForImageClassification(config))
 
 
-class BasicBlock(nn.Module):
-    """A CIFAR ResNet block (He et al. 2016) with the option-A shortcut: strided identity, zero-padded channels."""
-
-    def __init__(self, in_planes, planes, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.pad = planes - in_planes
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        shortcut = x
-        if self.pad:
-            shortcut = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-        return F.relu(out + shortcut)
-
-
-class CifarStandIn(nn.Module):
-    """A two-stage CIFAR BasicBlock network, the shape of the shared ResNet-20/56, until hfcompress.models.cifar_resnet is on main."""
-
-    def __init__(self):
-        super().__init__()
-        self.config = SimpleNamespace(image_size=IMAGE, num_channels=3)
-        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.layers = nn.Sequential(BasicBlock(8, 8, 1), BasicBlock(8, 16, 2), BasicBlock(16, 16, 1))
-        self.linear = nn.Linear(16, 3)
-
-    def forward(self, pixel_values, labels=None):
-        x = self.layers(F.relu(self.bn1(self.conv1(pixel_values))))
-        logits = self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
-        return SimpleNamespace(logits=logits, loss=loss)
-
-
-def cifar_stand_in():
+def cifar_resnet():
+    """The shape of the shared ResNet-20/56, smaller: stem 8, a block 8 -> 8, then 8 -> 16 (option-A shortcut) and 16 -> 16."""
     torch.manual_seed(0)
-    return _randomise_norms(CifarStandIn())
+    return _randomise_norms(CifarResNetForImageClassification(CifarResNetConfig(stage_widths=[8, 16], blocks_per_stage=[1, 2], num_labels=3)))
+
+
+def blocks(model):
+    return [block for stage in model.resnet.stages for block in stage]
 
 
 def images(n=4, seed=0):
@@ -140,7 +103,7 @@ def _masked_then_removed(model, config, batches=None):
         (resnet, dict(importance="l2", scope="global", coupled="prune")),
         (mobilenet, dict(importance="bn_scale", coupled="prune")),
         (mobilenet, dict(importance="l1", scope="global")),
-        (cifar_stand_in, dict(importance="l1")),
+        (cifar_resnet, dict(importance="l1")),
     ],
     ids=["resnet-l1-inner", "resnet-l2-global-coupled", "mobilenet-bn-coupled", "mobilenet-l1-global", "cifar-l1-inner"],
 )
@@ -157,22 +120,22 @@ def test_removal_equals_masking(build, settings):
 
 def test_default_prunes_only_channels_inside_blocks():
     """coupled: skip (the default) leaves channels tied by residual additions whole, as Li et al. do for CIFAR ResNets."""
-    model = cifar_stand_in()
+    model = cifar_resnet()
     pruner = FilterPruner(model, FilterPruningConfig(amount=0.5), {"pixel_values": images(1)})
-    assert sorted(g.name for g in pruner.groups) == ["layers.0.conv1", "layers.1.conv1", "layers.2.conv1"]
-    assert "conv1" in pruner.skipped
+    assert sorted(g.name for g in pruner.groups) == ["resnet.stages.0.0.conv1", "resnet.stages.1.0.conv1", "resnet.stages.1.1.conv1"]
+    assert "resnet.stem.conv" in pruner.skipped
     prune_filters(model, FilterPruningConfig(amount=0.5), inputs={"pixel_values": images(1)})
-    assert [b.conv1.out_channels for b in model.layers] == [4, 8, 8]
-    assert [b.conv2.out_channels for b in model.layers] == [8, 16, 16]  # the residual widths are unchanged
+    assert [b.conv1.out_channels for b in blocks(model)] == [4, 8, 8]
+    assert [b.conv2.out_channels for b in blocks(model)] == [8, 16, 16]  # the residual widths are unchanged
 
 
 def test_option_a_shortcuts_are_never_pruned():
     """Torch-Pruning ties the zero-padded shortcuts of every stage into one group of mixed widths, which it cannot cut right."""
-    model = cifar_stand_in()
+    model = cifar_resnet()
     masked, removed, report, pruner = _masked_then_removed(model, FilterPruningConfig(amount=0.5, coupled="prune"))
-    assert pruner.skipped == ["conv1"]
+    assert pruner.skipped == ["resnet.stem.conv"]
     torch.testing.assert_close(removed, masked, atol=1e-5, rtol=0)
-    assert [b.conv2.out_channels for b in model.layers] == [8, 16, 16]
+    assert [b.conv2.out_channels for b in blocks(model)] == [8, 16, 16]
 
 
 def test_mobilenet_depthwise_convs_are_pruned_with_their_expansion():
@@ -189,8 +152,8 @@ def test_mobilenet_depthwise_convs_are_pruned_with_their_expansion():
 
 
 def test_importance_l1_l2_and_bn_scale_rank_as_defined():
-    model = cifar_stand_in()
-    conv, bn = model.layers[0].conv1, model.layers[0].bn1
+    model = cifar_resnet()
+    conv, bn = blocks(model)[0].conv1, blocks(model)[0].bn1
     with torch.no_grad():
         conv.weight.copy_(torch.arange(1, 9, dtype=torch.float).view(8, 1, 1, 1).expand_as(conv.weight))  # filter c has |w| = c + 1
         conv.weight[0] *= -1  # the sign does not count
@@ -198,7 +161,7 @@ def test_importance_l1_l2_and_bn_scale_rank_as_defined():
     for importance, expected in (("l1", [0, 1, 2, 3]), ("l2", [0, 1, 2, 3]), ("bn_scale", [4, 5, 6, 7])):
         pruner = FilterPruner(copy.deepcopy(model), FilterPruningConfig(amount=0.5, importance=importance), {"pixel_values": images(1)})
         pruner.select(1.0)
-        assert pruner.removed["layers.0.conv1"] == expected, importance
+        assert pruner.removed["resnet.stages.0.0.conv1"] == expected, importance
 
 
 def _calibration_batches(count=3):
@@ -206,20 +169,20 @@ def _calibration_batches(count=3):
 
 
 def test_taylor_importance_uses_the_calibration_batches():
-    model = cifar_stand_in()
+    model = cifar_resnet()
     batches = _calibration_batches()
     masked, removed, report, pruner = _masked_then_removed(model, FilterPruningConfig(amount=0.5, importance="taylor"), batches)
     torch.testing.assert_close(removed, masked, atol=1e-5, rtol=0)
-    assert all(model.get_submodule(n).weight.grad is None for n in ("conv1", "layers.0.conv1"))  # gradients cleared after
+    assert all(model.get_submodule(n).weight.grad is None for n in ("resnet.stem.conv", "resnet.stages.0.0.conv1"))  # gradients cleared after
     # the channels removed are those with the smallest accumulated |sum(grad * weight)|
-    taylor = pruner.taylor["layers.0.conv1"]
+    taylor = pruner.taylor["resnet.stages.0.0.conv1"]
     assert taylor.abs().sum() > 0
-    assert pruner.removed["layers.0.conv1"] == sorted(taylor.argsort()[:4].tolist())
-    other = FilterPruner(cifar_stand_in(), FilterPruningConfig(amount=0.5, importance="taylor"), {"pixel_values": images(1)})
+    assert pruner.removed["resnet.stages.0.0.conv1"] == sorted(taylor.argsort()[:4].tolist())
+    other = FilterPruner(cifar_resnet(), FilterPruningConfig(amount=0.5, importance="taylor"), {"pixel_values": images(1)})
     other.calibrate(_calibration_batches(1)[:1] + [{"pixel_values": images(4, seed=9), "labels": torch.tensor([2, 2, 1, 1])}])
-    assert not torch.equal(other.taylor["layers.0.conv1"], taylor)  # other data, other scores
+    assert not torch.equal(other.taylor["resnet.stages.0.0.conv1"], taylor)  # other data, other scores
     with pytest.raises(ModelError, match="calibration batches"):
-        prune_filters(cifar_stand_in(), FilterPruningConfig(amount=0.5, importance="taylor"))
+        prune_filters(cifar_resnet(), FilterPruningConfig(amount=0.5, importance="taylor"))
 
 
 @pytest.mark.parametrize("channels, wanted, minimum, multiple, kept", [(16, 3, 1, 8, 8), (16, 11, 1, 8, 8), (16, 13, 1, 8, 16), (16, 0, 4, 1, 4), (4, 1, 1, 8, 4)])
@@ -284,17 +247,10 @@ def test_saved_model_reloads_and_exports_with_the_same_logits(build, tmp_path):
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
 
 
-def tiny_cifar_resnet():
-    torch.manual_seed(0)
-    config = CifarResNetConfig.for_depth(20, stage_widths=[4, 8, 8], num_labels=3)
-    return _randomise_norms(CifarResNetForImageClassification(config))
-
-
 def test_pruned_cifar_resnet_records_block_widths_and_reloads_with_plain_from_pretrained(tmp_path):
-    model = tiny_cifar_resnet()
+    model = cifar_resnet()
     prune_filters(model, FilterPruningConfig(amount=0.5), inputs={"pixel_values": images(1)})
-    blocks = [block for stage in model.resnet.stages for block in stage]
-    assert model.config.block_widths == [block.conv1.out_channels for block in blocks] == [2] * 3 + [4] * 6
+    assert model.config.block_widths == [block.conv1.out_channels for block in blocks(model)] == [4, 8, 8]
     x = images()
     with torch.no_grad():
         expected = model(pixel_values=x).logits
@@ -308,13 +264,13 @@ def test_pruned_cifar_resnet_records_block_widths_and_reloads_with_plain_from_pr
 
 
 def test_cifar_resnet_layers_its_config_cannot_size_stay_in_pruned_channels():
-    model = tiny_cifar_resnet()
-    block = model.resnet.stages[2][2]
-    block.conv1, block.bn1 = nn.Conv2d(8, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5)
-    block.conv2 = nn.Conv2d(5, 6, 3, padding=1, bias=False)  # writes 6 of the stage's 8 channels: not a width the config has
-    record_channels(model, ["resnet.stages.2.2.conv1", "resnet.stages.2.2.bn1", "resnet.stages.2.2.conv2"])
-    assert model.config.block_widths[-1] == 5
-    assert model.config.pruned_channels == {"resnet.stages.2.2.conv2": {"in_channels": 5, "out_channels": 6, "groups": 1}}
+    model = cifar_resnet()
+    block = model.resnet.stages[1][1]
+    block.conv1, block.bn1 = nn.Conv2d(16, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5)
+    block.conv2 = nn.Conv2d(5, 12, 3, padding=1, bias=False)  # writes 12 of the stage's 16 channels: not a width the config has
+    record_channels(model, ["resnet.stages.1.1.conv1", "resnet.stages.1.1.bn1", "resnet.stages.1.1.conv2"])
+    assert model.config.block_widths == [8, 16, 5]
+    assert model.config.pruned_channels == {"resnet.stages.1.1.conv2": {"in_channels": 5, "out_channels": 12, "groups": 1}}
 
 
 def test_recorded_sizes_of_a_missing_layer_are_refused(tmp_path):
@@ -347,7 +303,7 @@ class _ImageData(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("importance", ["l1", "taylor"])
 def test_callback_prunes_during_training_and_removes_at_the_end(importance, tmp_path):
-    model = tiny_cifar_resnet().train()
+    model = cifar_resnet().train()
     callback = FilterPruningCallback(FilterPruningConfig(amount=0.5, importance=importance, iterations=2, start_step=1, end_step=3))
     seen = []
 
@@ -364,7 +320,7 @@ def test_callback_prunes_during_training_and_removes_at_the_end(importance, tmp_
     assert callback.schedule.steps() == [1, 3]
     report = callback.report
     assert report["channels_removed_fraction"] > 0.3 and report["num_parameters"] < report["num_parameters_before"]
-    assert model.config.block_widths == [block.conv1.out_channels for stage in model.resnet.stages for block in stage] != [4] * 3 + [8] * 6
+    assert model.config.block_widths == [block.conv1.out_channels for block in blocks(model)] != [8, 16, 16]
     callback.write_artifacts(tmp_path)
     assert_compression_summary(tmp_path, "filters")
 
@@ -408,7 +364,7 @@ def test_a_model_without_convolutions_is_refused():
 
 def test_an_unreachable_macs_target_is_refused():
     with pytest.raises(ModelError, match="target_macs_reduction 0.950 cannot be reached.*set coupled: prune"):
-        prune_filters(cifar_stand_in(), FilterPruningConfig(target_macs_reduction=0.95), inputs={"pixel_values": images(1)})
+        prune_filters(cifar_resnet(), FilterPruningConfig(target_macs_reduction=0.95), inputs={"pixel_values": images(1)})
 
 
 def test_a_model_torch_pruning_cannot_trace_is_refused():
@@ -425,8 +381,8 @@ def test_a_model_torch_pruning_cannot_trace_is_refused():
 
 
 def test_targets_that_tie_every_channel_leave_nothing_to_prune():
-    with pytest.raises(ModelError, match="no channels of CifarStandIn can be pruned"):
-        FilterPruner(cifar_stand_in(), FilterPruningConfig(amount=0.5, exclude_modules=r".*conv1"), {"pixel_values": images(1)})
+    with pytest.raises(ModelError, match="no channels of CifarResNetForImageClassification can be pruned"):
+        FilterPruner(cifar_resnet(), FilterPruningConfig(amount=0.5, exclude_modules=r".*conv1"), {"pixel_values": images(1)})
 
 
 @pytest.mark.integration

@@ -249,6 +249,7 @@ def _recipe(tmp_path: Path, data: dict, teacher: Path, student: Path, distill_tr
     }
 
 
+@pytest.mark.slow  # the whole path in one test: fine-tune, distil, a dynamo export, latency at two batch sizes (~40 s on 2 cores)
 def test_resnet_teacher_distils_into_mobilenet_then_exports_evaluates_and_gets_a_card(tmp_path):
     from hfcompress.recipes import parse_recipe, run_recipe
 
