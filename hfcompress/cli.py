@@ -335,9 +335,12 @@ def _fill_serve(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("model", help="Exported ONNX directory (hfcompress export), safetensors checkpoint directory, or Hub id.")
     choices = {"backend": ["auto", "pytorch", "onnx"], "long_input": list(LONG_INPUT_POLICIES)}
     for f in dataclasses.fields(ServeConfig):
+        option, help_text = "--" + f.name.replace("_", "-"), f.metadata["help"] + ("" if f.default is None else f" Default: {f.default}.")
+        if str(f.type) == "bool":  # --access-log / --no-access-log
+            serve.add_argument(option, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            continue
         kind = {"Optional[int]": int, "int": int, "float": float}.get(str(f.type), str)
-        serve.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, choices=choices.get(f.name),
-                           help=f.metadata["help"] + ("" if f.default is None else f" Default: {f.default}."))
+        serve.add_argument(option, type=kind, default=f.default, choices=choices.get(f.name), help=help_text)
     add_ray_arguments(serve)
     serve.set_defaults(fn=_cmd_serve)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
+import socket
 import threading
 import time
 from http import HTTPStatus
@@ -260,20 +262,38 @@ def test_concurrent_requests_run_in_shared_batches(onnx_dir, onnx_predictor):
     assert values["hfcompress_batch_size_count"] < 24 and values['hfcompress_batch_size_bucket{le="1.0"}'] < values["hfcompress_batch_size_count"]
 
 
-def test_sigterm_lets_the_in_flight_request_finish(onnx_dir):
-    # a batch waits 1 s for company, so the request is still in flight when SIGTERM arrives
+def test_sigterm_lets_in_flight_requests_finish(onnx_dir):
+    # a second request is still sending its body: the first one's batch waits (up to 1 s) for it, so both are in flight at SIGTERM
+    body = json.dumps({"inputs": "slow sender"}).encode()
     with cli_server(onnx_dir, "--max-wait-ms", "1000", "--max-batch-size", "64") as (server, url):
+        slow = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
         result = {}
         request = threading.Thread(target=lambda: result.update(response=httpx.post(f"{url}/predict", json={"inputs": "in flight"}, timeout=30)))
         started = time.monotonic()
         request.start()
         time.sleep(0.4)
         server.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        slow.sendall(body[5:])
+        slow_answer = slow.makefile("rb").read()
+        slow.close()
         request.join(30)
         assert server.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled once it has shut down
     response = result["response"]
     assert response.status_code == 200 and {r["label"] for r in response.json()} == set(LABELS.values())
-    assert time.monotonic() - started >= 1.0  # it waited for its batch rather than being cut off
+    assert slow_answer.startswith(b"HTTP/1.1 200") and b'"label"' in slow_answer
+    assert time.monotonic() - started >= 0.7  # it waited for its batch rather than being cut off
+
+
+def test_access_log_is_off_unless_asked(onnx_dir):
+    for options, logged in (((), False), (("--access-log",), True)):
+        with cli_server(onnx_dir, *options) as (server, url):
+            assert httpx.post(f"{url}/predict", json={"inputs": "logged?"}).status_code == 200
+            server.send_signal(signal.SIGTERM)
+            output = server.communicate(timeout=30)[0]
+        assert ('"POST /predict HTTP/1.1" 200' in output) == logged, output[-2000:]
 
 
 @pytest.mark.slow
@@ -345,6 +365,59 @@ def test_batcher_groups_by_length_and_serves_the_oldest_first():
     results = asyncio.run(scenario())
     assert [r[0] for r in results] == ["x" * 50, "aa", "x" * 9, "bbb", "x" * 51, "a"]
     assert sorted(map(len, batches[0])) == [9, 50, 51] and sorted(map(len, batches[1])) == [1, 2, 3]
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    from hfcompress.serving.batching import DynamicBatcher
+
+    batches = []
+
+    def run(values, top_ks):
+        batches.append(values)
+        return values
+
+    async def lone():
+        async with started(DynamicBatcher(run, max_batch_size=8, max_wait_ms=200, max_queue=16)) as batcher:
+            begun = time.perf_counter()
+            with batcher.request():  # announced, as the server does: alone in flight, so nothing can join it
+                await batcher.submit(["alone"])
+            return time.perf_counter() - begun
+
+    assert asyncio.run(lone()) < 0.05 and batches == [["alone"]]
+
+
+def test_a_batch_waits_for_a_request_still_in_flight():
+    from hfcompress.serving.batching import DynamicBatcher
+
+    batches = []
+
+    def run(values, top_ks):
+        batches.append(values)
+        return values
+
+    async def client(batcher, text, delay):
+        with batcher.request():  # arrived; its inputs are queued `delay` seconds later (its body is still coming)
+            await asyncio.sleep(delay)
+            return await batcher.submit([text])
+
+    async def two():
+        async with started(DynamicBatcher(run, max_batch_size=8, max_wait_ms=200, max_queue=16)) as batcher:
+            begun = time.perf_counter()
+            await asyncio.gather(client(batcher, "first", 0), client(batcher, "second", 0.05))
+            return time.perf_counter() - begun
+
+    elapsed = asyncio.run(two())
+    assert batches == [["first", "second"]]
+    assert elapsed < 0.15  # it ran once the second was queued, not at the 200 ms deadline
+
+
+@contextlib.asynccontextmanager
+async def started(batcher):
+    await batcher.start()
+    try:
+        yield batcher
+    finally:
+        await batcher.stop()
 
 
 def test_task_parses_requests():

@@ -92,11 +92,12 @@ class RequestGuard:
     """ASGI middleware: counts and times every request, and refuses bodies over ``max_body_bytes``.
 
     A body whose Content-Length is too large is refused before any of it is read; a streamed one
-    as soon as the bytes received pass the limit.
+    as soon as the bytes received pass the limit. Each ``/predict`` request is announced to the
+    batcher from its arrival, so that a batch waits for it while its body is still coming.
     """
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int):
-        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, batcher: DynamicBatcher):
+        self.app, self.metrics, self.max_body_bytes, self.batcher = app, metrics, max_body_bytes, batcher
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -115,7 +116,8 @@ class RequestGuard:
             if refusal is not None:
                 await refusal(scope, receive, send_recording_status)
             else:
-                await self.app(scope, self._limited(receive), send_recording_status)
+                with self.batcher.request() if endpoint == "/predict" else contextlib.nullcontext():
+                    await self.app(scope, self._limited(receive), send_recording_status)
         finally:
             self.metrics.requests.labels(endpoint, str(status["code"])).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
@@ -192,7 +194,7 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
         title="hfcompress model server", lifespan=lifespan, version="1",
         description=f"Serves {metadata['model']} ({metadata['task']}, {metadata['backend']}) with dynamic batching.",
     )
-    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=config.max_body_bytes, batcher=batcher)
     app.state.predictor, app.state.batcher, app.state.metrics, app.state.config = predictor, batcher, metrics, config
 
     @app.exception_handler(RequestValidationError)
@@ -267,7 +269,8 @@ def serve(model_path: Union[str, os.PathLike], config: ServeConfig) -> None:
     """Run the server until SIGINT/SIGTERM; in-flight requests finish (up to ``graceful_timeout_s``)."""
     import uvicorn
 
-    options = dict(host=config.host, port=config.port, timeout_graceful_shutdown=config.graceful_timeout_s, log_level="info")
+    options = dict(host=config.host, port=config.port, timeout_graceful_shutdown=config.graceful_timeout_s, log_level="info",
+                   access_log=config.access_log)
     if config.workers == 1:
         uvicorn.run(create_app(model_path, config), **options)
         return

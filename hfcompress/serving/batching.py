@@ -1,7 +1,10 @@
 """Dynamic batching: inputs of requests that arrive close together run as one padded batch.
 
 Requests put their inputs in a bounded queue and await them. One asyncio task forms batches: it
-runs what is queued once ``max_batch_size`` inputs wait or the oldest has waited ``max_wait_ms``.
+runs what is queued at once, unless another request is in flight that has not queued its inputs
+yet (announced with :meth:`DynamicBatcher.request`, e.g. still sending its body): then it waits
+until ``max_batch_size`` inputs wait or the oldest has waited ``max_wait_ms``. So a lone request
+never waits for company that cannot come, and requests that queue while a batch runs form the next.
 When more than a batch waits, it takes the oldest input with the inputs closest to it in length,
 so that padding stays small and no input waits behind ever newer ones. The model runs in a worker
 thread, so the event loop keeps accepting requests (and queueing the next batch) meanwhile.
@@ -10,6 +13,8 @@ thread, so the event loop keeps accepting requests (and queueing the next batch)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +32,7 @@ class QueueFull(Exception):
 @dataclass
 class _Item:
     value: Any
+    request: int  # which submit call the input came with
     top_k: Optional[int]
     length: int
     arrived: float
@@ -54,6 +60,8 @@ class DynamicBatcher:
         self._task: Optional[asyncio.Task] = None
         self._executor: Optional[ThreadPoolExecutor] = None
         self._closing = False
+        self._requests_in_flight = 0  # announced by request(): arrived, not yet answered
+        self._request_ids = itertools.count()
         self._batch_seconds = 0.05  # running estimate of one batch's time, for Retry-After
 
     @property
@@ -85,6 +93,21 @@ class DynamicBatcher:
             self._executor.shutdown(wait=True)
             self._task = None
 
+    @contextlib.contextmanager
+    def request(self):
+        """Announce a request from its arrival until it is answered, so that a batch waits for it while it is still being received."""
+        self._requests_in_flight += 1
+        try:
+            yield
+        finally:
+            self._requests_in_flight -= 1
+            if self._wakeup is not None:  # one fewer to wait for (it may have been refused before queueing anything)
+                self._wakeup.set()
+
+    def _more_coming(self) -> bool:
+        """Whether a request in flight has not queued its inputs yet: only then can waiting add to the batch."""
+        return self._requests_in_flight > len({item.request for item in self._pending})
+
     def retry_after_s(self) -> int:
         return max(1, math.ceil(self.depth / self.max_batch_size * self._batch_seconds))
 
@@ -96,7 +119,8 @@ class DynamicBatcher:
             raise QueueFull(f"the queue is full ({self.depth} of {self.max_queue} inputs waiting): retry later", self.retry_after_s())
         loop = asyncio.get_running_loop()
         now = loop.time()
-        items = [_Item(v, top_k, self.length(v), now, loop.create_future()) for v in values]
+        request = next(self._request_ids)
+        items = [_Item(v, request, top_k, self.length(v), now, loop.create_future()) for v in values]
         self._pending = self._pending + items
         self._wakeup.set()
         return list(await asyncio.gather(*(item.future for item in items)))
@@ -111,7 +135,7 @@ class DynamicBatcher:
                 await self._wait(None)
                 continue
             waited_enough = loop.time() - self._pending[0].arrived >= self.max_wait_s
-            if len(self._pending) < self.max_batch_size and not waited_enough and not self._closing:
+            if len(self._pending) < self.max_batch_size and not waited_enough and not self._closing and self._more_coming():
                 await self._wait(self._pending[0].arrived + self.max_wait_s - loop.time())
                 continue
             await self._run(self._take_batch())

@@ -42,6 +42,8 @@ class ServeConfig:
     max_length: Optional[int] = _help("Longest input in tokens (default: what the model's position embeddings allow, at most 512).", default=None)
     long_input: str = _help("Inputs longer than max_length tokens: truncate them, or reject the request with 413.", default="truncate")
     graceful_timeout_s: float = _help("On shutdown, how long in-flight requests may take to finish.", default=30.0)
+    # off by default: a log line per request costs the event loop time a small model's request does not have (see the README's numbers)
+    access_log: bool = _help("Log every request (uvicorn's access log); /metrics counts them either way.", default=False)
 
     def __post_init__(self):
         positive = ("workers", "max_batch_size", "max_queue", "max_body_bytes", "max_items", "max_input_chars")
@@ -57,6 +59,8 @@ class ServeConfig:
             raise ConfigError(f"serve port must be between 0 and 65535, got {self.port!r}")
         if not 0 <= self.max_wait_ms <= 1000:
             raise ConfigError(f"serve max_wait_ms must be between 0 and 1000 ms, got {self.max_wait_ms!r}")
+        if not isinstance(self.access_log, bool):
+            raise ConfigError(f"serve access_log must be true or false, got {self.access_log!r}")
         if self.graceful_timeout_s < 0:
             raise ConfigError(f"serve graceful_timeout_s must not be negative, got {self.graceful_timeout_s!r}")
         if self.long_input not in LONG_INPUT_POLICIES:
