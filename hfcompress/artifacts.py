@@ -8,6 +8,7 @@ runner and the exporter read cannot drift apart. Transformers' and ONNX Runtime'
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -46,6 +47,11 @@ QAT_RANGES_FILE = "qat_ranges.safetensors"  # activation ranges QAT observed; st
 FACTORIZATION_FILE = "factorization.json"  # ranks and retained energy per layer (low-rank factorization)
 VOCAB_TRIM_FILE = "vocab_trim.json"  # vocabulary and parameters before/after, new id -> old id (vocabulary trimming)
 COMPRESSION_SUMMARY_FILE = "compression_summary.json"  # a list of CompressionSummary, one per method applied; the card reads it
+
+# --- what describes a model, as the card and the server read it ---------------------------------
+# An export carries these from its source checkpoint (with each summary's details_file), so that the card and the
+# server's /metadata find them beside the graph; the recipe runner rewrites RECIPE_FILE in a stage's output anyway.
+DESCRIPTION_FILES = (EVAL_RESULTS_FILE, COMPRESSION_SUMMARY_FILE, COMPRESSION_REPORT_FILE, RECIPE_FILE)
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,16 @@ def read_compression_summaries(directory: str | Path) -> list[CompressionSummary
     if not isinstance(entries, list):
         raise ConfigError(f"{path} must hold a list of compression summaries: rewrite it with write_compression_summary")
     return [CompressionSummary.from_dict(e, path) for e in entries]
+
+
+def copy_description(source: str | Path, destination: str | Path) -> list[str]:
+    """Copy ``source``'s DESCRIPTION_FILES and its summaries' details files into ``destination``, keeping any it already has; the names copied."""
+    source, destination = Path(source), Path(destination)
+    names = dict.fromkeys([*DESCRIPTION_FILES, *(s.details_file for s in read_compression_summaries(source))])
+    copied = [name for name in names if (source / name).is_file() and not (destination / name).exists()]
+    for name in copied:
+        shutil.copy2(source / name, destination / name)
+    return copied
 
 
 def write_compression_summary(directory: str | Path, summary: CompressionSummary) -> None:

@@ -206,6 +206,8 @@ def test_release_folder_holds_model_onnx_report_and_card(run_dir, tmp_path):
         "README.md", "config.json", "model.safetensors", "eval_results.json", "sparsity_report.json", "compression_summary.json", "hfcompress_recipe.yaml",
         *tokenizer, *(f"onnx/{name}" for name in onnx_tokenizer),
         "onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/config.json", "onnx/parity.json", "onnx/quantization.json", "onnx/compression_summary.json",
+        # what export_onnx carries from the checkpoint (artifacts.DESCRIPTION_FILES), so the export describes itself when served alone
+        "onnx/eval_results.json", "onnx/sparsity_report.json", "onnx/hfcompress_recipe.yaml",
         "compression_report.json", "compression_report.md",
     ])  # no checkpoint-*, no stage marker, no pickle
     assert ModelCard.load(readme).data.license == "mit"

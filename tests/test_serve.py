@@ -25,19 +25,20 @@ from hfcompress.serving.config import ServeConfig  # noqa: E402
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return save_tiny_classifier(tmp_path_factory.mktemp("serve") / "tiny")
+    """The tiny classifier with what a compression run leaves beside it: eval results and a method's summary and report."""
+    from hfcompress.artifacts import SPARSITY_REPORT_FILE, CompressionSummary, write_method_report
+
+    out = save_tiny_classifier(tmp_path_factory.mktemp("serve") / "tiny")
+    write_method_report(out, {"sparsity": 0.5}, CompressionSummary("magnitude", "Pruning", "pruned", "Half the weights zeroed.", SPARSITY_REPORT_FILE))
+    return out
 
 
 @pytest.fixture(scope="module")
 def onnx_dir(checkpoint, tmp_path_factory) -> Path:
-    from hfcompress.artifacts import EVAL_RESULTS_FILE, CompressionSummary, write_compression_summary
     from hfcompress.export import export_onnx
 
     out = tmp_path_factory.mktemp("serve") / "tiny-onnx"
-    export_onnx(checkpoint, out, batch_sizes=[1], sequence_lengths=[16])
-    # what a pipeline run leaves beside a model, for /metadata to read
-    (out / EVAL_RESULTS_FILE).write_text((checkpoint / EVAL_RESULTS_FILE).read_text())
-    write_compression_summary(out, CompressionSummary("qat", "Quantization", "quantized", "Int8 weights.", "quantization.json", results={"bits": 8}))
+    export_onnx(checkpoint, out, batch_sizes=[1], sequence_lengths=[16])  # carries the description files /metadata reads
     return out
 
 
@@ -98,13 +99,16 @@ def test_predict_takes_sentence_pairs(server, checkpoint):
     assert len(httpx.post(f"{server}/predict", json={"inputs": [pair, pair]}).json()) == 2
 
 
-def test_operator_endpoints(server):
+def test_operator_endpoints(server, onnx_dir):
+    from hfcompress.artifacts import SPARSITY_REPORT_FILE
+
     assert httpx.get(f"{server}/health").json() == {"status": "ok"}
     assert httpx.get(f"{server}/ready").json()["status"] == "ready"
     meta = httpx.get(f"{server}/metadata").json()
     assert meta["task"] == "text-classification" and meta["labels"] == ["NEGATIVE", "POSITIVE"] and meta["backend"] == "onnx"
     assert meta["metrics"] == {"accuracy": 0.75, "loss": 0.5}  # timings left out
-    assert meta["compression"][0]["method"] == "qat" and meta["parity"]["files"]["model.onnx"]["passed"]
+    assert meta["compression"][0]["method"] == "magnitude" and meta["parity"]["files"]["model.onnx"]["passed"]
+    assert (onnx_dir / SPARSITY_REPORT_FILE).is_file()  # the summary's details travel with it, as the card links them
     assert meta["size_bytes"] > 0 and meta["serving"]["max_items"] == 4
     assert httpx.post(f"{server}/predict", json={"inputs": "warm"}).status_code == 200
     metrics = httpx.get(f"{server}/metrics")

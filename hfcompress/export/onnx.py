@@ -27,7 +27,7 @@ from transformers import AutoConfig
 from ..errors import ConfigError, ModelError, closest
 from ..lowrank.modeling import is_factorized
 from ..modeling import load_model
-from ..artifacts import PARITY_FILE, QAT_RANGES_FILE
+from ..artifacts import PARITY_FILE, QAT_RANGES_FILE, copy_description
 from ..quantization.config import write_quantization_report
 from ..quantization.qat import read_quantization_json
 from ..utils.imports import optimum_onnx_missing
@@ -136,7 +136,10 @@ def export_onnx(
             raise_on_mismatch(result, f"the {backend} export {path.name} of {model_dir}")
             parity["files"][path.name] = {**result, "sha256": file_sha256(path)}
         atomic_write_json(staging / PARITY_FILE, parity)
-        _copy_qat_files(Path(str(model_dir)), staging)
+        source = Path(str(model_dir))
+        if source.is_dir():  # a Hub id: nothing local to carry
+            copy_description(source, staging)  # measured accuracy, compression, recipe: for the card and the server's /metadata
+            _copy_qat_files(source, staging)
     return output_dir / "model.onnx"
 
 
@@ -157,8 +160,6 @@ def graph_signature(onnx_path: str | Path) -> dict[str, list[tuple[str, list]]]:
 
 def _copy_qat_files(model_dir: Path, out: Path) -> None:
     """A QAT checkpoint's ranges and scheme (with its summary) travel with its export, so static int8 of the .onnx uses them (and is checked against them)."""
-    if not model_dir.is_dir():  # a Hub id
-        return
     if (model_dir / QAT_RANGES_FILE).is_file():
         shutil.copy2(model_dir / QAT_RANGES_FILE, out / QAT_RANGES_FILE)
     scheme = read_quantization_json(model_dir) or {}
