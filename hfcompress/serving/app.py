@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -34,7 +35,10 @@ logger = logging.getLogger("hfcompress.serve")
 
 MODEL_ENV, CONFIG_ENV = "HFCOMPRESS_SERVE_MODEL", "HFCOMPRESS_SERVE_CONFIG"  # how uvicorn's worker processes get their settings
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's directory for metrics shared by worker processes
-ENDPOINTS = ("/", "/predict", "/health", "/ready", "/metadata", "/metrics", "/docs", "/openapi.json")
+ENDPOINTS = ("/", "/predict", "/health", "/ready", "/metadata", "/metrics", "/docs", "/redoc", "/openapi.json")
+# FastAPI's /docs (Swagger UI) and /redoc load their viewers from a CDN: offline they stay blank, so they say so
+OFFLINE_NOTE = ('<p style="font-family: sans-serif; margin: 1em">This page loads its viewer from cdn.jsdelivr.net and stays blank '
+                'without it; offline, the API description is <a href="/openapi.json">/openapi.json</a>, served by this server.</p>')
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -193,6 +197,7 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
     app = FastAPI(
         title="hfcompress model server", lifespan=lifespan, version="1",
         description=f"Serves {metadata['model']} ({metadata['task']}, {metadata['backend']}) with dynamic batching.",
+        docs_url=None, redoc_url=None,  # served below, with the offline note
     )
     app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=config.max_body_bytes, batcher=batcher)
     app.state.predictor, app.state.batcher, app.state.metrics, app.state.config = predictor, batcher, metrics, config
@@ -251,6 +256,14 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
         """Prometheus text: requests by status, latency, batch sizes, queue depth."""
         return Response(generate_latest(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def swagger_ui():
+        return with_offline_note(get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI"))
+
+    @app.get("/redoc", response_class=HTMLResponse, include_in_schema=False)
+    async def redoc():
+        return with_offline_note(get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc"))
+
     page = resources.files(__package__).joinpath("static", "index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -258,6 +271,10 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
         return page
 
     return app
+
+
+def with_offline_note(page: HTMLResponse) -> HTMLResponse:
+    return HTMLResponse(page.body.decode().replace("<body>", "<body>" + OFFLINE_NOTE, 1))
 
 
 def app_from_environment() -> FastAPI:
