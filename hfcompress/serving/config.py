@@ -32,9 +32,9 @@ class ServeConfig:
     onnx_file: Optional[str] = _help("ONNX file in the model directory (default model.onnx), e.g. model_quantized.onnx.", default=None)
     # Defaults from loopback measurements on 2 CPU cores: ONNX Runtime's throughput peaked at batch 8 for both a tiny BERT and the
     # 3-layer SST-2 student (larger batches pad more than they save), and a 1 ms window lets batches fill at moderate
-    # concurrency for at most 1 ms more latency at concurrency 1. Inputs that queue while a batch runs join the next one anyway.
+    # concurrency. A lone request never waits, and inputs that queue while a batch runs join the next one anyway.
     max_batch_size: int = _help("Most inputs run together in one padded batch.", default=8)
-    max_wait_ms: float = _help("How long the first input of a batch waits for others to join it (0: run what is queued at once).", default=1.0)
+    max_wait_ms: float = _help("How long a batch waits for requests still arriving to join it (a lone request runs at once; 0: never wait).", default=1.0)
     max_queue: int = _help("Most inputs waiting for the model; beyond it requests get 503 with Retry-After.", default=256)
     max_body_bytes: int = _help("Largest request body in bytes (413 beyond it, refused before it is read in full).", default=1_000_000)
     max_items: int = _help("Most inputs in one request.", default=64)
