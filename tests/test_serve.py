@@ -351,7 +351,8 @@ def test_serve_config_is_validated(values, message):
         ServeConfig.from_dict(values)
 
 
-def test_batcher_groups_by_length_and_serves_the_oldest_first():
+def echo_batcher(**options):
+    """A batcher whose model answers each input with itself, and the list of the batches it ran."""
     from hfcompress.serving.batching import DynamicBatcher
 
     batches = []
@@ -360,61 +361,7 @@ def test_batcher_groups_by_length_and_serves_the_oldest_first():
         batches.append(values)
         return values
 
-    async def scenario():
-        batcher = DynamicBatcher(run, max_batch_size=3, max_wait_ms=20, max_queue=16)
-        await batcher.start()
-        texts = ["x" * 50, "aa", "x" * 9, "bbb", "x" * 51, "a"]  # the oldest is long: it goes with the other long ones
-        results = await asyncio.gather(*(batcher.submit([t]) for t in texts))
-        await batcher.stop()
-        return results
-
-    results = asyncio.run(scenario())
-    assert [r[0] for r in results] == ["x" * 50, "aa", "x" * 9, "bbb", "x" * 51, "a"]
-    assert sorted(map(len, batches[0])) == [9, 50, 51] and sorted(map(len, batches[1])) == [1, 2, 3]
-
-
-def test_a_lone_request_does_not_wait_for_company():
-    from hfcompress.serving.batching import DynamicBatcher
-
-    batches = []
-
-    def run(values, top_ks):
-        batches.append(values)
-        return values
-
-    async def lone():
-        async with started(DynamicBatcher(run, max_batch_size=8, max_wait_ms=200, max_queue=16)) as batcher:
-            begun = time.perf_counter()
-            with batcher.request():  # announced, as the server does: alone in flight, so nothing can join it
-                await batcher.submit(["alone"])
-            return time.perf_counter() - begun
-
-    assert asyncio.run(lone()) < 0.05 and batches == [["alone"]]
-
-
-def test_a_batch_waits_for_a_request_still_in_flight():
-    from hfcompress.serving.batching import DynamicBatcher
-
-    batches = []
-
-    def run(values, top_ks):
-        batches.append(values)
-        return values
-
-    async def client(batcher, text, delay):
-        with batcher.request():  # arrived; its inputs are queued `delay` seconds later (its body is still coming)
-            await asyncio.sleep(delay)
-            return await batcher.submit([text])
-
-    async def two():
-        async with started(DynamicBatcher(run, max_batch_size=8, max_wait_ms=200, max_queue=16)) as batcher:
-            begun = time.perf_counter()
-            await asyncio.gather(client(batcher, "first", 0), client(batcher, "second", 0.05))
-            return time.perf_counter() - begun
-
-    elapsed = asyncio.run(two())
-    assert batches == [["first", "second"]]
-    assert elapsed < 0.15  # it ran once the second was queued, not at the 200 ms deadline
+    return DynamicBatcher(run, **options), batches
 
 
 @contextlib.asynccontextmanager
@@ -424,6 +371,51 @@ async def started(batcher):
         yield batcher
     finally:
         await batcher.stop()
+
+
+def test_batcher_groups_by_length_and_serves_the_oldest_first():
+    batcher, batches = echo_batcher(max_batch_size=3, max_wait_ms=20, max_queue=16)
+
+    async def scenario():
+        async with started(batcher):
+            texts = ["x" * 50, "aa", "x" * 9, "bbb", "x" * 51, "a"]  # the oldest is long: it goes with the other long ones
+            return await asyncio.gather(*(batcher.submit([t]) for t in texts))
+
+    results = asyncio.run(scenario())
+    assert [r[0] for r in results] == ["x" * 50, "aa", "x" * 9, "bbb", "x" * 51, "a"]
+    assert sorted(map(len, batches[0])) == [9, 50, 51] and sorted(map(len, batches[1])) == [1, 2, 3]
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    batcher, batches = echo_batcher(max_batch_size=8, max_wait_ms=200, max_queue=16)
+
+    async def lone():
+        async with started(batcher):
+            begun = time.perf_counter()
+            with batcher.request():  # announced, as the server does: alone in flight, so nothing can join it
+                await batcher.submit(["alone"])
+            return time.perf_counter() - begun
+
+    assert asyncio.run(lone()) < 0.05 and batches == [["alone"]]
+
+
+def test_a_batch_waits_for_a_request_still_in_flight():
+    batcher, batches = echo_batcher(max_batch_size=8, max_wait_ms=200, max_queue=16)
+
+    async def client(text, delay):
+        with batcher.request():  # arrived; its inputs are queued `delay` seconds later (its body is still coming)
+            await asyncio.sleep(delay)
+            return await batcher.submit([text])
+
+    async def two():
+        async with started(batcher):
+            begun = time.perf_counter()
+            await asyncio.gather(client("first", 0), client("second", 0.05))
+            return time.perf_counter() - begun
+
+    elapsed = asyncio.run(two())
+    assert batches == [["first", "second"]]
+    assert elapsed < 0.15  # it ran once the second was queued, not at the 200 ms deadline
 
 
 def test_task_parses_requests():
