@@ -171,7 +171,7 @@ class PTQConfig(_TargetsOrtScheme):
     """Post-training int8 quantization of an ONNX export with ``onnxruntime.quantization``, with Optimum's presets."""
 
     mode: Mode = field(default="dynamic", metadata={"help": "'dynamic' (activations quantized per batch at run time; MatMul/Gemm only, so it is refused for CNNs, whose weights are in Conv layers) or 'static' (ranges calibrated on data, QDQ graph; what CNNs need)."})
-    preset: Preset = field(default="avx2", metadata={"help": f"Hardware preset (Optimum's AutoQuantizationConfig settings), one of {PRESETS}, or 'auto': this CPU's (avx512_vnni with VNNI, avx512, else avx2; arm64 on ARM), recorded in quantization.json; 'tensorrt' is static, symmetric int8 QDQ for TensorRT."})
+    preset: Preset = field(default="avx2", metadata={"help": f"Hardware preset (Optimum's AutoQuantizationConfig settings), one of {PRESETS}, or 'auto': this CPU's (avx512_vnni with VNNI, avx512, else avx2; arm64 on ARM), recorded in {QUANTIZATION_FILE}; 'tensorrt' is static, symmetric int8 QDQ for TensorRT."})
     per_channel: bool = field(default=True, metadata={"help": "One weight scale per output channel."})
     calibration_method: Literal["minmax", "percentile", "entropy"] = field(default="minmax", metadata={"help": f"Static only: how activation ranges are chosen, one of {CALIBRATION_METHODS}."})
     calibration_split: Optional[str] = field(default=None, metadata={"help": "Static only: dataset split drawn for calibration; default: the training split."})
