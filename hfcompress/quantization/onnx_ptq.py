@@ -31,7 +31,6 @@ import numpy as np
 from ..data import TaskData
 from ..errors import ConfigError, DataError, ModelError
 from ..modeling import load_processor
-from ..tasks import task_of
 from ..utils.io import atomic_output_dir
 from .config import PTQConfig, write_quantization_report
 from .qat import load_qat_ranges
@@ -466,7 +465,7 @@ def quantize_onnx(
             model_config = AutoConfig.from_pretrained(onnx_dir)
         except (OSError, ValueError) as e:
             raise ModelError(f"{onnx_dir} has no readable config beside {onnx_file.name} ({str(e).splitlines()[0][:160]}): export with hfcompress export, which writes it") from e
-        preprocessor = load_processor(str(onnx_dir), task_of(model_config))
+        preprocessor = load_processor(str(onnx_dir))
         convolutional = is_convolutional(onnx_file)
         if config.mode == "dynamic":
             check_dynamic_fits(onnx_file)
