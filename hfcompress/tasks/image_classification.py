@@ -106,12 +106,13 @@ class ImageClassificationTask(TextClassificationTask):
         return [cfg.image_column or IMAGE_COLUMNS[0], cfg.label_column]
 
     def check_rows(self, split: str, ds, cfg) -> dict:
-        """Decode every image once: a corrupt one is a DataError naming its row (from 1). Returns the image sizes and modes seen.
+        """Decode every image once: a corrupt one is a DataError naming its row (from 1). Returns the image sizes seen, each with its first row.
 
         Images not in RGB (grayscale, RGBA, CMYK, palette) are converted when they are processed;
         the log says so once per split.
         """
         from datasets import Image
+        from tqdm.auto import tqdm
 
         from ..errors import DataError
 
@@ -121,7 +122,8 @@ class ImageClassificationTask(TextClassificationTask):
         sizes, modes = Counter(), Counter()
         first_row_of: dict[tuple[int, int], int] = {}
         raw = ds.cast_column(column, Image(decode=False)).select_columns([column])
-        for start, batch in zip(range(0, len(raw), 1000), raw.iter(batch_size=1000)):
+        starts = tqdm(range(0, len(raw), 1000), desc=f"Checking the images of {split}", leave=False)
+        for start, batch in zip(starts, raw.iter(batch_size=1000)):
             for offset, cell in enumerate(batch[column]):
                 row = start + offset + 1
                 if cell is None:
