@@ -8,17 +8,19 @@ fails parity, ...) to ``BAD_INPUT_CASES`` below.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from transformers import BertForSequenceClassification, BertTokenizerFast
+from transformers import BertForSequenceClassification, BertTokenizerFast, TrainingArguments
 
 from hfcompress.cli import main
-from hfcompress.errors import HFCompressError
+from hfcompress.errors import ConfigError, HFCompressError
 from hfcompress.recipes import parse_recipe
 from hfcompress.recipes.context import RECIPE_FILE, STAGE_DONE_FILE
+from hfcompress.recipes.stages.train import validate_training
 from tests.conftest import tiny_bert_config
 from tests.run_helpers import distill_recipe, tree_snapshot, write_recipe
 
@@ -300,3 +302,23 @@ def test_any_library_error_is_one_line_with_exit_2_and_a_traceback_only_with_deb
     assert message in one_error_line(capsys.readouterr().err)
     with pytest.raises(type(error)):
         main(["export", str(tmp_path), "--output", str(tmp_path / "out"), "--debug"])
+
+
+@pytest.mark.parametrize("report_to, env, refused", [
+    ("wandb", {}, "training.report_to ['wandb'] sends metrics to a server, but this run is offline (HF_HUB_OFFLINE): report to 'tensorboard' (local files) or 'none', or set WANDB_MODE=offline"),
+    (["tensorboard", "comet_ml"], {}, "training.report_to ['comet_ml'] sends metrics to a server"),
+    ("wandb", {"WANDB_MODE": "offline"}, None),
+    ("tensorboard", {}, None),
+    ("wandb", {"HF_HUB_OFFLINE": "0"}, None),
+])
+def test_network_trackers_are_refused_offline(monkeypatch, report_to, env, refused):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if refused is None:
+        assert validate_training({"report_to": report_to}, TrainingArguments)["report_to"] == report_to
+    else:
+        with pytest.raises(ConfigError, match=re.escape(refused)):
+            validate_training({"report_to": report_to}, TrainingArguments)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Optional
@@ -44,6 +45,8 @@ RECIPE_OWNED = {
     "push_to_hub": "remove it and add a 'push' stage after a 'card' stage",
     "hub_*": "remove it; the 'push' stage takes the repo id and its options",
 }
+# Experiment trackers that send metrics to a server; local ones (tensorboard, codecarbon, dvclive) are fine offline.
+NETWORK_TRACKERS = ("azure_ml", "clearml", "comet_ml", "dagshub", "neptune", "swanlab", "wandb")
 # Callbacks every training stage gets unless its ``callbacks:`` list configures them itself.
 DEFAULT_CALLBACKS = ({"type": "stop_on_nonfinite_loss"}, {"type": "check_ranks_in_sync"})
 
@@ -76,6 +79,7 @@ def validate_training(training: dict, args_cls: type[TrainingArguments]) -> dict
             "remove it and log in with `huggingface-cli login` or set HF_TOKEN"
         )
     training = {key: check_value(value, hints[key], f"training.{key}") for key, value in training.items()}
+    check_trackers_reachable(training.get("report_to"))
     try:
         args = args_cls(output_dir="unused", **training_kwargs({**TRAINING_DEFAULTS, **training}))
         check_training_ranges(args)
@@ -84,6 +88,27 @@ def validate_training(training: dict, args_cls: type[TrainingArguments]) -> dict
     except (ValueError, TypeError) as e:
         raise ConfigError(f"training: {str(e).splitlines()[0]}") from None
     return training
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def check_trackers_reachable(report_to) -> None:
+    """Offline (HF_HUB_OFFLINE), a tracker that reports to a server would fail at the first log, after the stage began training."""
+    if not report_to or not _offline():
+        return
+    named = [report_to] if isinstance(report_to, str) else list(report_to)
+    if "all" in named:
+        from transformers.integrations import get_available_reporting_integrations
+
+        named = get_available_reporting_integrations()
+    networked = [t for t in named if t in NETWORK_TRACKERS and not (t == "wandb" and os.environ.get("WANDB_MODE") in ("offline", "disabled"))]
+    if networked:
+        raise ConfigError(
+            f"training.report_to {networked} sends metrics to a server, but this run is offline (HF_HUB_OFFLINE): "
+            "report to 'tensorboard' (local files) or 'none'" + (", or set WANDB_MODE=offline" if "wandb" in networked else "")
+        )
 
 
 # TrainingArguments values that Trainer accepts but that cannot mean anything (a run that trains
