@@ -2,11 +2,13 @@ from .footprint import linear_weight_sparsity, onnx_footprint, pytorch_footprint
 from .harness import evaluate_model, evaluate_pytorch, evaluation_texts
 from .latency import cpu_info, measure_latency
 from .macs import count_macs, macs_by_module
-from .paired import classification_predictions, mcnemar_exact, paired_comparison
+from .paired import accuracy_gate, bootstrap_difference_interval, classification_predictions, mcnemar_exact, non_inferiority, paired_comparison
 from .report import compression_row, write_compression_report
 from .runtime import load_ort_model
 
 __all__ = [
+    "accuracy_gate",
+    "bootstrap_difference_interval",
     "compression_row",
     "classification_predictions",
     "count_macs",
@@ -18,6 +20,7 @@ __all__ = [
     "macs_by_module",
     "load_ort_model",
     "mcnemar_exact",
+    "non_inferiority",
     "measure_latency",
     "onnx_footprint",
     "paired_comparison",
