@@ -1,4 +1,4 @@
-"""``hfcompress`` command line: ``run`` a recipe, ``evaluate`` a model, ``export`` it to ONNX, write its ``card``, ``push`` it to the Hub, ``serve`` it."""
+"""``hfcompress`` command line: ``run`` a recipe, ``search`` its settings, ``evaluate`` a model, ``export`` it to ONNX, write its ``card``, ``push`` it to the Hub, ``serve`` it."""
 
 from __future__ import annotations
 
@@ -210,6 +210,67 @@ def _fill_trim_vocab(tv: argparse.ArgumentParser) -> None:
     tv.set_defaults(fn=_cmd_trim_vocab)
 
 
+def _cmd_search(args) -> int:
+    from .search import run_search
+
+    result = run_search(
+        args.recipe, args.output, budget=args.budget, tolerance=args.tolerance, trials=args.trials, space_path=args.space,
+        storage=args.storage, study_name=args.study_name, seed=args.seed, threads=args.threads, latency_samples=args.latency_samples,
+    )
+    print(result["budget_sentence"])
+    if result["gate"]:
+        print(f"accuracy gate against {result['gate']['reference']}: {result['gate']['verdict']}")
+    print(f"{len(result['trials'])} trials, {result['cpu_seconds']:.0f} CPU seconds; " + ", ".join(f"{k}: {v}" for k, v in result["paths"].items()))
+    return 0  # an unmet budget is a result (the closest point, said plainly), not an error: as Intel Neural Compressor's tuning
+
+
+def _add_search_parser(sub: _LazySubParsers) -> None:
+    sub.add_lazy_parser(
+        "search", _fill_search, help="Search a recipe's settings for the best metric under a latency/size budget (Optuna).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Run the recipe many times with settings sampled from its search space (Optuna, multi-objective: the task's
+metric up, p50 latency at batch 1 on this machine and size on disk down), and write OUTPUT/search.{json,md,png}
+(trials, Pareto front, total CPU seconds, the chosen point and its accuracy gate) and OUTPUT/best_recipe.yaml,
+which `hfcompress run` reproduces.
+
+The space is the recipe's `search:` block or a YAML file given with --space:
+  search:
+    params:                                   # recipe paths, as `hfcompress run` overrides take them
+      stages.student.training.temperature: {type: float, low: 1, high: 8}
+      stages.student.student_layers: {type: categorical, choices: [[0, 2, 4], [0, 3, 5]]}
+    proxy:                                    # optional: a cheap first round; only its Pareto front is trained in full
+      stages.student.training.max_steps: 50
+      data.max_eval_samples: 200
+    model: student        # optional: the stage scored (default: the last one that writes a model)
+    reference: teacher    # optional: the gate's reference (default: the first other model an evaluate stage lists)
+
+Within the budget, the fastest point the gate calls within --tolerance of the reference is chosen, else the
+most accurate. A budget no trial meets ends with the closest point and a sentence saying so, and exit status 0.
+
+Interrupted searches resume: run the same command again (finished trials are kept; a killed trial is retried
+once its heartbeat is older than a minute). Several workers share one search: start the command in several
+processes, or on several machines with a database URL, with the same --storage and --study-name.""",
+    )
+
+
+def _fill_search(search: argparse.ArgumentParser) -> None:
+    search.add_argument("recipe", help="Recipe YAML whose settings are searched.")
+    search.add_argument("--output", required=True, help="Directory for search.{json,md,png}, best_recipe.yaml, study.db and trials/.")
+    search.add_argument("--space", default=None, help="Search space YAML (default: the recipe's search: block).")
+    search.add_argument("--budget", default=None, help="Limits of the chosen point, e.g. latency_ms=5,size_mb=20 (keys: latency_ms, size_mb).")
+    search.add_argument("--tolerance", type=float, default=0.5,
+                        help="Non-inferiority margin in points: the gate says 'within' only when the 95%% bootstrap interval of "
+                             "the difference to the reference lies above -TOLERANCE (default 0.5).")
+    search.add_argument("--trials", type=int, default=10, help="Finished trials the study should hold, over every worker and resume (default 10).")
+    search.add_argument("--storage", default=None,
+                        help="Optuna RDB storage URL shared by the workers (default sqlite:///OUTPUT/study.db; postgresql://... for several machines).")
+    search.add_argument("--study-name", default=None, help="Study name in the storage (default: the recipe's name).")
+    search.add_argument("--seed", type=int, default=None, help="Sampler seed; give each worker of one study a different one (default: random).")
+    search.add_argument("--threads", type=int, default=2, help="Intra-op threads while timing each trial's model.")
+    search.add_argument("--latency-samples", type=int, default=64, help="Evaluation inputs each trial's batch-1 latency is timed on.")
+    search.set_defaults(fn=_cmd_search)
+
+
 def _cmd_card(args) -> int:
     from .hub import CardConfig, write_model_card
 
@@ -417,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(fn=_cmd_export)
     _add_size_reduction_commands(sub)
     _add_card_parser(sub)
+    _add_search_parser(sub)
     _add_push_parser(sub)
     _add_serve_parser(sub)
     return parser

@@ -150,7 +150,9 @@ def parse_recipe(data: dict[str, Any]) -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> Recipe:
-    return parse_recipe(apply_overrides(load_yaml(path), overrides or []))
+    data = load_yaml(path)
+    data.pop("search", None)  # the space `hfcompress search` reads; a run ignores it
+    return parse_recipe(apply_overrides(data, overrides or []))
 
 
 __all__ = ["Recipe", "RecipeConfig", "apply_overrides", "load_recipe", "parse_recipe"]
