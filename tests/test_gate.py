@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import json
+import shutil
 
 import numpy as np
 import pytest
+from transformers import BertForSequenceClassification
 
-from hfcompress.evaluation import accuracy_gate, bootstrap_difference_interval, non_inferiority
+from hfcompress.errors import ConfigError
+from hfcompress.evaluation import accuracy_gate, bootstrap_difference_interval, non_inferiority, write_compression_report
+from hfcompress.hub import CardConfig, render_model_card
+from hfcompress.recipes import run_recipe
+from hfcompress.recipes.recipe import parse_recipe
+from tests.conftest import tiny_bert_config
 
 
 def exact_percentile_interval(correct_a, correct_b, confidence: float) -> tuple[float, float]:
@@ -73,3 +81,32 @@ def test_gate_dict_against_hand_counts():
     assert same["within_margin"] and (same["ci_low"], same["ci_high"]) == (0.0, 0.0) and same["p_value_mcnemar"] == 1.0
     with pytest.raises(ValueError, match="margin"):
         accuracy_gate(candidate, reference, margin=-1)
+
+
+GATE = {"reference": "teacher", "difference_points": -1.38, "ci_low": -2.41, "ci_high": -0.34, "confidence": 0.95, "p_value_mcnemar": 0.0386,
+        "margin": 0.5, "verdict": "1.38 pt below, 95% CI [-2.41, -0.34]: not shown within 0.5 pt", "within_margin": False}
+GATE_LINE = "- student: 1.38 pt below, 95% CI [-2.41, -0.34]: not shown within 0.5 pt (McNemar p = 0.0386)"
+
+
+def test_report_and_card_print_the_same_verdict(tmp_path, tokenizer):
+    rows = [{"name": "teacher", "accuracy": 0.9, "size_mb": 4.0}, {"name": "student", "accuracy": 0.886, "size_mb": 2.0, "gate": GATE}]
+    write_compression_report(rows, tmp_path / "report")
+    assert GATE_LINE in (tmp_path / "report" / "compression_report.md").read_text()
+
+    BertForSequenceClassification(tiny_bert_config(tokenizer.vocab_size)).save_pretrained(tmp_path / "student")
+    card = render_model_card(tmp_path / "student", CardConfig(report=str(tmp_path / "report"))).text
+    assert "Accuracy gate against `teacher`" in card and GATE_LINE in card
+    assert "McNemar p" not in render_model_card(tmp_path / "student").text  # no report, no gate
+
+
+def test_evaluate_stage_gates_every_model_against_the_first(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
+    copy = shutil.copytree(tiny_teacher_dir, tmp_path / "same-model")
+    recipe = {"name": "gate", "output_dir": str(tmp_path / "run"), "data": {"path": str(tiny_sst2_dir), "eval_split": "dev"},
+              "stages": [{"stage": "evaluate", "models": [str(tiny_teacher_dir), str(copy)], "gate_margin": 0.5, "batch_size": 8}]}
+    out = run_recipe(parse_recipe(recipe))["evaluation"]
+    gate = json.loads((out / "results.json").read_text())[1]["gate"]
+    assert gate["reference"] == str(tiny_teacher_dir) and gate["within_margin"] and (gate["ci_low"], gate["ci_high"]) == (0.0, 0.0)
+    assert f"- {copy}: within 0.5 pt (+0.00 pt, 95% CI [+0.00, +0.00]) (McNemar p = 1)" in (out / "compression_report.md").read_text()
+    recipe["stages"][0]["models"] = [str(tiny_teacher_dir)]
+    with pytest.raises(ConfigError, match="at least two models"):
+        parse_recipe(recipe)

@@ -20,9 +20,11 @@ from .runtime import load_for_inference
 
 
 @torch.no_grad()
-def classification_predictions(model, data: TaskData, batch_size: int = 64, tokenizer=None, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def classification_predictions(
+    model, data: TaskData, batch_size: int = 64, tokenizer=None, backend: str = "auto", onnx_file: Optional[str] = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Arg-max predictions and labels over ``data``'s evaluation split (labelled positions only), in split order."""
-    loaded, backend = load_for_inference(model, data.task, backend)
+    loaded, backend = load_for_inference(model, data.task, backend, onnx_file)
     tokenizer = tokenizer or load_tokenizer(str(model))
     predictions, labels = [], []
     forward = _forward_fn(loaded, backend)
@@ -110,3 +112,8 @@ def accuracy_gate(
         "p_value_mcnemar": mcnemar_exact(correct, correct_reference)["p_value"], "margin": margin, "verdict": verdict,
         "within_margin": within,
     }
+
+
+def describe_gate(name: str, gate: dict) -> str:
+    """The line reports print for a gated model: its name, the verdict and McNemar's p-value."""
+    return f"{name}: {gate['verdict']} (McNemar p = {gate['p_value_mcnemar']:.3g})"

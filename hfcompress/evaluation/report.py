@@ -15,6 +15,7 @@ from typing import Optional
 from ..artifacts import COMPRESSION_REPORT_NAME
 from ..errors import ConfigError
 from ..utils.io import atomic_write_json, atomic_write_text
+from .paired import describe_gate
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,10 @@ def render_markdown(report: dict) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    gated = [r for r in rows if r.get("gate")]
+    if gated:
+        lines.append(f"Accuracy gate against **{report['baseline']}** (paired bootstrap interval of the difference, McNemar's exact test):")
+        lines += [""] + [f"- {describe_gate(r['name'], r['gate'])}" for r in gated] + [""]
     hardware = report["hardware"]
     if hardware:
         lines.append("Measured on: " + "; ".join(_hardware_line(hw) for hw in hardware) + ".")

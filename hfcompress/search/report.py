@@ -11,6 +11,7 @@ from typing import Optional
 
 import yaml
 
+from ..evaluation.paired import describe_gate
 from ..recipes.recipe import apply_overrides
 from ..utils.io import atomic_write_json, atomic_write_text
 from .config import SearchSpace, override
@@ -27,7 +28,7 @@ def trial_record(trial, phase: str, front_numbers: set[int]) -> dict:
         "number": trial.number, "phase": phase, "state": trial.state.name, "settings": attrs.get("settings"),
         "metric": attrs.get("metric"), "accuracy": attrs.get("value"), "latency_ms": attrs.get("latency_ms"),
         "size_mb": attrs.get("size_mb"), "cpu_seconds": attrs.get("cpu_seconds"), "gate": attrs.get("gate"),
-        "trial_dir": attrs.get("trial_dir"), "on_front": trial.number in front_numbers,
+        "trial_dir": attrs.get("trial_dir"), "worker": attrs.get("worker"), "on_front": trial.number in front_numbers,
     }
 
 
@@ -73,8 +74,7 @@ def render_markdown(result: dict) -> str:
     metric = result["metric"]
     lines = [f"# Search: {result['study_name']}", "", result["budget_sentence"], ""]
     if result["gate"]:
-        lines += [f"Accuracy gate of the chosen point against `{result['gate']['reference']}`: {result['gate']['verdict']} "
-                  f"(McNemar p = {result['gate']['p_value_mcnemar']:.3g}).", ""]
+        lines += [f"Accuracy gate against `{result['gate']['reference']}`: {describe_gate('chosen point', result['gate'])}.", ""]
     lines += [f"Total CPU time: {result['cpu_seconds']:.0f} s over {len(result['trials'])} trials.", ""]
     header = ["trial", "phase", "settings", metric, "p50 b1 ms", "size MB", "CPU s", "front", "gate"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

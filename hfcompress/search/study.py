@@ -19,7 +19,10 @@ marked failed after the grace period and retried with the same settings, so a se
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -113,21 +116,23 @@ def open_storage(url: str):
     if "://" not in url:
         raise ConfigError(f"--storage {url!r} is not a database URL: write e.g. sqlite:///search.db (or postgresql://user@host/db)")
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
-            # SQLite: wait for another worker's write instead of failing with "database is locked"
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; they are what a resumed search relies on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+                # SQLite: wait for another worker's write instead of failing with "database is locked"
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+            )
     except (ImportError, ValueError) as e:
         raise ConfigError(f"--storage {url}: {str(e).splitlines()[0]}: use sqlite:///PATH or a reachable database URL") from None
 
 
-def load_study(storage, name: str, metric_direction_: str, seed: Optional[int]):
+def load_study(storage, name: str, direction: str, seed: Optional[int]):
     import optuna
 
     return optuna.create_study(
-        storage=storage, study_name=name, load_if_exists=True, directions=[metric_direction_, "minimize", "minimize"],
+        storage=storage, study_name=name, load_if_exists=True, directions=[direction, "minimize", "minimize"],
         sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True),
     )
 
@@ -150,6 +155,7 @@ class SearchObjective:
         trial_dir = self.settings.output_dir / "trials" / f"{self.phase}-{trial.number:03d}"
         trial.set_user_attr("settings", values)
         trial.set_user_attr("trial_dir", str(trial_dir))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which of the workers sharing the study ran it
         start = cpu_seconds()
         try:
             result = run_trial(self.recipe_data, overrides, trial_dir, self.space, self.settings)

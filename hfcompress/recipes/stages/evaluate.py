@@ -7,7 +7,9 @@ from typing import Optional
 
 from ...artifacts import COMPRESSION_REPORT_NAME, EVALUATION_RESULTS_FILE, EVALUATION_TABLE_FILE
 from ...errors import ConfigError
-from ...evaluation import compression_row, evaluate_model, evaluation_texts, measure_latency, write_compression_report
+from ...evaluation import (
+    accuracy_gate, classification_predictions, compression_row, evaluate_model, evaluation_texts, measure_latency, write_compression_report,
+)
 from ...utils.io import atomic_write_json, atomic_write_text
 from ..context import RunContext
 from ..registry import StageConfig, register_stage
@@ -28,16 +30,23 @@ class EvaluateStageConfig(StageConfig):
     repeats: int = field(default=3, metadata={"help": "Timed passes over the latency batches."})
     report: bool = field(default=True, metadata={"help": f"Write {COMPRESSION_REPORT_NAME}.{{json,md,png}}: one row per model, ratios to the first."})
     onnx_file: Optional[str] = field(default=None, metadata={"help": "ONNX file to load from ONNX model directories (default model.onnx)."})
+    gate_margin: Optional[float] = field(default=None, metadata={
+        "help": "Non-inferiority margin in points: gate every model against the first (paired bootstrap interval of the accuracy "
+                "difference and McNemar's test); the report and the card print the verdict. Classification tasks."})
 
     def __post_init__(self):
         if not self.models:
             raise ConfigError("models: list at least one model to evaluate")
         if self.latency and (self.threads < 1 or self.latency_samples < 1 or self.repeats < 1 or not self.latency_batch_sizes):
             raise ConfigError("threads, latency_samples, repeats and latency_batch_sizes must be positive when latency is on")
+        if self.gate_margin is not None and (self.gate_margin < 0 or len(self.models) < 2):
+            raise ConfigError("gate_margin: a margin >= 0 in points, and at least two models (the first is the reference)")
 
     def preflight(self, ctx: RunContext) -> None:
         for ref in self.models:
             ctx.planned_model(ref)  # a missing local path or Hub id fails here, before earlier stages train
+        if self.gate_margin is not None and not ctx.data().task.default_metrics:
+            raise ConfigError(f"{self.name}.gate_margin: the gate compares per-example predictions; the task has none (text generation): remove it")
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
@@ -48,7 +57,16 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_NOT_METRICS = {"name", "path", "backend", "num_examples", "num_parameters", "size_mb", "zipped_size_mb", "sparsity", "latency"}
+_NOT_METRICS = {"name", "path", "backend", "num_examples", "num_parameters", "size_mb", "zipped_size_mb", "sparsity", "latency", "gate"}
+
+
+def gates_against_first(cfg: EvaluateStageConfig, ctx: RunContext) -> list[dict]:
+    """The accuracy gate of every model after the first against the first, on the same evaluation examples."""
+    outcomes = []
+    for ref in cfg.models:
+        predictions, labels = classification_predictions(ctx.resolve(ref), ctx.data(), cfg.batch_size, onnx_file=cfg.onnx_file)
+        outcomes.append(predictions == labels)
+    return [{"reference": cfg.models[0], **accuracy_gate(correct, outcomes[0], cfg.gate_margin)} for correct in outcomes[1:]]
 
 
 @register_stage("evaluate", EvaluateStageConfig)
@@ -67,6 +85,9 @@ def run_evaluate(cfg: EvaluateStageConfig, ctx: RunContext):
                 )
             rows.append({"name": ref, **result, **({"latency": latency} if latency else {})})
             report_rows.append(compression_row(ref, result, latency))
+        if cfg.gate_margin is not None:
+            for row, report_row, gate in zip(rows[1:], report_rows[1:], gates_against_first(cfg, ctx)):
+                row["gate"] = report_row["gate"] = gate
         atomic_write_json(staging / EVALUATION_RESULTS_FILE, rows)
         metric_columns = [k for k in rows[0] if k not in _NOT_METRICS]
         table = markdown_table(rows, ["name", "backend", *metric_columns, "num_parameters", "size_mb"])

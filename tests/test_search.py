@@ -1,0 +1,217 @@
+"""hfcompress search on a tiny recipe: it runs, keeps the budget, resumes after a kill, shares a study between two workers,
+writes a recipe that reproduces the chosen point, and refuses a malformed space or budget before any training."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hfcompress.cli import main
+from hfcompress.errors import ConfigError
+from hfcompress.search import run_search
+from hfcompress.search.config import parse_budget
+from hfcompress.search.report import budget_sentence, choose
+from run_helpers import REPO, run_process_group, subprocess_env, write_recipe
+
+optuna = pytest.importorskip("optuna")
+
+LAYERS = [[0], [0, 2]]
+
+
+def tiny_search_recipe(teacher: Path, data: Path, out: Path, proxy: bool = False) -> dict:
+    """Distil a 1- or 2-layer student from the tiny teacher for a few steps; the space: temperature and which layers it keeps."""
+    search = {
+        "params": {
+            "stages.student.training.temperature": {"type": "float", "low": 1, "high": 8},
+            "stages.student.student_layers": {"type": "categorical", "choices": LAYERS},
+        },
+        "reference": str(teacher),
+    }
+    if proxy:
+        search["proxy"] = {"stages.student.training.max_steps": 2, "data.max_eval_samples": 16}
+    return {
+        "name": "tiny-search",
+        "output_dir": str(out / "unused"),
+        "seed": 0,
+        "data": {"path": str(data), "eval_split": "dev", "max_length": 32},
+        "stages": [{
+            "stage": "distill", "teacher": str(teacher), "student_layers": [0, 2],
+            "training": {"max_steps": 6, "per_device_train_batch_size": 8, "learning_rate": 5e-4, "disable_tqdm": True,
+                         "use_cpu": True, "save_strategy": "no", "report_to": []},
+        }],
+        "search": search,
+    }
+
+
+def search_args(recipe: Path, out: Path, *extra: str) -> list[str]:
+    return ["search", str(recipe), "--output", str(out), "--threads", "1", "--latency-samples", "8", *extra]
+
+
+def completed(storage: str, name: str) -> list:
+    study = optuna.load_study(study_name=name, storage=storage)
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+# --- no training ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "budget, message",
+    [("latency=5", "unknown key 'latency' (did you mean 'latency_ms'?)"), ("size_mb=-1", "must be positive"),
+     ("size_mb", "is not key=value"), ("latency_ms=fast", "is not a number")],
+)
+def test_malformed_budget(budget, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_budget(budget)
+    assert parse_budget("latency_ms=5, size_mb=20") == {"latency_ms": 5.0, "size_mb": 20.0} and parse_budget(None) == {}
+
+
+@pytest.mark.parametrize(
+    "param, spec, message",
+    [
+        ("stages.studnet.training.temperature", {"type": "float", "low": 1, "high": 8}, "names stage 'studnet'.*did you mean 'student'"),
+        ("stages.student.training.temprature", {"type": "float", "low": 1, "high": 8}, "unknown key 'training.temprature'"),
+        ("stages.student.training.temperature", {"type": "float", "low": 8, "high": 1}, "'low' < 'high'"),
+        ("stages.student.training.temperature", {"type": "float", "lo": 1, "high": 8}, "unknown key 'search.params.*lo'"),
+        ("stages.student.training.alpha", {"type": "categorical", "choices": ["high"]}, "alpha = 'high' does not fit the recipe"),
+        ("stages.student.student_layers", {"type": "categorical", "choices": []}, "non-empty 'choices'"),
+    ],
+)
+def test_malformed_space_is_one_line_before_any_training(tiny_teacher_dir, tiny_sst2_dir, tmp_path, capsys, param, spec, message):
+    recipe = tiny_search_recipe(tiny_teacher_dir, tiny_sst2_dir, tmp_path)
+    recipe["search"]["params"] = {param: spec}
+    out = tmp_path / "search"
+    assert main(search_args(write_recipe(recipe, tmp_path / "recipe.yaml"), out)) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("hfcompress: error: ")
+    assert re.search(message, error), error
+    assert not out.exists()  # nothing ran
+
+
+def test_missing_space_and_bad_budget_from_the_cli(tiny_teacher_dir, tiny_sst2_dir, tmp_path, capsys):
+    recipe = tiny_search_recipe(tiny_teacher_dir, tiny_sst2_dir, tmp_path)
+    path = write_recipe({k: v for k, v in recipe.items() if k != "search"}, tmp_path / "plain.yaml")
+    assert main(search_args(path, tmp_path / "a")) == 2
+    assert "has no 'search:' block: add one to the recipe or pass --space FILE" in capsys.readouterr().err
+    assert main(search_args(write_recipe(recipe, tmp_path / "r.yaml"), tmp_path / "b", "--budget", "speed=3")) == 2
+    assert "--budget: unknown key 'speed'" in capsys.readouterr().err
+
+
+def point(number, accuracy, latency, size, within=None):
+    gate = None if within is None else {"within_margin": within}
+    return {"number": number, "metric": "accuracy", "accuracy": accuracy, "latency_ms": latency, "size_mb": size, "gate": gate}
+
+
+def test_choice_within_and_beyond_the_budget():
+    front = [point(0, 0.90, 10.0, 40.0, True), point(1, 0.89, 4.0, 20.0, True), point(2, 0.85, 2.0, 10.0, False)]
+    # within the budget, the fastest point the gate passes
+    assert choose(front, {"latency_ms": 5}) == (front[1], True)
+    # none the gate passes within the budget: the most accurate that fits
+    assert choose(front, {"latency_ms": 3}) == (front[2], True)
+    # unreachable: the closest (relative excess 1.0/1 + 8/2 for trial 2 is the smallest), said plainly
+    chosen, met = choose(front, {"latency_ms": 1, "size_mb": 2})
+    assert chosen is front[2] and not met
+    assert budget_sentence(chosen, {"latency_ms": 1, "size_mb": 2}, met) == (
+        "The budget was not met: no trial reached latency_ms <= 1 and size_mb <= 2; "
+        "the closest point found is trial 2 (accuracy 0.8500, 2.00 ms, 10.00 MB)."
+    )
+
+
+# --- tiny searches ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_search_with_proxy_round_budget_and_best_recipe(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
+    """Proxy round, full training of its front, outputs; a rerun resumes with nothing to do and judges an unreachable budget."""
+    from hfcompress.data import TaskData
+    from hfcompress.evaluation import evaluate_model
+    from hfcompress.recipes import run_recipe
+    from hfcompress.recipes.recipe import load_recipe
+
+    recipe = write_recipe(tiny_search_recipe(tiny_teacher_dir, tiny_sst2_dir, tmp_path, proxy=True), tmp_path / "recipe.yaml")
+    out = tmp_path / "search"
+    result = run_search(recipe, out, budget="latency_ms=1000", trials=3, seed=0, threads=1, latency_samples=8)
+    storage = f"sqlite:///{out / 'study.db'}"
+    proxy, full = completed(storage, "tiny-search:proxy"), completed(storage, "tiny-search:full")
+    assert len(proxy) == 3 and 1 <= len(full) <= 3
+    proxy_front = [t.params for t in optuna.load_study(study_name="tiny-search:proxy", storage=storage).best_trials]
+    assert all(t.params in proxy_front for t in full)  # only the proxy front is trained in full
+
+    saved = json.loads((out / "search.json").read_text())
+    assert {"trials", "front", "cpu_seconds", "gate"} <= set(saved) and saved["budget_met"] and saved["chosen"] == result["chosen"]
+    assert [r["phase"] for r in saved["trials"]].count("proxy") == 3 and saved["cpu_seconds"] > 0
+    for r in saved["trials"]:
+        assert {"settings", "accuracy", "latency_ms", "size_mb", "cpu_seconds"} <= set(r) and r["cpu_seconds"] > 0
+        assert r["settings"]["stages.student.student_layers"] in LAYERS
+    assert saved["front"] and all(r["phase"] == "full" and r["on_front"] for r in saved["front"])
+    chosen = saved["chosen"]
+    assert saved["gate"] == chosen["gate"] and chosen["gate"]["verdict"] and chosen["gate"]["reference"] == str(tiny_teacher_dir)
+    assert "| trial | phase |" in (out / "search.md").read_text() and (out / "search.png").stat().st_size > 0
+
+    # the winner as a plain recipe that `hfcompress run` reproduces
+    best = load_recipe(out / "best_recipe.yaml")
+    assert best.resolved["stages"][0]["training"]["temperature"] == chosen["settings"]["stages.student.training.temperature"]
+    assert best.resolved["stages"][0]["student_layers"] == chosen["settings"]["stages.student.student_layers"]
+    outputs = run_recipe(best)
+    again = evaluate_model(outputs["student"], TaskData(best.config.data, splits=["dev"], seed=0))
+    assert again["accuracy"] == pytest.approx(chosen["accuracy"], abs=1 / 32)  # one sentence of the 32
+
+    # a rerun finds every trial done, trains nothing, and says plainly that an unreachable budget is not met
+    rerun = run_search(recipe, out, budget="latency_ms=0.001", trials=3, seed=0, threads=1, latency_samples=8)
+    assert len(completed(storage, "tiny-search:proxy")) == 3 and len(completed(storage, "tiny-search:full")) == len(full)
+    assert not rerun["budget_met"] and rerun["budget_sentence"].startswith("The budget was not met: no trial reached latency_ms <= 0.001")
+    assert rerun["chosen"]["latency_ms"] == min(r["latency_ms"] for r in rerun["front"])
+
+
+def _start(recipe: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hfcompress.cli", *search_args(recipe, out, *extra)], cwd=REPO,
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_redoing_finished_trials(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
+    recipe = write_recipe(tiny_search_recipe(tiny_teacher_dir, tiny_sst2_dir, tmp_path), tmp_path / "recipe.yaml")
+    out, storage = tmp_path / "search", f"sqlite:///{tmp_path / 'search' / 'study.db'}"
+    proc = _start(recipe, out, "--trials", "3", "--seed", "0")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "study.db").exists() and completed(storage, "tiny-search"):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, f"the search ended before it could be killed:\n{proc.communicate()[0][-3000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    before = {t.number: (t.values, t.params) for t in completed(storage, "tiny-search")}
+    assert 1 <= len(before) < 3
+
+    result = run_process_group([sys.executable, "-m", "hfcompress.cli", *search_args(recipe, out, "--trials", "3", "--seed", "0")])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    after = {t.number: (t.values, t.params) for t in completed(storage, "tiny-search")}
+    assert len(after) == 3 and all(after[n] == before[n] for n in before)  # finished trials kept, not redone
+    saved = json.loads((out / "search.json").read_text())
+    assert sorted(r["number"] for r in saved["trials"]) == sorted(after)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
+    recipe = write_recipe(tiny_search_recipe(tiny_teacher_dir, tiny_sst2_dir, tmp_path), tmp_path / "recipe.yaml")
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    # the first worker creates the study; the second joins it (two processes creating one SQLite schema at once may race)
+    optuna.create_study(storage=storage, study_name="shared", directions=["maximize", "minimize", "minimize"])
+    workers = [_start(recipe, tmp_path / f"worker{i}", "--trials", "4", "--seed", str(i), "--storage", storage, "--study-name", "shared")
+               for i in (1, 2)]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    trials = completed(storage, "shared")
+    assert 4 <= len(trials) <= 5  # each worker stops once the study holds 4; one may finish a trial it had already started
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    assert yaml.safe_load((tmp_path / "worker2" / "best_recipe.yaml").read_text())["output_dir"].endswith("best")
