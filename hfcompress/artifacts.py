@@ -38,6 +38,13 @@ COMPRESSION_REPORT_FILE = f"{COMPRESSION_REPORT_NAME}.json"  # the card's "Laten
 PARITY_FILE = "parity.json"  # PyTorch against ONNX Runtime outputs of each exported .onnx file (export_onnx)
 PUSH_RESULT_FILE = "push.json"  # the push stage's record of the commit it made on the Hub
 
+# --- search (hfcompress search) -----------------------------------------------------------------
+SEARCH_RESULTS_FILE = "search.json"  # trials, Pareto front, CPU seconds, the chosen point and its accuracy gate
+SEARCH_TABLE_FILE = "search.md"  # the trials as a Markdown table
+SEARCH_CHART_FILE = "search.png"  # metric against batch-1 latency, the Pareto front highlighted
+BEST_RECIPE_FILE = "best_recipe.yaml"  # the chosen point as a plain recipe that `hfcompress run` reproduces
+SEARCH_STORAGE_FILE = "study.db"  # the default Optuna SQLite storage in the search's output directory
+
 # --- compression methods (each also writes COMPRESSION_SUMMARY_FILE) ----------------------------
 SPARSITY_REPORT_FILE = "sparsity_report.json"  # measured sparsity / heads and FFN kept (magnitude and structured pruning)
 FILTER_PRUNING_FILE = "filter_pruning.json"  # channels per group, parameters and MACs before/after (filter pruning of CNNs)

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from .artifacts import PARITY_FILE
+from .artifacts import BEST_RECIPE_FILE, PARITY_FILE, SEARCH_RESULTS_FILE, SEARCH_STORAGE_FILE
 from .errors import ConfigError, HFCompressError
 from .tasks import DEFAULT_TASK, task_names
 
@@ -228,16 +228,16 @@ def _add_search_parser(sub: _LazySubParsers) -> None:
     sub.add_lazy_parser(
         "search", _fill_search, help="Search a recipe's settings for the best metric under a latency/size budget (Optuna).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="""Run the recipe many times with settings sampled from its search space (Optuna, multi-objective: the task's
-metric up, p50 latency at batch 1 on this machine and size on disk down), and write OUTPUT/search.{json,md,png}
-(trials, Pareto front, total CPU seconds, the chosen point and its accuracy gate) and OUTPUT/best_recipe.yaml,
+        description=f"""Run the recipe many times with settings sampled from its search space (Optuna, multi-objective: the task's
+metric up, p50 latency at batch 1 on this machine and size on disk down), and write OUTPUT/{SEARCH_RESULTS_FILE}, .md and .png
+(trials, Pareto front, total CPU seconds, the chosen point and its accuracy gate) and OUTPUT/{BEST_RECIPE_FILE},
 which `hfcompress run` reproduces.
 
 The space is the recipe's `search:` block or a YAML file given with --space:
   search:
     params:                                   # recipe paths, as `hfcompress run` overrides take them
-      stages.student.training.temperature: {type: float, low: 1, high: 8}
-      stages.student.student_layers: {type: categorical, choices: [[0, 2, 4], [0, 3, 5]]}
+      stages.student.training.temperature: {{type: float, low: 1, high: 8}}
+      stages.student.student_layers: {{type: categorical, choices: [[0, 2, 4], [0, 3, 5]]}}
     proxy:                                    # optional: a cheap first round; only its Pareto front is trained in full
       stages.student.training.max_steps: 50
       data.max_eval_samples: 200
@@ -255,15 +255,16 @@ processes, or on several machines with a database URL, with the same --storage a
 
 def _fill_search(search: argparse.ArgumentParser) -> None:
     search.add_argument("recipe", help="Recipe YAML whose settings are searched.")
-    search.add_argument("--output", required=True, help="Directory for search.{json,md,png}, best_recipe.yaml, study.db and trials/.")
+    search.add_argument("--output", required=True, help=f"Directory for {SEARCH_RESULTS_FILE} (.md, .png), {BEST_RECIPE_FILE}, {SEARCH_STORAGE_FILE} and trials/.")
     search.add_argument("--space", default=None, help="Search space YAML (default: the recipe's search: block).")
     search.add_argument("--budget", default=None, help="Limits of the chosen point, e.g. latency_ms=5,size_mb=20 (keys: latency_ms, size_mb).")
     search.add_argument("--tolerance", type=float, default=0.5,
                         help="Non-inferiority margin in points: the gate says 'within' only when the 95%% bootstrap interval of "
                              "the difference to the reference lies above -TOLERANCE (default 0.5).")
-    search.add_argument("--trials", type=int, default=10, help="Finished trials the study should hold, over every worker and resume (default 10).")
+    search.add_argument("--trials", type=int, default=10, help="Finished trials the study should hold, over every worker and resume (default 10); with a proxy "
+                             "round, its trials (the front's settings are then trained in full).")
     search.add_argument("--storage", default=None,
-                        help="Optuna RDB storage URL shared by the workers (default sqlite:///OUTPUT/study.db; postgresql://... for several machines).")
+                        help=f"Optuna RDB storage URL shared by the workers (default sqlite:///OUTPUT/{SEARCH_STORAGE_FILE}; postgresql://... for several machines).")
     search.add_argument("--study-name", default=None, help="Study name in the storage (default: the recipe's name).")
     search.add_argument("--seed", type=int, default=None, help="Sampler seed; give each worker of one study a different one (default: random).")
     search.add_argument("--threads", type=int, default=2, help="Intra-op threads while timing each trial's model.")

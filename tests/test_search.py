@@ -17,6 +17,7 @@ import yaml
 
 from hfcompress.cli import main
 from hfcompress.errors import ConfigError
+from hfcompress.recipes.recipe import load_recipe
 from hfcompress.search import run_search
 from hfcompress.search.config import parse_budget
 from hfcompress.search.report import budget_sentence, choose
@@ -104,6 +105,7 @@ def test_missing_space_and_bad_budget_from_the_cli(tiny_teacher_dir, tiny_sst2_d
     assert "has no 'search:' block: add one to the recipe or pass --space FILE" in capsys.readouterr().err
     assert main(search_args(write_recipe(recipe, tmp_path / "r.yaml"), tmp_path / "b", "--budget", "speed=3")) == 2
     assert "--budget: unknown key 'speed'" in capsys.readouterr().err
+    assert load_recipe(tmp_path / "r.yaml").stages[0][1].name == "student"  # `hfcompress run` ignores the search block
 
 
 def point(number, accuracy, latency, size, within=None):
@@ -135,7 +137,6 @@ def test_search_with_proxy_round_budget_and_best_recipe(tiny_teacher_dir, tiny_s
     from hfcompress.data import TaskData
     from hfcompress.evaluation import evaluate_model
     from hfcompress.recipes import run_recipe
-    from hfcompress.recipes.recipe import load_recipe
 
     recipe = write_recipe(tiny_search_recipe(tiny_teacher_dir, tiny_sst2_dir, tmp_path, proxy=True), tmp_path / "recipe.yaml")
     out = tmp_path / "search"

@@ -119,13 +119,8 @@ def render_markdown(report: dict) -> str:
 
 def _plot(report: dict, path: Path) -> bool:
     """Accuracy against p50 latency (batch 1) and against size; False when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed, so %s is not drawn: pip install 'hfcompress[plots]'", path.name)
+    plt = pyplot_or_warn(path)
+    if plt is None:
         return False
     metric = report["quality_metric"] or "accuracy"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
@@ -149,16 +144,36 @@ def _plot(report: dict, path: Path) -> bool:
     hardware = report["hardware"]
     fig.suptitle(report["title"] + (f"\n{_hardware_line(hardware[0])}" if len(hardware) == 1 else ""), fontsize=10)
     fig.tight_layout(rect=(0, (0.22 * legend_rows + 0.2) / (4.8 + 0.22 * legend_rows), 1, 1))
+    save_figure(fig, path, dpi=120)
+    return True
+
+
+def pyplot_or_warn(path: Path):
+    """matplotlib.pyplot on the Agg backend, or None (with a warning naming the chart not drawn) when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed, so %s is not drawn: pip install 'hfcompress[plots]'", path.name)
+        return None
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int) -> None:
+    """Save a PNG atomically (a reader never sees half a chart) and close the figure."""
+    import matplotlib.pyplot as plt
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)
     finally:
         plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return True
 
 
 def write_compression_report(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ..artifacts import SEARCH_STORAGE_FILE
 from ..errors import ConfigError
 from ..recipes.recipe import load_yaml
 from .config import SearchSpace, check_space, load_space, parse_budget
@@ -44,7 +45,7 @@ def run_search(
     output_dir.mkdir(parents=True, exist_ok=True)
     name = study_name or str(recipe_data["name"])
     direction = metric_direction(space.metric or "accuracy")
-    db = open_storage(storage or f"sqlite:///{output_dir / 'study.db'}")
+    db = open_storage(storage or f"sqlite:///{output_dir / SEARCH_STORAGE_FILE}")
     settings = TrialSettings(output_dir, tolerance, threads, latency_samples)
     studies = []
     if space.proxy:

@@ -3,23 +3,17 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
+from ..artifacts import BEST_RECIPE_FILE, SEARCH_CHART_FILE, SEARCH_RESULTS_FILE, SEARCH_TABLE_FILE
 from ..evaluation.paired import describe_gate
+from ..evaluation.report import pyplot_or_warn, save_figure
 from ..recipes.recipe import apply_overrides
 from ..utils.io import atomic_write_json, atomic_write_text
 from .config import SearchSpace, override
-
-logger = logging.getLogger("hfcompress")
-
-SEARCH_NAME = "search"  # stem of search.{json,md,png}
-BEST_RECIPE_FILE = "best_recipe.yaml"
 
 
 def trial_record(trial, phase: str, front_numbers: set[int]) -> dict:
@@ -92,13 +86,8 @@ def _fmt(value, digits: int = 2) -> str:
 
 def plot(result: dict, path: Path) -> bool:
     """Metric against batch-1 latency for the final round's trials, the Pareto front highlighted; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed, so %s is not drawn: pip install 'hfcompress[plots]'", path.name)
+    plt = pyplot_or_warn(path)
+    if plt is None:
         return False
     final = [r for r in result["trials"] if r["phase"] == result["final_phase"] and r["accuracy"] is not None]
     fig, ax = plt.subplots(figsize=(7, 4.8))
@@ -116,23 +105,15 @@ def plot(result: dict, path: Path) -> bool:
     ax.legend(fontsize=8)
     ax.set_title(f"Search {result['study_name']}: {len(final)} trials ({result['final_phase']} round)", fontsize=10)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path, dpi=110)
     return True
 
 
 def write_search_outputs(result: dict, recipe: dict, output_dir: Path) -> dict:
     """Write search.{json,md,png} and best_recipe.yaml; returns the paths written, by kind."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": output_dir / f"{SEARCH_NAME}.json", "markdown": output_dir / f"{SEARCH_NAME}.md",
-             "chart": output_dir / f"{SEARCH_NAME}.png", "best_recipe": output_dir / BEST_RECIPE_FILE}
+    paths = {"json": output_dir / SEARCH_RESULTS_FILE, "markdown": output_dir / SEARCH_TABLE_FILE,
+             "chart": output_dir / SEARCH_CHART_FILE, "best_recipe": output_dir / BEST_RECIPE_FILE}
     atomic_write_json(paths["json"], result)
     atomic_write_text(paths["markdown"], render_markdown(result))
     atomic_write_text(paths["best_recipe"], yaml.safe_dump(recipe, sort_keys=False))

@@ -152,7 +152,8 @@ class SearchObjective:
     def __call__(self, trial) -> tuple[float, float, float]:
         values = {path: spec.suggest(trial, path) for path, spec in self.space.specs.items()}
         overrides = self.space.overrides(values) + (self.space.proxy_overrides() if self.phase == "proxy" else [])
-        trial_dir = self.settings.output_dir / "trials" / f"{self.phase}-{trial.number:03d}"
+        # per study: rounds and studies that share an output directory number their trials from 0 each
+        trial_dir = self.settings.output_dir / "trials" / trial.study.study_name.replace(":", "-") / f"{trial.number:03d}"
         trial.set_user_attr("settings", values)
         trial.set_user_attr("trial_dir", str(trial_dir))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which of the workers sharing the study ran it
