@@ -4,12 +4,10 @@ writes a recipe that reproduces the chosen point, and refuses a malformed space 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from hfcompress.recipes.recipe import load_recipe
 from hfcompress.search import run_search
 from hfcompress.search.config import parse_budget
 from hfcompress.search.report import budget_sentence, choose
-from run_helpers import REPO, run_process_group, subprocess_env, write_recipe
+from tests.run_helpers import cli, start_cli, wait_for, write_recipe
 
 optuna = pytest.importorskip("optuna")
 
@@ -173,28 +171,29 @@ def test_search_with_proxy_round_budget_and_best_recipe(tiny_teacher_dir, tiny_s
     assert rerun["chosen"]["latency_ms"] == min(r["latency_ms"] for r in rerun["front"])
 
 
-def _start(recipe: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hfcompress.cli", *search_args(recipe, out, *extra)], cwd=REPO,
-                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
 @pytest.mark.slow
 def test_killed_search_resumes_without_redoing_finished_trials(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
     recipe = write_recipe(tiny_search_recipe(tiny_teacher_dir, tiny_sst2_dir, tmp_path), tmp_path / "recipe.yaml")
     out, storage = tmp_path / "search", f"sqlite:///{tmp_path / 'search' / 'study.db'}"
-    proc = _start(recipe, out, "--trials", "3", "--seed", "0")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (out / "study.db").exists() and completed(storage, "tiny-search"):
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, f"the search ended before it could be killed:\n{proc.communicate()[0][-3000:]}"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    proc = start_cli(*search_args(recipe, out, "--trials", "3", "--seed", "0"), log=tmp_path / "first.log")
+
+    def a_trial_finished() -> bool:
+        time.sleep(0.5)  # a look every half second, not the helper's every 20 ms: the search needs the CPU
+        if not (out / "study.db").exists():
+            return False
+        try:  # read-only, so that the test never races the worker creating the schema
+            with closing(sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True)) as db:
+                return db.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0] > 0
+        except sqlite3.OperationalError:  # no schema yet
+            return False
+
+    wait_for(a_trial_finished, proc, 300, "a trial finished")
+    proc.kill()  # SIGKILL mid-study: no handler runs, the next trial is left RUNNING in the storage
+    proc.wait()
     before = {t.number: (t.values, t.params) for t in completed(storage, "tiny-search")}
     assert 1 <= len(before) < 3
 
-    result = run_process_group([sys.executable, "-m", "hfcompress.cli", *search_args(recipe, out, "--trials", "3", "--seed", "0")])
+    result = cli(*search_args(recipe, out, "--trials", "3", "--seed", "0"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     after = {t.number: (t.values, t.params) for t in completed(storage, "tiny-search")}
     assert len(after) == 3 and all(after[n] == before[n] for n in before)  # finished trials kept, not redone
@@ -208,10 +207,10 @@ def test_two_workers_share_one_study(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     # the first worker creates the study; the second joins it (two processes creating one SQLite schema at once may race)
     optuna.create_study(storage=storage, study_name="shared", directions=["maximize", "minimize", "minimize"])
-    workers = [_start(recipe, tmp_path / f"worker{i}", "--trials", "4", "--seed", str(i), "--storage", storage, "--study-name", "shared")
-               for i in (1, 2)]
-    logs = [w.communicate(timeout=600)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    workers = [start_cli(*search_args(recipe, tmp_path / f"worker{i}", "--trials", "4", "--seed", str(i), "--storage", storage,
+                                      "--study-name", "shared"), log=tmp_path / f"worker{i}.log") for i in (1, 2)]
+    codes = [w.wait(timeout=600) for w in workers]
+    assert codes == [0, 0], "\n".join((tmp_path / f"worker{i}.log").read_text()[-2000:] for i in (1, 2))
     trials = completed(storage, "shared")
     assert 4 <= len(trials) <= 5  # each worker stops once the study holds 4; one may finish a trial it had already started
     assert len({t.user_attrs["worker"] for t in trials}) == 2
