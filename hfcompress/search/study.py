@@ -18,7 +18,6 @@ marked failed after the grace period and retried with the same settings, so a se
 
 from __future__ import annotations
 
-import logging
 import os
 import resource
 import socket
@@ -30,8 +29,6 @@ from typing import Any, Optional
 from ..errors import ConfigError, HFCompressError
 from ..recipes.recipe import apply_overrides, parse_recipe
 from .config import SearchSpace, override
-
-logger = logging.getLogger("hfcompress")
 
 HEARTBEAT_S = 10  # a worker tells the storage every 10 s that its trial is alive
 GRACE_S = 60  # a trial silent for this long is failed and retried by the next worker that starts a trial
@@ -94,6 +91,8 @@ def run_trial(recipe_data: dict, overrides: list[str], trial_dir: Path, space: S
     data = TaskData(recipe.config.data, splits=[recipe.config.data.eval_split], seed=recipe.config.seed)
     evaluation = evaluate_model(model, data, settings.batch_size)
     metric = space.metric or compression_row("", evaluation)["quality_metric"]
+    if space.metric is None and metric_direction(metric) == "minimize":  # the study was created to maximise
+        raise ConfigError(f"the task's main metric is {metric}, lower is better: set search.metric: {metric} so that the search minimises it")
     if metric not in evaluation:
         raise ConfigError(f"search.metric '{metric}' is not among the task's metrics {sorted(k for k, v in evaluation.items() if isinstance(v, float))}")
     latency = measure_latency(model, model, evaluation_texts(data, settings.latency_samples), [1], settings.threads)
