@@ -106,6 +106,8 @@ def load_ort_model(directory: str | os.PathLike, task: Optional[str | Task] = No
     """An exported directory ready to run (it needs the config.json that export writes beside the .onnx).
 
     Optimum's ORTModelFor<Task> where optimum-onnx is installed, else an :class:`OnnxRuntimeModel`: the same logits.
+    A decoder with a KV cache loads as :class:`hfcompress.generation.ort.OrtCausalLM` on either stack: the
+    same logits, and ``generate`` with its past kept in ONNX Runtime.
     """
     from transformers import AutoConfig
 
@@ -116,6 +118,10 @@ def load_ort_model(directory: str | os.PathLike, task: Optional[str | Task] = No
         raise ModelError(f"'{directory}' has an ONNX file but no readable config.json: re-export it with hfcompress export") from e
     task = get_task(task) if task is not None else task_of(config)
     file_name = onnx_file_name(directory, onnx_file)
+    if task.kv_cache:
+        from ..generation.ort import OrtCausalLM
+
+        return OrtCausalLM.from_pretrained(directory, file_name, threads)
     if optimum_onnx_missing() is not None:
         return OnnxRuntimeModel(directory / file_name, config, task, ort_session_options(threads))
     return task.ort_class().from_pretrained(directory, file_name=file_name, session_options=ort_session_options(threads), **task.ort_load_kwargs())

@@ -35,7 +35,8 @@ from ..utils.hashing import file_sha256, weights_sha256
 from ..utils.io import atomic_output_dir, atomic_write_json
 from .optimize import OptimizationLevel, check_level, optimize_onnx
 from ..tasks import TASKS, get_task, task_names, task_of
-from .parity import check_parity, raise_on_mismatch
+from .decoder import export_decoder_with_past
+from .parity import check_generation_parity, check_parity, raise_on_generation_mismatch, raise_on_mismatch
 
 EXPORT_BACKENDS = ("auto", "optimum", "dynamo")
 
@@ -58,6 +59,10 @@ class ExportConfig:
     sequence_lengths: list[int] = field(
         default_factory=lambda: [16, 128], metadata={"help": "Sequence lengths of the parity check (capped at the model's maximum)."}
     )
+    generation_prompts: int = field(
+        default=4, metadata={"help": "Text generation: how many of the parity texts are also greedy-generation prompts, whose new tokens must equal PyTorch's."}
+    )
+    max_new_tokens: int = field(default=16, metadata={"help": "Text generation: new tokens per prompt in the greedy-generation parity check."})
 
     @property
     def resolved_backend(self) -> str:
@@ -79,6 +84,8 @@ class ExportConfig:
             raise ConfigError(f"atol must be positive, got {self.atol}")
         if not self.batch_sizes or not self.sequence_lengths or min(*self.batch_sizes, *self.sequence_lengths) < 1:
             raise ConfigError(f"parity batch sizes and sequence lengths must be positive lists, got {self.batch_sizes} and {self.sequence_lengths}")
+        if self.generation_prompts < 1 or self.max_new_tokens < 1:
+            raise ConfigError(f"generation_prompts and max_new_tokens must be at least 1, got {self.generation_prompts} and {self.max_new_tokens}")
 
 
 def export_onnx(
@@ -134,6 +141,10 @@ def export_onnx(
         for path in onnx_paths:
             result = check_parity(model, path, processor, parity_texts, config.batch_sizes, config.sequence_lengths, config.atol, task)
             raise_on_mismatch(result, f"the {backend} export {path.name} of {model_dir}")
+            if task.kv_cache:
+                prompts = list(parity_texts or task.default_inputs(processor, model.config))[: config.generation_prompts]
+                result["generation"] = check_generation_parity(model, path, processor, prompts, config.max_new_tokens)
+                raise_on_generation_mismatch(result["generation"], f"the {backend} export {path.name} of {model_dir}")
             parity["files"][path.name] = {**result, "sha256": file_sha256(path)}
         atomic_write_json(staging / PARITY_FILE, parity)
         source = Path(str(model_dir))
@@ -172,6 +183,8 @@ def _export_optimum(model_dir, out: Path, task, opset: Optional[int]) -> None:
 
     # Optimum's own validation uses random inputs at one shape; our parity check replaces it.
     main_export(str(model_dir), output=str(out), task=task.export_task, opset=opset, do_validation=False, library_name="transformers")
+    if (out / "decoder_model_merged.onnx").is_file():  # older Optimum merged a decoder and a decoder-with-past; the merged one is the contract's graph
+        (out / "decoder_model_merged.onnx").replace(out / "model.onnx")
 
 
 MODULE_SCOPE_METADATA = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy")
@@ -188,27 +201,33 @@ class _Logits(torch.nn.Module):
         return self.model(**dict(zip(self.input_names, inputs))).logits
 
 
+def _export_logits(model, processor, task, input_names: Sequence[str], opset: Optional[int]):
+    """The dynamo export of a model whose graph maps the task's inputs to logits."""
+    # a sample of batch 2 (and length 16) keeps the dynamic dimensions from being specialised to 0/1
+    shape = task.parity_shapes(model.config, [16])[0]
+    sample = task.onnx_feeds(task.parity_batch(processor, task.default_inputs(processor, model.config), 2, shape), input_names)
+    args = tuple(torch.from_numpy(sample[n]) for n in input_names)
+    dims = task.onnx_dynamic_axes()
+    return torch.onnx.export(
+        _Logits(model, input_names).eval(), args, dynamo=True, input_names=input_names, output_names=["logits"],
+        dynamic_shapes=(tuple(dims for _ in input_names),), opset_version=opset, verbose=False,
+    )
+
+
 def _export_dynamo(model, processor, task, out: Path, opset: Optional[int]) -> None:
     """torch.onnx.export(dynamo=True) with the graph Optimum would give ``task``, then the config and processor beside it.
 
     The inputs are the task's (:meth:`~hfcompress.tasks.Task.onnx_input_names`), with the task's
     dynamic axes (text: batch_size and sequence_length; images: batch_size); the output is
     ``logits``, whose dimensions take those names where they follow the inputs'. Decoders are
-    exported without past key values (Optimum's non-"with-past" graph); KV-cache graphs wait for the
-    generative-LM issue.
+    exported with past key values (Optimum's "with-past" graph, :mod:`hfcompress.export.decoder`).
     """
     input_names = task.onnx_input_names(model, processor)
     task.prepare_tokenizer(processor)
-    # a sample of batch 2 (and length 16) keeps the dynamic dimensions from being specialised to 0/1
-    shape = task.parity_shapes(model.config, [16])[0]
-    sample = task.onnx_feeds(task.parity_batch(processor, task.default_inputs(processor, model.config), 2, shape), input_names)
-    args = tuple(torch.from_numpy(sample[n]) for n in input_names)
-    model.config.use_cache = False  # no past key values: the graph maps tokens to logits, like Optimum's non-"with-past" tasks
-    dims = task.onnx_dynamic_axes()
-    program = torch.onnx.export(
-        _Logits(model, input_names).eval(), args, dynamo=True, input_names=input_names, output_names=["logits"],
-        dynamic_shapes=(tuple(dims for _ in input_names),), opset_version=opset, verbose=False,
-    )
+    if task.kv_cache:
+        program = export_decoder_with_past(model, input_names, opset)
+    else:
+        program = _export_logits(model, processor, task, input_names, opset)
     # torch tags each node with its Python stack and FX node: debugging aids that hold this machine's paths, change
     # the file's hash from one checkout to another and add MBs. The module scopes stay: they are how QAT ranges find
     # their Linear layers (quantization.onnx_ptq.module_of), as Optimum's node names do for its graphs.

@@ -17,6 +17,7 @@ import numpy as np
 from ..artifacts import PARITY_FILE  # noqa: F401  (re-exported: callers and tests import it from here)
 from ..errors import HFCompressError
 from ..tasks import Task, TextInput, task_of, tokenize_inputs
+from .decoder import empty_past, is_past_input
 
 
 # Real sentences of different lengths and styles, used when no texts or dataset are given.
@@ -82,14 +83,14 @@ def check_parity(
     task = task or task_of(model)
     texts = list(texts or task.default_inputs(tokenizer, model.config))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    input_names = [i.name for i in session.get_inputs()]
+    input_names = [i.name for i in session.get_inputs() if not is_past_input(i.name)]  # a decoder's past is empty here: a prefill
     output_names = [o.name for o in session.get_outputs()]
     model.eval()
     checks = []
     for shape in task.parity_shapes(model.config, sequence_lengths):
         for batch_size in batch_sizes:
             feeds = task.onnx_feeds(task.parity_batch(tokenizer, texts, batch_size, shape), input_names)
-            onnx_outputs = dict(zip(output_names, session.run(None, feeds)))
+            onnx_outputs = dict(zip(output_names, session.run(None, {**feeds, **empty_past(session.get_inputs(), batch_size)})))
             with torch.no_grad():
                 torch_outputs = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
             shared = [name for name in output_names if isinstance(torch_outputs.get(name), torch.Tensor)]
@@ -114,4 +115,37 @@ def raise_on_mismatch(result: dict, what: str) -> None:
             f"{what} disagrees with PyTorch: max abs diff {worst['max_abs_diff']:.3g} at batch {worst['batch_size']}"
             + (f", length {worst['sequence_length']}" if "sequence_length" in worst else "") + f" exceeds atol {result['tolerance']:g}; nothing was written. Try the other "
             "backend or a lower optimization level, or raise --atol if this difference is expected"
+        )
+
+
+def check_generation_parity(model, onnx_path: str | os.PathLike, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16) -> dict:
+    """Greedy new tokens of the ONNX decoder (with its KV cache, in ONNX Runtime) against PyTorch ``generate(do_sample=False)``.
+
+    Each prompt runs alone (batch 1), so padding cannot make the two differ; both stop at the
+    generation config's eos. Returns ``{"prompts", "max_new_tokens", "passed", "first_divergence"}``,
+    the divergence naming the prompt, the new token's index and both tokens (None when they agree).
+    """
+    from ..generation.ort import OrtCausalLM
+    from ..generation.pytorch import PyTorchCausalLM
+
+    reference = PyTorchCausalLM(model, tokenizer)
+    exported = OrtCausalLM(Path(onnx_path), model.config, tokenizer, model.generation_config)
+    divergence = None
+    for index, prompt in enumerate(prompts):
+        input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        expected, got = (runtime.generate(input_ids, max_new_tokens=max_new_tokens)[0, input_ids.shape[1]:].tolist() for runtime in (reference, exported))
+        if expected != got:
+            position = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+            at = lambda tokens: tokens[position] if position < len(tokens) else None  # noqa: E731  (one sequence stopped earlier)
+            divergence = {"prompt": index, "text": prompt, "new_token": position, "pytorch_token": at(expected), "onnx_token": at(got)}
+            break
+    return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "passed": divergence is None, "first_divergence": divergence}
+
+
+def raise_on_generation_mismatch(result: dict, what: str) -> None:
+    if not result["passed"]:
+        d = result["first_divergence"]
+        raise ParityError(
+            f"{what} generates other tokens than PyTorch: greedy new token {d['new_token']} of prompt {d['prompt']} is {d['onnx_token']} "
+            f"in ONNX Runtime and {d['pytorch_token']} in PyTorch; nothing was written. Try the other backend, or export in float32 without optimization"
         )

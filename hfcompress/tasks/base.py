@@ -61,6 +61,7 @@ class Task:
     pre_split_words: bool = False  # the text column holds lists of words (tokenized with is_split_into_words)
     onnx_inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
     serves_pairs: bool = False  # a served request may hold {"text", "text_pair"} pairs
+    kv_cache: bool = False  # its ONNX graph is a decoder with past key values (hfcompress.export.decoder)
 
     @property
     def pipeline_tag(self) -> str:

@@ -1,8 +1,9 @@
 """Causal language modelling: next-token prediction, scored by loss and perplexity.
 
-Its ONNX graph is Optimum's non-"with-past" decoder: input ids, attention mask and position ids in,
-logits over the vocabulary out, with no KV cache. Decoders that take and return past key values
-are out of scope until the generative-LM issue adds them.
+Its ONNX graph is Optimum's "text-generation-with-past" decoder (:mod:`hfcompress.export.decoder`):
+input ids, attention mask, position ids and the past keys and values of every layer in, logits and
+the present keys and values out. A past of length 0 is the prefill, so one graph serves both;
+:mod:`hfcompress.generation` runs it.
 """
 
 from __future__ import annotations
@@ -36,8 +37,12 @@ class TextGenerationTask(Task):
         mask = np.asarray(encoding["attention_mask"], dtype=np.int64)
         return {**super().derived_inputs(encoding), "position_ids": np.where(mask == 0, 1, mask.cumsum(-1) - 1)}
 
+    @property
+    def export_task(self) -> str:
+        return "text-generation-with-past"
+
     def ort_load_kwargs(self) -> dict:
-        return {"use_cache": False, "use_io_binding": False}  # the exported graph has no past key values
+        return {"use_cache": True}
 
     def trainer_compute_metrics(self, metric_names: Optional[Sequence[str]] = None, num_labels: int = 2):
         return None  # the eval loss is the metric
@@ -69,4 +74,5 @@ TEXT_GENERATION = TextGenerationTask(
     has_labels=False,
     label_shift=1,
     onnx_inputs=("input_ids", "attention_mask", "position_ids"),
+    kv_cache=True,
 )

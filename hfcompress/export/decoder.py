@@ -1,0 +1,110 @@
+"""A causal LM as one ONNX decoder graph with a KV cache, in Optimum's "text-generation-with-past" layout.
+
+The graph takes ``input_ids``, ``attention_mask`` (over past and new tokens), ``position_ids`` and,
+per layer, ``past_key_values.{i}.key`` / ``.value`` [batch_size, num_key_value_heads,
+past_sequence_length, head_dim]; it returns ``logits`` and ``present.{i}.key`` / ``.value``. Feeding
+an empty past (past length 0) is the prefill; feeding the presents back is a decode step, so one
+graph serves both. On transformers 5 it is traced by ``torch.onnx.export(dynamo=True)`` through a
+wrapper that rebuilds the model's ``DynamicCache`` from flat tensors, as Optimum and transformers'
+ExecuTorch integration do.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+PAST_PREFIX = "past_key_values."
+PRESENT_PREFIX = "present."
+PAST_AXES = {0: "batch_size", 2: "past_sequence_length"}
+TOTAL_LENGTH = "past_sequence_length + sequence_length"  # Optimum's name of the attention mask's and presents' length
+
+
+def past_names(num_layers: int, prefix: str = PAST_PREFIX) -> list[str]:
+    """``past_key_values.0.key``, ``past_key_values.0.value``, ... (``prefix="present."``: the outputs)."""
+    return [f"{prefix}{layer}.{kind}" for layer in range(num_layers) for kind in ("key", "value")]
+
+
+def is_past_input(name: str) -> bool:
+    return name.startswith(PAST_PREFIX)
+
+
+def kv_cache_shape(config) -> tuple[int, int]:
+    """(key/value heads, head dim) of a decoder config: grouped-query attention keeps fewer KV heads than query heads."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return kv_heads, head_dim
+
+
+def empty_past(session_inputs, batch_size: int) -> dict[str, np.ndarray]:
+    """Zero-length past tensors for every past input of an ONNX Runtime session (the prefill's feed).
+
+    The head count and head dim are read from the graph's static dims, so no config is needed.
+    """
+    feeds = {}
+    for node in session_inputs:
+        if is_past_input(node.name):
+            _, heads, _, head_dim = node.shape
+            feeds[node.name] = np.zeros((batch_size, heads, 0, head_dim), dtype=np.float32)
+    return feeds
+
+
+class DecoderWithPast(torch.nn.Module):
+    """A causal LM called with positional graph inputs and flat past tensors, returning the logits and flat presents."""
+
+    def __init__(self, model, input_names: Sequence[str]):
+        super().__init__()
+        self.model, self.input_names = model, list(input_names)
+
+    def forward(self, *inputs):
+        from transformers import DynamicCache
+
+        named = dict(zip(self.input_names, inputs))
+        past = inputs[len(self.input_names):]
+        cache = DynamicCache([(past[i], past[i + 1]) for i in range(0, len(past), 2)])
+        outputs = self.model(**named, past_key_values=cache, use_cache=True)
+        presents = [tensor for layer in outputs.past_key_values.layers for tensor in (layer.keys, layer.values)]
+        return (outputs.logits, *presents)
+
+
+def export_decoder_with_past(model, input_names: Sequence[str], opset: Optional[int]):
+    """Trace ``model`` with a KV cache through the dynamo exporter; return the ONNX program (not yet saved).
+
+    The sample has batch 2, 3 new tokens and 5 past tokens: sizes above 1 keep every dynamic
+    dimension symbolic (torch.export specialises sizes 0 and 1), and the graph computes the same
+    for a past of length 0.
+    """
+    num_layers = model.config.num_hidden_layers
+    kv_heads, head_dim = kv_cache_shape(model.config)
+    batch, new, past_length = 2, 3, 5
+    generator = torch.Generator().manual_seed(0)
+    samples = {
+        "input_ids": torch.randint(0, model.config.vocab_size, (batch, new), generator=generator),
+        "attention_mask": torch.ones(batch, past_length + new, dtype=torch.long),
+        "position_ids": torch.arange(past_length, past_length + new).expand(batch, new).contiguous(),
+    }
+    past = tuple(torch.randn(batch, kv_heads, past_length, head_dim, generator=generator) for _ in range(2 * num_layers))
+    axes = {"input_ids": {0: "batch_size", 1: "sequence_length"}, "attention_mask": {0: "batch_size", 1: torch.export.Dim.DYNAMIC},
+            "position_ids": {0: "batch_size", 1: "sequence_length"}}
+    program = torch.onnx.export(
+        DecoderWithPast(model, input_names).eval(), (*[samples[n] for n in input_names], *past), dynamo=True,
+        input_names=[*input_names, *past_names(num_layers)], output_names=["logits", *past_names(num_layers, PRESENT_PREFIX)],
+        dynamic_shapes=((*[axes[n] for n in input_names], *[PAST_AXES for _ in past]),), opset_version=opset, verbose=False,
+    )
+    _name_total_length(program.model.graph)
+    return program
+
+
+def _name_total_length(graph) -> None:
+    """Give the attention mask's and presents' length Optimum's name (torch calls it s<N>, or the sum in another order)."""
+    import onnx_ir as ir
+
+    for value in graph.inputs:
+        if value.name == "attention_mask":
+            value.shape = ir.Shape([value.shape[0], TOTAL_LENGTH])
+    for value in graph.outputs:
+        if value.name.startswith(PRESENT_PREFIX):
+            value.shape = ir.Shape([value.shape[0], value.shape[1], TOTAL_LENGTH, value.shape[3]])

@@ -1,0 +1,46 @@
+"""Tiny random causal LMs (Llama with grouped-query attention, GPT-2) and their KV-cache exports, shared by the decoder and generation tests.
+
+An export takes tens of seconds on 2 cores, so each (architecture, backend) is exported once per session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests.test_export import _bpe_files
+
+_EXPORTS: dict[tuple[str, str], Path] = {}
+
+
+def tiny_causal_lm(arch: str, directory: Path) -> Path:
+    """A tiny random ``llama`` or ``gpt2`` with a byte-level BPE tokenizer (no pad token, as GPT-2's and Llama's), saved to ``directory``."""
+    import transformers as tf
+
+    tokenizer = tf.GPT2TokenizerFast(*_bpe_files(directory / "bpe"))
+    torch.manual_seed(0)
+    # a wide initialisation spreads the logits, so greedy choices are not near-ties that float noise could flip
+    if arch == "llama":
+        config = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, max_position_embeddings=96, initializer_range=0.2,
+                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        model = tf.LlamaForCausalLM(config)
+    else:
+        config = tf.GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=96, initializer_range=0.2,
+                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        model = tf.GPT2LMHeadModel(config)
+    out = directory / arch
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def exported(arch: str, backend: str, tmp_path_factory) -> Path:
+    """The export directory of the tiny ``arch`` through ``backend`` (made once per session)."""
+    from hfcompress.export import export_onnx
+
+    if (arch, backend) not in _EXPORTS:
+        root = tmp_path_factory.mktemp(f"{arch}-{backend}")
+        _EXPORTS[arch, backend] = export_onnx(tiny_causal_lm(arch, root), root / "onnx", backend=backend, batch_sizes=[1, 2], sequence_lengths=[8, 40]).parent
+    return _EXPORTS[arch, backend]
