@@ -37,8 +37,8 @@ def test_backends_are_chosen_from_the_directory(runtimes, export_dir):
     assert (pytorch.backend, onnx.backend) == ("pytorch", "onnxruntime")
     assert onnx.session.get_session_options().intra_op_num_threads == 1
     assert onnx.config.num_key_value_heads == 2 and onnx.generation_config.eos_token_id == onnx.tokenizer.eos_token_id
-    with pytest.raises(ConfigError, match="generation backend 'onnx' is not one of .*did you mean 'onnxruntime'"):
-        load_causal_lm(export_dir, backend="onnx")
+    with pytest.raises(ConfigError, match="generation backend 'onnx_runtime' is not one of .*did you mean 'onnxruntime'"):
+        load_causal_lm(export_dir, backend="onnx_runtime")
 
 
 def test_a_left_padded_batch_generates_the_tokens_of_pytorch(runtimes):
@@ -121,7 +121,7 @@ def test_a_tokenizer_without_pad_token_pads_with_eos_and_says_so(export_dir, cap
 
     from hfcompress.generation.base import prepare_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    tokenizer = AutoTokenizer.from_pretrained(export_dir.parent / "llama")  # the checkpoint's: the export saves its padding
     assert tokenizer.pad_token is None
     with caplog.at_level(logging.INFO, logger="hfcompress.generation.base"):
         prepare_tokenizer(tokenizer)
