@@ -44,3 +44,18 @@ def exported(arch: str, backend: str, tmp_path_factory) -> Path:
         root = tmp_path_factory.mktemp(f"{arch}-{backend}")
         _EXPORTS[arch, backend] = export_onnx(tiny_causal_lm(arch, root), root / "onnx", backend=backend, batch_sizes=[1, 2], sequence_lengths=[8, 40]).parent
     return _EXPORTS[arch, backend]
+
+
+def contract_signature(config) -> dict:
+    """The decoder-with-past layout every text-generation export has (Optimum's "text-generation-with-past")."""
+    from hfcompress.export.decoder import kv_cache_shape
+
+    kv_heads, head_dim = kv_cache_shape(config)
+    layers = range(config.num_hidden_layers)
+    past = [(f"past_key_values.{i}.{kind}", ["batch_size", kv_heads, "past_sequence_length", head_dim]) for i in layers for kind in ("key", "value")]
+    present = [(f"present.{i}.{kind}", ["batch_size", kv_heads, "past_sequence_length + sequence_length", head_dim]) for i in layers for kind in ("key", "value")]
+    return {
+        "inputs": [("input_ids", ["batch_size", "sequence_length"]), ("attention_mask", ["batch_size", "past_sequence_length + sequence_length"]),
+                   ("position_ids", ["batch_size", "sequence_length"]), *past],
+        "outputs": [("logits", ["batch_size", "sequence_length", config.vocab_size]), *present],
+    }

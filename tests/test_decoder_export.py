@@ -13,7 +13,7 @@ import pytest
 from hfcompress.errors import ConfigError
 from hfcompress.export import ParityError, export_onnx, graph_signature
 from hfcompress.export.parity import PARITY_FILE, check_generation_parity, raise_on_generation_mismatch
-from tests.decoder_helpers import exported
+from tests.decoder_helpers import contract_signature, exported
 
 CASES = [
     pytest.param("llama", "dynamo", id="llama-dynamo"),
@@ -23,28 +23,13 @@ CASES = [
 ]
 
 
-def _contract_signature(config) -> dict:
-    """The decoder-with-past layout every text-generation export has (Optimum's "text-generation-with-past")."""
-    from hfcompress.export.decoder import kv_cache_shape
-
-    kv_heads, head_dim = kv_cache_shape(config)
-    layers = range(config.num_hidden_layers)
-    past = [(f"past_key_values.{i}.{kind}", ["batch_size", kv_heads, "past_sequence_length", head_dim]) for i in layers for kind in ("key", "value")]
-    present = [(f"present.{i}.{kind}", ["batch_size", kv_heads, "past_sequence_length + sequence_length", head_dim]) for i in layers for kind in ("key", "value")]
-    return {
-        "inputs": [("input_ids", ["batch_size", "sequence_length"]), ("attention_mask", ["batch_size", "past_sequence_length + sequence_length"]),
-                   ("position_ids", ["batch_size", "sequence_length"]), *past],
-        "outputs": [("logits", ["batch_size", "sequence_length", config.vocab_size]), *present],
-    }
-
-
 @pytest.mark.parametrize("arch, backend", CASES)
 def test_export_has_the_contract_graph_and_generates_as_pytorch(arch, backend, tmp_path_factory):
     from transformers import AutoConfig
 
     out = exported(arch, backend, tmp_path_factory)
     assert sorted(p.name for p in out.glob("*.onnx")) == ["model.onnx"]  # one graph for prefill and decode
-    assert graph_signature(out / "model.onnx") == _contract_signature(AutoConfig.from_pretrained(out))
+    assert graph_signature(out / "model.onnx") == contract_signature(AutoConfig.from_pretrained(out))
     parity = json.loads((out / PARITY_FILE).read_text())
     result = parity["files"]["model.onnx"]
     assert parity["backend"] == backend and result["passed"] and result["max_abs_diff"] < 1e-4

@@ -178,7 +178,7 @@ OPTIMUM_INPUTS = {
     "bert-tokens": ["input_ids", "attention_mask", "token_type_ids"],
     "distilbert": ["input_ids", "attention_mask"],
     "roberta": ["input_ids", "attention_mask"],  # RoBERTa's tokenizer gives no token types, so Optimum's graph takes none
-    "gpt2": ["input_ids", "attention_mask", "position_ids"],  # text-generation without past key values
+    "gpt2": ["input_ids", "attention_mask", "position_ids"],  # text-generation-with-past: then each layer's past keys and values
 }
 SIGNATURE_ARCHS = [pytest.param(arch, marks=[] if arch in ("bert", "bert-tokens", "gpt2") else pytest.mark.slow) for arch in OPTIMUM_INPUTS]
 
@@ -191,6 +191,10 @@ def _optimum_signature(arch: str, checkpoint: Path) -> dict:
 
     config = AutoConfig.from_pretrained(checkpoint)
     task = task_of(config)
+    if task.kv_cache:
+        from tests.decoder_helpers import contract_signature
+
+        return contract_signature(config)
     logits = ["batch_size", "sequence_length", task.output_size(config)] if task.per_token else ["batch_size", config.num_labels]
     return {"inputs": [(name, ["batch_size", "sequence_length"]) for name in OPTIMUM_INPUTS[arch]], "outputs": [("logits", logits)]}
 

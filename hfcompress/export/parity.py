@@ -136,10 +136,13 @@ def check_generation_parity(model, onnx_path: str | os.PathLike, tokenizer, prom
         expected, got = (runtime.generate(input_ids, max_new_tokens=max_new_tokens)[0, input_ids.shape[1]:].tolist() for runtime in (reference, exported))
         if expected != got:
             position = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
-            at = lambda tokens: tokens[position] if position < len(tokens) else None  # noqa: E731  (one sequence stopped earlier)
-            divergence = {"prompt": index, "text": prompt, "new_token": position, "pytorch_token": at(expected), "onnx_token": at(got)}
+            divergence = {"prompt": index, "text": prompt, "new_token": position, "pytorch_token": _token_at(expected, position), "onnx_token": _token_at(got, position)}
             break
     return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "passed": divergence is None, "first_divergence": divergence}
+
+
+def _token_at(tokens: list[int], position: int) -> Optional[int]:
+    return tokens[position] if position < len(tokens) else None  # None: this side had stopped at eos
 
 
 def raise_on_generation_mismatch(result: dict, what: str) -> None:

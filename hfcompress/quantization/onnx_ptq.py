@@ -34,6 +34,7 @@ from ..modeling import load_processor
 from ..utils.io import atomic_output_dir
 from .config import PTQConfig, write_quantization_report
 from .qat import load_qat_ranges
+from ..export.decoder import is_past_input
 from .tensorrt import check_tensorrt_qdq, onnx_input_names, restore_float_biases, tensorrt_provider_options, trtexec_command
 
 logger = logging.getLogger("hfcompress")
@@ -204,12 +205,16 @@ def calibration_reader(features: dict[str, list], onnx_path: Path):
     from onnx.helper import tensor_dtype_to_np_dtype
     from onnxruntime.quantization import CalibrationDataReader
 
-    dtypes = {i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in onnx.load(str(onnx_path), load_external_data=False).graph.input}
+    graph_inputs = onnx.load(str(onnx_path), load_external_data=False).graph.input
+    dtypes = {i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in graph_inputs}
+    # a decoder's past keys and values are empty: each row calibrates the prefill
+    past = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph_inputs if is_past_input(i.name)}
 
     class RowReader(CalibrationDataReader):
         def __init__(self):
             rows = len(next(iter(features.values())))
-            self.batches = iter([{name: np.asarray(column[i : i + 1], dtype=dtypes[name]) for name, column in features.items()} for i in range(rows)])
+            empty = {name: np.zeros((1, heads, 0, head_dim), dtype=dtypes[name]) for name, (_, heads, _, head_dim) in past.items()}
+            self.batches = iter([{**empty, **{name: np.asarray(column[i : i + 1], dtype=dtypes[name]) for name, column in features.items()}} for i in range(rows)])
 
         def get_next(self):
             return next(self.batches, None)
@@ -484,7 +489,7 @@ def quantize_onnx(
             if calibration_inputs is not None:
                 features, origin = {name: np.asarray(array) for name, array in calibration_inputs.items()}, {"split": "given arrays"}
             else:
-                features = calibration_features(data, preprocessor, config, seed, onnx_input_names(onnx_file))
+                features = calibration_features(data, preprocessor, config, seed, [n for n in onnx_input_names(onnx_file) if not is_past_input(n)])
                 origin = {"split": config.calibration_split or data.cfg.train_split, "seed": seed}
             calibration = {**static_calibration(onnx_file, to_calibrate, quantized, arguments, features, config, source), **origin}
             if convolutional:
