@@ -47,15 +47,23 @@ def exported(arch: str, backend: str, tmp_path_factory) -> Path:
 
 
 def contract_signature(config) -> dict:
-    """The decoder-with-past layout every text-generation export has (Optimum's "text-generation-with-past")."""
+    """The decoder-with-past layout every text-generation export has: Optimum's "text-generation-with-past", inputs in the order of the model's forward."""
+    import inspect
+
+    import transformers
+
     from hfcompress.export.decoder import kv_cache_shape
 
     kv_heads, head_dim = kv_cache_shape(config)
     layers = range(config.num_hidden_layers)
-    past = [(f"past_key_values.{i}.{kind}", ["batch_size", kv_heads, "past_sequence_length", head_dim]) for i in layers for kind in ("key", "value")]
+    dims = {"input_ids": ["batch_size", "sequence_length"], "attention_mask": ["batch_size", "past_sequence_length + sequence_length"],
+            "position_ids": ["batch_size", "sequence_length"],
+            "past_key_values": [(f"past_key_values.{i}.{kind}", ["batch_size", kv_heads, "past_sequence_length", head_dim]) for i in layers for kind in ("key", "value")]}
+    inputs = []
+    for name in inspect.signature(getattr(transformers, config.architectures[0]).forward).parameters:
+        if name == "past_key_values":
+            inputs.extend(dims[name])
+        elif name in dims:
+            inputs.append((name, dims[name]))
     present = [(f"present.{i}.{kind}", ["batch_size", kv_heads, "past_sequence_length + sequence_length", head_dim]) for i in layers for kind in ("key", "value")]
-    return {
-        "inputs": [("input_ids", ["batch_size", "sequence_length"]), ("attention_mask", ["batch_size", "past_sequence_length + sequence_length"]),
-                   ("position_ids", ["batch_size", "sequence_length"]), *past],
-        "outputs": [("logits", ["batch_size", "sequence_length", config.vocab_size]), *present],
-    }
+    return {"inputs": inputs, "outputs": [("logits", ["batch_size", "sequence_length", config.vocab_size]), *present]}

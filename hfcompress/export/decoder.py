@@ -52,18 +52,34 @@ def empty_past(session_inputs, batch_size: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-class DecoderWithPast(torch.nn.Module):
-    """A causal LM called with positional graph inputs and flat past tensors, returning the logits and flat presents."""
+def graph_input_names(model, input_names: Sequence[str]) -> list[str]:
+    """The graph's inputs in the order of ``model.forward``'s parameters, the past in place of ``past_key_values``: Optimum's order.
 
-    def __init__(self, model, input_names: Sequence[str]):
+    (GPT-2 takes its past before the attention mask, Llama after the position ids.)
+    """
+    import inspect
+
+    names = []
+    for parameter in inspect.signature(model.forward).parameters:
+        if parameter in input_names:
+            names.append(parameter)
+        elif parameter == "past_key_values":
+            names.extend(past_names(model.config.num_hidden_layers))
+    return names
+
+
+class DecoderWithPast(torch.nn.Module):
+    """A causal LM called with the graph's inputs as positional tensors (past flat), returning the logits and flat presents."""
+
+    def __init__(self, model, graph_inputs: Sequence[str]):
         super().__init__()
-        self.model, self.input_names = model, list(input_names)
+        self.model, self.graph_inputs = model, list(graph_inputs)
 
     def forward(self, *inputs):
         from transformers import DynamicCache
 
-        named = dict(zip(self.input_names, inputs))
-        past = inputs[len(self.input_names):]
+        named = dict(zip(self.graph_inputs, inputs))
+        past = [named.pop(name) for name in self.graph_inputs if is_past_input(name)]
         cache = DynamicCache([(past[i], past[i + 1]) for i in range(0, len(past), 2)])
         outputs = self.model(**named, past_key_values=cache, use_cache=True)
         presents = [tensor for layer in outputs.past_key_values.layers for tensor in (layer.keys, layer.values)]
@@ -86,13 +102,15 @@ def export_decoder_with_past(model, input_names: Sequence[str], opset: Optional[
         "attention_mask": torch.ones(batch, past_length + new, dtype=torch.long),
         "position_ids": torch.arange(past_length, past_length + new).expand(batch, new).contiguous(),
     }
-    past = tuple(torch.randn(batch, kv_heads, past_length, head_dim, generator=generator) for _ in range(2 * num_layers))
+    for name in past_names(num_layers):
+        samples[name] = torch.randn(batch, kv_heads, past_length, head_dim, generator=generator)
     axes = {"input_ids": {0: "batch_size", 1: "sequence_length"}, "attention_mask": {0: "batch_size", 1: torch.export.Dim.DYNAMIC},
             "position_ids": {0: "batch_size", 1: "sequence_length"}}
+    graph_inputs = graph_input_names(model, input_names)
     program = torch.onnx.export(
-        DecoderWithPast(model, input_names).eval(), (*[samples[n] for n in input_names], *past), dynamo=True,
-        input_names=[*input_names, *past_names(num_layers)], output_names=["logits", *past_names(num_layers, PRESENT_PREFIX)],
-        dynamic_shapes=((*[axes[n] for n in input_names], *[PAST_AXES for _ in past]),), opset_version=opset, verbose=False,
+        DecoderWithPast(model, graph_inputs).eval(), tuple(samples[n] for n in graph_inputs), dynamo=True, input_names=graph_inputs,
+        output_names=["logits", *past_names(num_layers, PRESENT_PREFIX)], opset_version=opset, verbose=False,
+        dynamic_shapes=(tuple(PAST_AXES if is_past_input(n) else axes[n] for n in graph_inputs),),
     )
     _name_total_length(program.model.graph)
     return program
