@@ -33,12 +33,13 @@ from ..quantization.qat import read_quantization_json
 from ..utils.imports import optimum_onnx_missing
 from ..utils.hashing import file_sha256, weights_sha256
 from ..utils.io import atomic_output_dir, atomic_write_json
+from .genai import GenaiBuildConfig, build_genai_model
 from .optimize import OptimizationLevel, check_level, optimize_onnx
 from ..tasks import TASKS, get_task, task_names, task_of
 from .decoder import export_decoder_with_past
 from .parity import check_generation_parity, check_parity, raise_on_generation_mismatch, raise_on_mismatch
 
-EXPORT_BACKENDS = ("auto", "optimum", "dynamo")
+EXPORT_BACKENDS = ("auto", "optimum", "dynamo", "genai")
 
 
 @dataclass
@@ -46,9 +47,10 @@ class ExportConfig:
     """How to export a checkpoint to ONNX and how closely it must match PyTorch."""
 
     task: Optional[str] = field(default=None, metadata={"help": f"One of {list(task_names())}; inferred from the config when not given."})
-    backend: Literal["auto", "optimum", "dynamo"] = field(
+    backend: Literal["auto", "optimum", "dynamo", "genai"] = field(
         default="auto",
-        metadata={"help": "'optimum' (optimum.exporters.onnx.main_export), 'dynamo' (torch.onnx.export(dynamo=True)), or 'auto': optimum where it is installed, else dynamo."},
+        metadata={"help": "'optimum' (optimum.exporters.onnx.main_export), 'dynamo' (torch.onnx.export(dynamo=True)), or 'auto': optimum where it is installed, else dynamo; "
+                  "'genai': onnxruntime-genai's model builder, a KV-cache graph for its generation loop (causal LMs; settings under 'genai')."},
     )
     opset: Optional[int] = field(default=None, metadata={"help": "ONNX opset; the exporter's default when not given."})
     optimize: Optional[OptimizationLevel] = field(
@@ -63,6 +65,9 @@ class ExportConfig:
         default=4, metadata={"help": "Text generation: how many of the parity texts are also greedy-generation prompts, whose new tokens must equal PyTorch's."}
     )
     max_new_tokens: int = field(default=16, metadata={"help": "Text generation: new tokens per prompt in the greedy-generation parity check."})
+    genai: GenaiBuildConfig = field(
+        default_factory=GenaiBuildConfig, metadata={"help": "Backend 'genai' only: precision (fp32/int4), block_size, accuracy_level, algorithm, symmetric, parity_prompts, parity_new_tokens."}
+    )
 
     @property
     def resolved_backend(self) -> str:
@@ -80,6 +85,10 @@ class ExportConfig:
             raise ConfigError(f"export backend 'optimum' needs Optimum, but {missing}; or use backend 'dynamo' (or 'auto')")
         if self.optimize is not None:
             check_level(self.optimize)
+        if isinstance(self.genai, dict):  # a Python caller's settings; recipes arrive as GenaiBuildConfig already
+            self.genai = GenaiBuildConfig(**self.genai)
+        if self.backend == "genai" and self.optimize is not None:
+            raise ConfigError("optimize applies to the optimum and dynamo graphs; backend 'genai' writes its own fused graph: drop optimize")
         if self.atol <= 0:
             raise ConfigError(f"atol must be positive, got {self.atol}")
         if not self.batch_sizes or not self.sequence_lengths or min(*self.batch_sizes, *self.sequence_lengths) < 1:
@@ -109,6 +118,8 @@ def export_onnx(
     except TypeError as e:
         allowed = [f.name for f in dataclasses.fields(ExportConfig)]
         raise ConfigError(f"export_onnx: {e}; options are {allowed}") from None
+    if config.backend == "genai":  # its own graph, runtime and generation parity check (export/genai.py)
+        return build_genai_model(model_dir, output_dir, parity_texts=parity_texts, atol=config.atol, overwrite=overwrite, **dataclasses.asdict(config.genai))
     output_dir = Path(output_dir)
     overwrite = overwrite or (output_dir.is_dir() and not any(output_dir.iterdir()))
     if output_dir.exists() and not overwrite:  # checked here too, before the model is loaded

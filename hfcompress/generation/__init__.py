@@ -26,14 +26,20 @@ def _load_onnxruntime(path, **options):
     return OrtCausalLM.from_pretrained(path, **options)
 
 
+def _load_genai(path, **options):
+    from .genai import load_genai_causal_lm
+
+    return load_genai_causal_lm(path, **options)
+
+
 # name -> loader(path, **options); "auto" chooses among them by the files in the directory
-BACKENDS: dict[str, Callable] = {"pytorch": _load_pytorch, "onnxruntime": _load_onnxruntime}
+BACKENDS: dict[str, Callable] = {"pytorch": _load_pytorch, "onnxruntime": _load_onnxruntime, "genai": _load_genai}
 
 
 def detect_backend(path: str | os.PathLike) -> str:
     """The runtime a directory's files call for: onnxruntime-genai's config, an ONNX graph, else a transformers checkpoint."""
     directory = Path(path)
-    if (directory / "genai_config.json").is_file() and "genai" in BACKENDS:
+    if (directory / "genai_config.json").is_file():
         return "genai"
     if directory.is_dir() and any(directory.glob("*.onnx")):
         return "onnxruntime"

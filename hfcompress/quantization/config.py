@@ -244,6 +244,10 @@ _QUANTIZATION_SUMMARIES = {
         ("weights", "activations", "preset", "preset_reason", "operators", "embeddings_quantized", "embedding_bits", "embedding_block_size",
          "attention_matmuls_quantized"), ("onnx_file",),
     ),
+    "genai_int4": (
+        "MatMul weights (and tied embeddings) quantized to 4-bit blocks by onnxruntime-genai's model builder (MatMulNBits); activations stay float.",
+        ("weights", "activations", "algorithm", "block_size", "accuracy_level", "operators", "embeddings_quantized", "tool"), ("onnx_file", "size_mb"),
+    ),
     "bnb": (
         "Linear layers quantized by bitsandbytes when loaded; the saved model reloads quantized with from_pretrained (bitsandbytes installed).",
         ("weights", "activations"), ("memory_footprint_bytes", "kept_in_full_precision_for_cpu", "onnx_exportable"),
