@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,10 +9,10 @@ import pytest
 import torch
 
 from hfcompress.errors import ConfigError
+from hfcompress.export.genai import builder_missing
 
-needs_genai = pytest.mark.skipif(
-    importlib.util.find_spec("onnxruntime_genai") is None, reason="onnxruntime-genai is not installed (pip install 'hfcompress[genai]')"
-)
+BUILDER_MISSING = builder_missing()
+needs_genai = pytest.mark.skipif(BUILDER_MISSING is not None, reason=f"onnxruntime-genai's model builder: {BUILDER_MISSING}")
 
 PROMPTS = ["the quick brown fox", "a lazy dog sleeps over the fox", "brown", "the dog jumps over the quick brown fox and the lazy dog"]
 

@@ -14,6 +14,8 @@ records how far it is from PyTorch, which is what quantization costs, not a defe
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ import torch
 
 from ..artifacts import PARITY_FILE, copy_description
 from ..errors import ConfigError, ModelError
-from ..generation.genai import GenaiCausalLM, import_genai
+from ..generation.genai import GENAI_INSTALL_HINT, GenaiCausalLM, import_genai
 from ..quantization.config import write_quantization_report
 from ..utils.hashing import file_sha256, weights_sha256
 from ..utils.io import atomic_output_dir, atomic_write_json
@@ -102,6 +104,8 @@ def build_genai_model(
     source = Path(model_dir)
     model_config = _supported_config(source)
     og = import_genai()
+    if reason := builder_missing():
+        raise ConfigError(f"onnxruntime-genai's model builder cannot be used here: {reason}")
     from onnxruntime_genai.models import builder
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -131,6 +135,22 @@ def build_genai_model(
         if config.precision == "int4":
             write_quantization_report(staging, _quantization_details(config, staging, extra, og.__version__))
     return output_dir / "model.onnx"
+
+
+def builder_missing() -> Optional[str]:
+    """Why onnxruntime-genai's model builder does not import here (a sentence a user can act on), or None when it does.
+
+    onnxruntime-genai 0.18's builder imports model classes that transformers 4.x lacks.
+    """
+    if importlib.util.find_spec("onnxruntime_genai") is None:
+        return f"onnxruntime-genai is not installed: {GENAI_INSTALL_HINT}"
+    try:
+        importlib.import_module("onnxruntime_genai.models.builder")
+    except ImportError as e:
+        import transformers
+
+        return f"it does not import beside transformers {transformers.__version__} ({str(e).splitlines()[0][:160]}); it needs transformers 5"
+    return None
 
 
 def generation_parity(model, runtime, texts: Sequence[str], new_tokens: int, atol: Optional[float]) -> dict:
@@ -194,4 +214,4 @@ def _quantization_details(config: GenaiBuildConfig, staging: Path, extra: dict, 
     }
 
 
-__all__ = ["GenaiBuildConfig", "build_genai_model", "generation_parity"]
+__all__ = ["GenaiBuildConfig", "build_genai_model", "builder_missing", "generation_parity"]
