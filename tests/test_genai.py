@@ -166,3 +166,16 @@ def test_unsupported_architecture_is_one_line_error_naming_the_supported_ones(tm
         assert "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="block_size must be one of"):
         build_genai_model(tmp_path / "gpt2", tmp_path / "out", "int4", block_size=48)
+
+
+def test_export_stage_takes_genai_settings_and_rejects_bad_ones():
+    from hfcompress.export.genai import GenaiBuildConfig
+    from hfcompress.recipes.schema import from_dict
+    from hfcompress.recipes.stages.export import ExportStageConfig
+
+    stage = from_dict(ExportStageConfig, {"model": "distil", "backend": "genai", "genai": {"precision": "int4", "block_size": 64}}, "stages[1]")
+    assert stage.genai == GenaiBuildConfig(precision="int4", block_size=64)
+    with pytest.raises(ConfigError, match="precision"):
+        from_dict(ExportStageConfig, {"model": "distil", "backend": "genai", "genai": {"precision": "int3"}}, "stages[1]")
+    with pytest.raises(ConfigError, match="drop optimize"):
+        from_dict(ExportStageConfig, {"model": "distil", "backend": "genai", "optimize": "O2"}, "stages[1]")
