@@ -168,6 +168,14 @@ def test_unsupported_architecture_is_one_line_error_naming_the_supported_ones(tm
         build_genai_model(tmp_path / "gpt2", tmp_path / "out", "int4", block_size=48)
 
 
+def test_asymmetric_int4_of_tied_embeddings_is_refused_before_building(tiny_llama, tmp_path):
+    from hfcompress.export.genai import build_genai_model
+
+    with pytest.raises(ConfigError, match="set quantize_embeddings: false, or symmetric: true"):
+        build_genai_model(tiny_llama, tmp_path / "out", "int4", symmetric=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_stage_takes_genai_settings_and_rejects_bad_ones():
     from hfcompress.export.genai import GenaiBuildConfig
     from hfcompress.recipes.schema import from_dict

@@ -26,7 +26,7 @@ import torch
 
 from ..artifacts import PARITY_FILE, copy_description
 from ..errors import ConfigError, ModelError
-from ..generation.genai import GENAI_INSTALL_HINT, GenaiCausalLM, import_genai
+from ..generation.genai import GENAI_INSTALL_HINT, GenaiCausalLM
 from ..quantization.config import write_quantization_report
 from ..utils.hashing import file_sha256, weights_sha256
 from ..utils.io import atomic_output_dir, atomic_write_json
@@ -57,6 +57,9 @@ class GenaiBuildConfig:
         default="default", metadata={"help": "int4: 'default' or 'rtn' (round to nearest), or 'k_quant' (llama.cpp's k-quant search of scales)."}
     )
     symmetric: bool = field(default=True, metadata={"help": "int4: signed weights around zero (int4); false adds a zero point per block (uint4)."})
+    quantize_embeddings: bool = field(
+        default=True, metadata={"help": "int4, tied embeddings: one int4 table for the embeddings and the LM head (GatherBlockQuantized); false keeps the embeddings in float and quantizes the LM head alone."}
+    )
     parity_prompts: int = field(default=4, metadata={"help": "Prompts whose logits and greedy tokens are compared with PyTorch."})
     parity_new_tokens: int = field(default=16, metadata={"help": "Greedy tokens generated per parity prompt."})
 
@@ -77,7 +80,7 @@ class GenaiBuildConfig:
         if self.precision == "fp32":
             return []
         return [f"block_size={self.block_size}", f"accuracy_level={self.accuracy_level}", f"algo_config={self.algorithm}",
-                f"is_symmetric={str(self.symmetric).lower()}"]
+                f"is_symmetric={str(self.symmetric).lower()}", *([] if self.quantize_embeddings else ["shared_embeddings=false"])]
 
 
 def build_genai_model(
@@ -103,9 +106,12 @@ def build_genai_model(
         raise ConfigError(f"build_genai_model: {e}; options are {list(GenaiBuildConfig.__dataclass_fields__)}") from None
     source = Path(model_dir)
     model_config = _supported_config(source)
-    og = import_genai()
+    if config.precision == "int4" and not config.symmetric and config.quantize_embeddings and getattr(model_config, "tie_word_embeddings", False):
+        raise ConfigError("onnxruntime-genai 0.18's builder writes a graph that does not load for asymmetric int4 tied embeddings: "
+                          "set quantize_embeddings: false, or symmetric: true")
     if reason := builder_missing():
         raise ConfigError(f"onnxruntime-genai's model builder cannot be used here: {reason}")
+    import onnxruntime_genai
     from onnxruntime_genai.models import builder
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -133,7 +139,7 @@ def build_genai_model(
             "source_weights_sha256": weights_sha256(source),
         })
         if config.precision == "int4":
-            write_quantization_report(staging, _quantization_details(config, staging, extra, og.__version__))
+            write_quantization_report(staging, _quantization_details(config, staging, extra, onnxruntime_genai.__version__))
     return output_dir / "model.onnx"
 
 

@@ -126,6 +126,14 @@ class GenaiCausalLM:
             out[i, mask[i].cpu()] = torch.from_numpy(generator.get_output("logits")[0]).float()
         return out
 
+    @property
+    def pad_token_id(self) -> int:
+        """What pads rows that ended early: the generation config's pad token, the config's, or the first EOS."""
+        for candidate in (self.generation_config.pad_token_id, self.config.pad_token_id, *_token_ids(self.generation_config.eos_token_id)):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
     # --- onnxruntime-genai's loop ---------------------------------------------------------------
 
     def _generate_row(self, prompt: torch.Tensor, max_new_tokens: int, search: dict, stop: set[int], streamer) -> list[int]:
@@ -156,14 +164,6 @@ class GenaiCausalLM:
         if len(prompt) == 0:
             raise ConfigError("a prompt has no tokens (its attention mask is all zeros): give at least one token")
         return prompt.cpu().numpy().astype(np.int32)[None]
-
-    @property
-    def pad_token_id(self) -> int:
-        """What pads rows that ended early: the generation config's pad token, the config's, or the first EOS."""
-        for candidate in (self.generation_config.pad_token_id, self.config.pad_token_id, *_token_ids(self.generation_config.eos_token_id)):
-            if candidate is not None:
-                return int(candidate)
-        return 0
 
 
 def _token_ids(value: Union[int, Sequence[int], None]) -> list[int]:
