@@ -1,6 +1,7 @@
 """The HTTP API: a FastAPI app around a :class:`Predictor` and a :class:`DynamicBatcher`.
 
-``POST /predict`` follows Hugging Face inference conventions; ``/health``, ``/ready``, ``/metadata``
+``POST /predict`` follows Hugging Face inference conventions (a causal LM also answers Text Generation
+Inference's ``/generate`` and ``/generate_stream``, see :mod:`.generation`); ``/health``, ``/ready``, ``/metadata``
 and ``/metrics`` (Prometheus) are for operators, ``/`` is a page to try the model, ``/docs`` the
 OpenAPI docs. Bad input is answered 4xx with ``{"error": ..., "error_type": ...}``, never 5xx; a
 failure of the model is answered 500 and the server keeps serving.
@@ -35,7 +36,7 @@ logger = logging.getLogger("hfcompress.serve")
 
 MODEL_ENV, CONFIG_ENV = "HFCOMPRESS_SERVE_MODEL", "HFCOMPRESS_SERVE_CONFIG"  # how uvicorn's worker processes get their settings
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's directory for metrics shared by worker processes
-ENDPOINTS = ("/", "/predict", "/health", "/ready", "/metadata", "/metrics", "/docs", "/redoc", "/openapi.json")
+ENDPOINTS = ("/", "/predict", "/generate", "/generate_stream", "/health", "/ready", "/metadata", "/metrics", "/docs", "/redoc", "/openapi.json")
 # FastAPI's /docs (Swagger UI) and /redoc load their viewers from a CDN: offline they stay blank, so they say so
 OFFLINE_NOTE = ('<p style="font-family: sans-serif; margin: 1em">This page loads its viewer from cdn.jsdelivr.net and stays blank '
                 'without it; offline, the API description is <a href="/openapi.json">/openapi.json</a>, served by this server.</p>')
@@ -100,7 +101,7 @@ class RequestGuard:
     batcher from its arrival, so that a batch waits for it while its body is still coming.
     """
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int, batcher: DynamicBatcher):
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, batcher: Optional[DynamicBatcher]):
         self.app, self.metrics, self.max_body_bytes, self.batcher = app, metrics, max_body_bytes, batcher
 
     async def __call__(self, scope, receive, send):
@@ -120,7 +121,7 @@ class RequestGuard:
             if refusal is not None:
                 await refusal(scope, receive, send_recording_status)
             else:
-                with self.batcher.request() if endpoint == "/predict" else contextlib.nullcontext():
+                with self.batcher.request() if endpoint == "/predict" and self.batcher else contextlib.nullcontext():
                     await self.app(scope, self._limited(receive), send_recording_status)
         finally:
             self.metrics.requests.labels(endpoint, str(status["code"])).inc()
@@ -156,47 +157,56 @@ def require_json(request: Request) -> None:
         raise HTTPException(415, f"content type {content_type or 'missing'!r}: send the body as JSON with Content-Type: application/json")
 
 
-def _validation_message(error: RequestValidationError) -> tuple[int, str]:
+def _validation_message(error: RequestValidationError, fields: str) -> tuple[int, str]:
     """400 for a body that is not JSON, 422 for JSON of the wrong shape; one line naming the field."""
     first = error.errors()[0]
     if first["type"] == "json_invalid":
         return 400, f"the body is not valid JSON ({first.get('ctx', {}).get('error', first['msg'])}): send a JSON object"
     where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
     if first["type"] == "extra_forbidden":
-        return 422, f"unknown field '{where}': send 'inputs' and optionally 'parameters' (top_k) or 'top_k'"
+        return 422, f"unknown field '{where}': send 'inputs' and optionally {fields}"
     if first["type"] == "missing":
         return 422, f"'{where}' is missing: send {{\"inputs\": \"some text\"}}"
     return 422, f"'{where}': {first['msg']}"
 
 
-def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig] = None, predictor: Optional[Predictor] = None) -> FastAPI:
+def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig] = None, predictor=None) -> FastAPI:
     """The server's app for the model at ``model_path`` (loaded now, so a bad model fails before serving).
 
     ``predictor`` serves an already loaded model instead (the app still reports ``model_path``).
     """
+    from .generation import GenerateParameters, GenerationMetrics, GenerationPredictor, GenerationSlots, add_generation_routes
+
     config = config or ServeConfig()
     predictor = predictor or load_predictor(model_path, config)
     metrics = Metrics()
-    batcher = DynamicBatcher(
-        predictor.predict, config.max_batch_size, config.max_wait_ms, config.max_queue, length=input_chars, on_batch=metrics.observe_batch,
-        on_depth=metrics.queue_depth.set,
-    )
+    generates = isinstance(predictor, GenerationPredictor)
+    if generates:  # each generation runs in a slot of its own; nothing to batch
+        batcher, engine = None, GenerationSlots(predictor, GenerationMetrics(metrics.registry))
+        fields = f"'parameters' ({', '.join(GenerateParameters.model_fields)})"
+    else:
+        batcher = engine = DynamicBatcher(
+            predictor.predict, config.max_batch_size, config.max_wait_ms, config.max_queue, length=input_chars, on_batch=metrics.observe_batch,
+            on_depth=metrics.queue_depth.set,
+        )
+        fields = "'parameters' (top_k) or 'top_k'"
     state = {"ready": False}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        await batcher.start()
+        await engine.start()
         state["ready"] = True
         try:
             yield
         finally:  # uvicorn has let in-flight requests finish; run whatever they left queued
             state["ready"] = False
-            await batcher.stop()
+            await engine.stop()
 
     metadata = predictor.metadata()
     app = FastAPI(
         title="hfcompress model server", lifespan=lifespan, version="1",
-        description=f"Serves {metadata['model']} ({metadata['task']}, {metadata['backend']}) with dynamic batching.",
+        description=f"Serves {metadata['model']} ({metadata['task']}, {metadata['backend']})"
+                    + (", streaming tokens over server-sent events." if generates else " with dynamic batching."),
         docs_url=None, redoc_url=None,  # served below, with the offline note
     )
     app.add_middleware(RequestGuard, metrics=metrics, max_body_bytes=config.max_body_bytes, batcher=batcher)
@@ -204,35 +214,18 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
-        status, message = _validation_message(error)
+        status, message = _validation_message(error, fields)
         return error_response(status, message)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
         return error_response(error.status_code, str(error.detail), error.headers)
 
-    @app.post("/predict", dependencies=[Depends(require_json)], responses={
-        200: {"description": "One list of {label, score} per input (a single input: one list), best first."},
-        400: {"description": "The body is not JSON."}, 413: {"description": "Body, text or token count over the limits."},
-        415: {"description": "Not application/json."}, 422: {"description": "JSON of the wrong shape."},
-        503: {"description": "Queue full or shutting down; retry after Retry-After seconds."},
-    })
-    async def predict(request: PredictRequest):
-        """Labels and scores of one input or a list of inputs, run in dynamic batches."""
-        top_k = request.top_k if request.top_k is not None else (request.parameters.top_k if request.parameters else None)
-        try:
-            items = predictor.parse(request.inputs)
-            results = await batcher.submit(items, top_k)
-        except InputTooLong as e:
-            return error_response(413, str(e))
-        except DataError as e:
-            return error_response(422, str(e))
-        except QueueFull as e:
-            return error_response(503, str(e), {"Retry-After": str(e.retry_after_s)})
-        except Exception as e:  # noqa: BLE001 - the model failed: this request gets 500, the server keeps serving
-            logger.exception("prediction failed")
-            return error_response(500, f"the model failed on this request ({type(e).__name__}): see the server log")
-        return results if isinstance(request.inputs, list) else results[0]
+    if generates:
+        app.state.generation_slots = engine
+        add_generation_routes(app, predictor, engine, config)
+    else:
+        add_classification_routes(app, predictor, batcher)
 
     @app.get("/health")
     async def health():
@@ -271,6 +264,33 @@ def create_app(model_path: Union[str, os.PathLike], config: Optional[ServeConfig
         return page
 
     return app
+
+
+def add_classification_routes(app: FastAPI, predictor: Predictor, batcher: DynamicBatcher) -> None:
+    """``POST /predict``: labels and scores, in dynamic batches."""
+
+    @app.post("/predict", dependencies=[Depends(require_json)], responses={
+        200: {"description": "One list of {label, score} per input (a single input: one list), best first."},
+        400: {"description": "The body is not JSON."}, 413: {"description": "Body, text or token count over the limits."},
+        415: {"description": "Not application/json."}, 422: {"description": "JSON of the wrong shape."},
+        503: {"description": "Queue full or shutting down; retry after Retry-After seconds."},
+    })
+    async def predict(request: PredictRequest):
+        """Labels and scores of one input or a list of inputs, run in dynamic batches."""
+        top_k = request.top_k if request.top_k is not None else (request.parameters.top_k if request.parameters else None)
+        try:
+            items = predictor.parse(request.inputs)
+            results = await batcher.submit(items, top_k)
+        except InputTooLong as e:
+            return error_response(413, str(e))
+        except DataError as e:
+            return error_response(422, str(e))
+        except QueueFull as e:
+            return error_response(503, str(e), {"Retry-After": str(e.retry_after_s)})
+        except Exception as e:  # noqa: BLE001 - the model failed: this request gets 500, the server keeps serving
+            logger.exception("prediction failed")
+            return error_response(500, f"the model failed on this request ({type(e).__name__}): see the server log")
+        return results if isinstance(request.inputs, list) else results[0]
 
 
 def with_offline_note(page: HTMLResponse) -> HTMLResponse:

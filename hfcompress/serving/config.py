@@ -41,12 +41,18 @@ class ServeConfig:
     max_input_chars: int = _help("Longest input text in characters (a pair counts both texts); longer ones get 413.", default=20_000)
     max_length: Optional[int] = _help("Longest input in tokens (default: what the model's position embeddings allow, at most 512).", default=None)
     long_input: str = _help("Inputs longer than max_length tokens: truncate them, or reject the request with 413.", default="truncate")
+    # text generation (causal LMs): each generation runs in its own thread, so the limit bounds the threads sharing the cores
+    max_new_tokens: int = _help("Text generation: most new tokens one request may ask for (more is answered 422).", default=512)
+    default_max_new_tokens: int = _help("Text generation: new tokens when a request does not say (TGI's default).", default=100)
+    max_concurrent_generations: int = _help("Text generation: generations running at once; beyond it requests get 503 with Retry-After.", default=4)
+    generation_timeout_s: float = _help("Text generation: longest one generation may run; it is then stopped (504, or an error event when streaming).", default=120.0)
     graceful_timeout_s: float = _help("On shutdown, how long in-flight requests may take to finish.", default=30.0)
     # off by default: a log line per request costs the event loop time a small model's request does not have (see the README's numbers)
     access_log: bool = _help("Log every request (uvicorn's access log); /metrics counts them either way.", default=False)
 
     def __post_init__(self):
-        positive = ("workers", "max_batch_size", "max_queue", "max_body_bytes", "max_items", "max_input_chars")
+        positive = ("workers", "max_batch_size", "max_queue", "max_body_bytes", "max_items", "max_input_chars", "max_new_tokens",
+                    "default_max_new_tokens", "max_concurrent_generations")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -63,6 +69,10 @@ class ServeConfig:
             raise ConfigError(f"serve access_log must be true or false, got {self.access_log!r}")
         if self.graceful_timeout_s < 0:
             raise ConfigError(f"serve graceful_timeout_s must not be negative, got {self.graceful_timeout_s!r}")
+        if not self.generation_timeout_s > 0:
+            raise ConfigError(f"serve generation_timeout_s must be positive, got {self.generation_timeout_s!r}")
+        if self.default_max_new_tokens > self.max_new_tokens:
+            raise ConfigError(f"serve default_max_new_tokens ({self.default_max_new_tokens}) is above max_new_tokens ({self.max_new_tokens}): lower it")
         if self.long_input not in LONG_INPUT_POLICIES:
             raise ConfigError(f"serve long_input '{self.long_input}' is not one of {LONG_INPUT_POLICIES}")
         if self.backend not in BACKENDS:

@@ -73,26 +73,33 @@ class Predictor:
 
     def metadata(self) -> dict:
         """Task, labels, runtime, size on disk, measured metrics and how the model was compressed, from the files beside it."""
-        directory = Path(self.model_path)
         id2label = getattr(self.model_config, "id2label", None) if self.task.has_labels else None
         return {
-            "model": str(self.model_path),
-            "task": self.task.name,
+            **describe_model(self.model_path, self.task, self.backend),
             "labels": [id2label[i] for i in sorted(id2label)] if id2label else None,
             "accepts_pairs": self.task.serves_pairs,
-            "backend": self.backend,
             "max_length": self.max_length,
-            "size_bytes": model_size_bytes(directory) if directory.is_dir() else None,
-            "metrics": measured_metrics(directory),
-            "compression": [{"method": s.method, "summary": s.summary, "results": s.results} for s in read_compression_summaries(directory)]
-            if (directory / COMPRESSION_SUMMARY_FILE).is_file() else [],
-            "recipe": read_recipe(directory),
-            "parity": read_json(directory / PARITY_FILE),
         }
 
 
 class InputTooLong(DataError):
     """An input over the server's length limits (answered 413)."""
+
+
+def describe_model(model_path: str, task: Task, backend: str) -> dict:
+    """What /metadata tells of any served model: where it is, its task and runtime, and what the files beside it record."""
+    directory = Path(model_path)
+    return {
+        "model": str(model_path),
+        "task": task.name,
+        "backend": backend,
+        "size_bytes": model_size_bytes(directory) if directory.is_dir() else None,
+        "metrics": measured_metrics(directory),
+        "compression": [{"method": s.method, "summary": s.summary, "results": s.results} for s in read_compression_summaries(directory)]
+        if (directory / COMPRESSION_SUMMARY_FILE).is_file() else [],
+        "recipe": read_recipe(directory),
+        "parity": read_json(directory / PARITY_FILE),
+    }
 
 
 def read_json(path: Path) -> Optional[dict]:
@@ -142,31 +149,54 @@ def refuse_pickle(directory: Path) -> None:
         )
 
 
-def load_predictor(model_path: Union[str, os.PathLike], config: Optional[ServeConfig] = None) -> Predictor:
-    """The model at ``model_path`` (an exported ONNX directory, a safetensors checkpoint or a Hub id) ready to serve."""
-    from ..evaluation.runtime import load_ort_model, resolve_backend
-    from ..modeling import check_model_files, load_config, load_model, load_tokenizer
+def check_model_path(model_path: Union[str, os.PathLike]) -> Optional[Path]:
+    """The local directory ``model_path`` names after a pre-flight of its files, or None for a Hub id; ModelError for a bad path."""
+    from ..modeling import check_model_files
 
-    config = config or ServeConfig()
     path = str(model_path)
     local = Path(os.path.expanduser(path))
     if local.exists() and not local.is_dir():
         raise ModelError(f"model path {local} is a file: give the directory it was saved or exported to")
     if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise ModelError(f"model path {local} does not exist: give an exported ONNX directory, a safetensors checkpoint or a Hub id")
-    if local.is_dir():
-        check_model_files(local, needs_tokenizer=True)
+    if not local.is_dir():
+        return None
+    check_model_files(local, needs_tokenizer=True)
+    return local
+
+
+def set_torch_threads(threads: Optional[int]) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def load_predictor(model_path: Union[str, os.PathLike], config: Optional[ServeConfig] = None):
+    """The model at ``model_path`` (an exported ONNX directory, a safetensors checkpoint or a Hub id) ready to serve.
+
+    A causal LM gets a :class:`~hfcompress.serving.generation.GenerationPredictor`, any other model a :class:`Predictor`.
+    """
+    from ..evaluation.runtime import load_ort_model, resolve_backend
+    from ..modeling import load_config, load_model, load_tokenizer
+    from ..tasks.text_generation import TextGenerationTask
+
+    config = config or ServeConfig()
+    path = str(model_path)
+    local = check_model_path(path)
+    task = task_of(load_config(path))
+    if isinstance(task, TextGenerationTask):
+        from .generation import load_generation_predictor
+
+        return load_generation_predictor(path, task, config, local)
     backend = resolve_backend(path, config.backend, config.onnx_file)
     if backend == "onnx":
         model = load_ort_model(path, onnx_file=config.onnx_file, threads=config.threads)
     else:
-        if local.is_dir():
+        if local is not None:
             refuse_pickle(local)
-        if config.threads:
-            import torch
-
-            torch.set_num_threads(config.threads)
-        model = load_model(path, task_of(load_config(path)), use_safetensors=True).eval()
+        set_torch_threads(config.threads)
+        model = load_model(path, task, use_safetensors=True).eval()
     predictor = Predictor(model, load_tokenizer(path), task_of(model.config), backend, path, config)
     predictor.predict(["warm-up"])  # the first run allocates; a task that cannot be served fails here, at start-up
     return predictor
