@@ -54,3 +54,31 @@ def test_page_shows_labels_with_score_bars(chromium, tmp_path):
     assert sorted(labels) == sorted(LABELS.values())
     assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=2e-3)
     assert [float(w.rstrip("%")) for w in widths] == pytest.approx([100 * s for s in scores], abs=0.1)
+
+
+def test_page_streams_a_generation(chromium, tmp_path):
+    import httpx
+
+    from hfcompress.serving.app import create_app
+    from hfcompress.serving.config import ServeConfig
+    from test_serve_generation import PROMPT, save_tiny_lm
+
+    model = save_tiny_lm(tmp_path / "lm", "llama")
+    with running_server(create_app(model, ServeConfig())) as url, playwright_api.sync_playwright() as p:
+        expected = httpx.post(f"{url}/generate", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 8}}).json()["generated_text"]
+        browser = p.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            playwright_api.expect(page.locator("#about")).to_contain_text("text-generation")
+            playwright_api.expect(page.locator("#predict")).to_be_hidden()
+            page.fill("#prompt", PROMPT)
+            page.fill("#max-new-tokens", "8")
+            page.click("#generate")
+            playwright_api.expect(page.locator("#generated")).to_have_text(PROMPT + expected)  # the prompt, then the streamed tokens
+            playwright_api.expect(page.locator("#generate")).to_be_enabled()
+            page.fill("#prompt", "")
+            page.click("#generate")
+            playwright_api.expect(page.locator("#error")).to_contain_text("Type a prompt")
+        finally:
+            browser.close()
