@@ -21,8 +21,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from http import HTTPStatus
+from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Optional
 
 from fastapi import Depends, Request
