@@ -54,6 +54,11 @@ def gpt2_dir(tmp_path_factory) -> Path:
     return save_tiny_lm(tmp_path_factory.mktemp("serve-lm") / "gpt2", "gpt2")
 
 
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory) -> Path:
+    return save_tiny_lm(tmp_path_factory.mktemp("serve-lm") / "llama", "llama")
+
+
 def reference_generation(model_dir: Path, prompt: str, max_new_tokens: int) -> tuple[list[int], str, dict]:
     """New token ids, their text and TGI's details of transformers' own greedy ``generate``: what the server must answer."""
     import torch
@@ -106,7 +111,7 @@ def test_generate_and_stream_match_transformers_greedy_generate(lm_dir):
     assert metadata["generation"]["defaults"]["max_new_tokens"] == 100 and metadata["generation"]["max_new_tokens"] == 512
 
 
-def test_sampling_is_reproducible_with_a_seed_and_stop_sequences_end_the_text(gpt2_dir):
+def test_sampling_is_reproducible_with_a_seed(gpt2_dir):
     from hfcompress.serving.app import create_app
 
     sampled = {"inputs": PROMPT, "parameters": {"max_new_tokens": 16, "do_sample": True, "temperature": 1.5, "top_k": 0, "top_p": 0.95, "seed": 7,
@@ -115,15 +120,24 @@ def test_sampling_is_reproducible_with_a_seed_and_stop_sequences_end_the_text(gp
         first, again = (client.post("/generate", json=sampled).json() for _ in range(2))
         other = client.post("/generate", json={**sampled, "parameters": {**sampled["parameters"], "seed": 8}}).json()
         unseeded = client.post("/generate", json={**sampled, "parameters": {**sampled["parameters"], "seed": None}}).json()
-        greedy = client.post("/generate", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 16}}).json()["generated_text"]
-        stop = greedy.split()[1]  # a word the greedy text holds
+    assert first == again and first["details"]["seed"] == 7 and other["generated_text"] != first["generated_text"]
+    assert isinstance(unseeded["details"]["seed"], int)  # a fresh seed, reported so that the answer can be reproduced
+
+
+def test_a_stop_sequence_ends_the_generation(llama_dir):
+    from hfcompress.serving.app import create_app
+
+    with running_server(create_app(llama_dir, ServeConfig())) as url, httpx.Client(base_url=url, timeout=60) as client:
+        greedy = stream_events(client, {"inputs": PROMPT, "parameters": {"max_new_tokens": 16}})
+        text = greedy[-1]["generated_text"]
+        stop = next(c for i, c in enumerate(text) if i >= 2 and c.isascii() and c.isalnum() and text.index(c) == i)  # first seen mid-text
         stopped = client.post("/generate", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 16, "stop": [stop], "details": True}}).json()
         streamed = stream_events(client, {"inputs": PROMPT, "parameters": {"max_new_tokens": 16, "stop": [stop]}})
-    assert first == again and first["details"]["seed"] == 7 and other["generated_text"] != first["generated_text"]
-    assert isinstance(unseeded["details"]["seed"], int)  # a fresh seed, reported so the answer can be reproduced
-    assert stopped["details"]["finish_reason"] == "stop_sequence" and stopped["generated_text"].endswith(stop)
-    assert greedy.startswith(stopped["generated_text"]) and stopped["details"]["generated_tokens"] < 16
-    assert streamed[-1]["generated_text"] == stopped["generated_text"] and len(streamed) == stopped["details"]["generated_tokens"]
+    ids = [e["token"]["id"] for e in streamed]
+    assert stopped["details"]["finish_reason"] == "stop_sequence" and stop in stopped["generated_text"]
+    assert 1 < len(ids) == stopped["details"]["generated_tokens"] < 16 and ids == [e["token"]["id"] for e in greedy[:len(ids)]]
+    assert stop not in "".join(e["token"]["text"] for e in streamed[:-1])  # it ended at the token that completed the stop sequence
+    assert streamed[-1]["generated_text"] == stopped["generated_text"]
 
 
 # --- bad input: 4xx with a one-line message, and the server keeps answering ---------------------------

@@ -28,6 +28,7 @@ from typing import Annotated, Any, AsyncIterator, Optional
 from fastapi import Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, Strict
+from transformers.generation.streamers import BaseStreamer
 
 from ..errors import DataError
 from ..tasks import Task
@@ -109,7 +110,7 @@ class GenerationMetrics:
         self.running = Gauge("hfcompress_generations_running", "Generations running now.", registry=registry, multiprocess_mode="livesum")
 
 
-class TokenStream:
+class TokenStream(BaseStreamer):
     """A transformers streamer (``put``/``end``) that turns each new token into an event for the event loop.
 
     Runs in the generation's thread. The first ``put`` is the prompt (as transformers' ``generate``
@@ -149,18 +150,17 @@ class TokenStream:
             self.first_token_at = time.perf_counter()
             self.metrics.time_to_first_token.observe(self.first_token_at - self.started)
         self.ids.append(token_id)
+        self.metrics.tokens.inc()
         special = token_id in self.special_ids
+        decoded = self.text if special else self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        reason = ("eos_token" if token_id in self.eos_token_ids else "stop_sequence" if any(s in decoded for s in self.job.stop)
+                  else "length" if len(self.ids) >= self.job.max_new_tokens else None)
         if special:
             text = self.tokenizer.decode([token_id])
         else:
-            decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-            # a token that ends in the middle of a character adds nothing yet; the next one adds the whole character
-            text = "" if decoded.endswith("\ufffd") else decoded[len(self.text):]
+            # a token that ends inside a character adds nothing yet (the next one adds the whole character), unless it is the last
+            text = "" if decoded.endswith("\ufffd") and reason is None else decoded[len(self.text):]
             self.text += text
-        self.metrics.tokens.inc()
-        stop = any(s in self.text for s in self.job.stop)
-        reason = ("eos_token" if token_id in self.eos_token_ids else "stop_sequence" if stop
-                  else "length" if len(self.ids) >= self.job.max_new_tokens else None)
         if reason is not None:
             self.final = self.finish(reason)
         token = {"id": token_id, "text": text, "logprob": None, "special": special}
