@@ -317,7 +317,24 @@ def test_serve_config_checks_generation_settings():
 
     with pytest.raises(ConfigError, match="default_max_new_tokens"):
         ServeConfig(max_new_tokens=16, default_max_new_tokens=32)
+    assert ServeConfig(max_new_tokens=8).new_tokens_default == 8 and ServeConfig().new_tokens_default == 100  # TGI's, capped
     with pytest.raises(ConfigError, match="generation_timeout_s"):
         ServeConfig(generation_timeout_s=0)
     with pytest.raises(ConfigError, match="max_concurrent_generations"):
         ServeConfig(max_concurrent_generations=0)
+
+
+def test_serve_command_serves_a_causal_lm(gpt2_dir):
+    import signal
+
+    from serve_helpers import cli_server
+
+    _, text, _ = reference_generation(gpt2_dir, PROMPT, 6)
+    with cli_server(gpt2_dir, "--max-new-tokens", "8", "--threads", "1") as (server, url):
+        with httpx.Client(base_url=url, timeout=60) as client:
+            generated = client.post("/generate", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 6}}).json()
+            over = client.post("/generate", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 9}})
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=30)[0]
+    assert generated == {"generated_text": text} and over.status_code == 422 and "1 to 8" in over.json()["error"]
+    assert server.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output

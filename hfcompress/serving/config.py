@@ -13,6 +13,7 @@ from typing import Optional
 from ..errors import ConfigError
 
 LONG_INPUT_POLICIES = ("truncate", "reject")
+TGI_DEFAULT_NEW_TOKENS = 100
 BACKENDS = ("auto", "pytorch", "onnx")
 
 
@@ -43,7 +44,8 @@ class ServeConfig:
     long_input: str = _help("Inputs longer than max_length tokens: truncate them, or reject the request with 413.", default="truncate")
     # text generation (causal LMs): each generation runs in its own thread, so the limit bounds the threads sharing the cores
     max_new_tokens: int = _help("Text generation: most new tokens one request may ask for (more is answered 422).", default=512)
-    default_max_new_tokens: int = _help("Text generation: new tokens when a request does not say (TGI's default).", default=100)
+    default_max_new_tokens: Optional[int] = _help(
+        f"Text generation: new tokens when a request does not say (default: {TGI_DEFAULT_NEW_TOKENS} as TGI, or max_new_tokens if lower).", default=None)
     max_concurrent_generations: int = _help("Text generation: generations running at once; beyond it requests get 503 with Retry-After.", default=4)
     generation_timeout_s: float = _help("Text generation: longest one generation may run; it is then stopped (504, or an error event when streaming).", default=120.0)
     graceful_timeout_s: float = _help("On shutdown, how long in-flight requests may take to finish.", default=30.0)
@@ -52,12 +54,12 @@ class ServeConfig:
 
     def __post_init__(self):
         positive = ("workers", "max_batch_size", "max_queue", "max_body_bytes", "max_items", "max_input_chars", "max_new_tokens",
-                    "default_max_new_tokens", "max_concurrent_generations")
+                    "max_concurrent_generations")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"serve {name} must be a positive integer, got {value!r}")
-        for name in ("threads", "max_length"):
+        for name in ("threads", "max_length", "default_max_new_tokens"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"serve {name} must be a positive integer or unset, got {value!r}")
@@ -71,7 +73,7 @@ class ServeConfig:
             raise ConfigError(f"serve graceful_timeout_s must not be negative, got {self.graceful_timeout_s!r}")
         if not self.generation_timeout_s > 0:
             raise ConfigError(f"serve generation_timeout_s must be positive, got {self.generation_timeout_s!r}")
-        if self.default_max_new_tokens > self.max_new_tokens:
+        if self.default_max_new_tokens is not None and self.default_max_new_tokens > self.max_new_tokens:
             raise ConfigError(f"serve default_max_new_tokens ({self.default_max_new_tokens}) is above max_new_tokens ({self.max_new_tokens}): lower it")
         if self.long_input not in LONG_INPUT_POLICIES:
             raise ConfigError(f"serve long_input '{self.long_input}' is not one of {LONG_INPUT_POLICIES}")
@@ -79,6 +81,11 @@ class ServeConfig:
             raise ConfigError(f"serve backend '{self.backend}' is not one of {BACKENDS}")
         if self.max_queue < self.max_items:
             raise ConfigError(f"serve max_queue ({self.max_queue}) is below max_items ({self.max_items}): a full request could never be queued; raise max_queue")
+
+    @property
+    def new_tokens_default(self) -> int:
+        """New tokens of a generation request that does not say."""
+        return self.default_max_new_tokens or min(TGI_DEFAULT_NEW_TOKENS, self.max_new_tokens)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -201,7 +201,7 @@ class GenerationPredictor:
         """The settings a request gets for the parameters it leaves out: the model's generation config, the server's token default."""
         g = self.generation_config
         return {
-            "max_new_tokens": self.config.default_max_new_tokens, "do_sample": bool(g.do_sample), "temperature": g.temperature or 1.0,
+            "max_new_tokens": self.config.new_tokens_default, "do_sample": bool(g.do_sample), "temperature": g.temperature or 1.0,
             "top_k": g.top_k or 0, "top_p": g.top_p or 1.0,
         }
 
