@@ -338,3 +338,24 @@ def test_serve_command_serves_a_causal_lm(gpt2_dir):
         output = server.communicate(timeout=30)[0]
     assert generated == {"generated_text": text} and over.status_code == 422 and "1 to 8" in over.json()["error"]
     assert server.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output
+
+
+@pytest.mark.parametrize("puts_prompt", [True, False], ids=["prompt-first", "new-tokens-only"])
+def test_token_stream_takes_either_streamer_convention(gpt2_dir, puts_prompt):
+    """transformers' generate puts the prompt first; a runtime that puts only new tokens streams the same events."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from hfcompress.serving.generation import GenerationJob, GenerationMetrics, TokenStream
+
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_dir)
+    prompt, new = tokenizer(PROMPT, return_tensors="pt")["input_ids"], tokenizer(" good film", return_tensors="pt")["input_ids"][0]
+    job = GenerationJob(PROMPT, prompt, max_new_tokens=len(new), do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=None, stop=[],
+                        return_full_text=False)
+    events = []
+    stream = TokenStream(tokenizer, job, {tokenizer.eos_token_id}, events.append, GenerationMetrics(None))
+    for value in ([prompt] if puts_prompt else []) + [torch.tensor([token]) for token in new]:
+        stream.put(value)
+    stream.end()
+    assert [e["token"]["id"] for _, e in events] == new.tolist() and "".join(e["token"]["text"] for _, e in events) == " good film"
+    assert events[-1][1]["generated_text"] == " good film" and events[-1][1]["details"]["finish_reason"] == "length"

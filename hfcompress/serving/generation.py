@@ -113,8 +113,8 @@ class GenerationMetrics:
 class TokenStream(BaseStreamer):
     """A transformers streamer (``put``/``end``) that turns each new token into an event for the event loop.
 
-    Runs in the generation's thread. The first ``put`` is the prompt (as transformers' ``generate``
-    feeds it) and is skipped. Each token's text is what it adds to the decoded generation, so that
+    Runs in the generation's thread. A first ``put`` of the prompt (as transformers' ``generate``
+    feeds it) is skipped. Each token's text is what it adds to the decoded generation, so that
     the texts of the non-special tokens add up to the generated text. The token that ends the
     generation (end of sequence, a stop sequence, the last one asked for) carries the whole text and
     details, as TGI's last event does. ``put`` raises :class:`GenerationStopped` once the job is
@@ -135,7 +135,8 @@ class TokenStream(BaseStreamer):
     def put(self, value) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
-            return
+            if value.reshape(-1).tolist() == self.job.input_ids.reshape(-1).tolist():
+                return  # the prompt, which transformers' generate puts first (a runtime that does not is served as well)
         if self.job.cancelled.is_set():
             raise GenerationStopped("cancelled")
         for token_id in value.reshape(-1).tolist():
@@ -299,7 +300,7 @@ def load_generation_predictor(model_path: str, task: Task, config: ServeConfig, 
 
 
 class GenerationSlots:
-    """At most ``max_concurrent_generations`` generations at once, each in a worker thread; :meth:`start` refuses more."""
+    """At most ``max_concurrent_generations`` generations at once, each in a worker thread; :meth:`launch` refuses more."""
 
     def __init__(self, predictor: GenerationPredictor, metrics: GenerationMetrics):
         self.predictor, self.metrics = predictor, metrics
