@@ -359,3 +359,22 @@ def test_token_stream_takes_either_streamer_convention(gpt2_dir, puts_prompt):
     stream.end()
     assert [e["token"]["id"] for _, e in events] == new.tolist() and "".join(e["token"]["text"] for _, e in events) == " good film"
     assert events[-1][1]["generated_text"] == " good film" and events[-1][1]["details"]["finish_reason"] == "length"
+
+
+def test_hugging_face_inference_client_talks_to_the_server(gpt2_dir, monkeypatch):
+    """huggingface_hub's InferenceClient, pointed at the server's URL, generates and streams as it does with TGI (it posts to /)."""
+    from huggingface_hub import InferenceClient, constants
+
+    from hfcompress.serving.app import create_app
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the server is on loopback; the Hub stays out of reach
+    _, text, details = reference_generation(gpt2_dir, PROMPT, 5)
+    with running_server(create_app(gpt2_dir, ServeConfig())) as url:
+        client = InferenceClient(model=url)
+        full = client.text_generation(PROMPT, max_new_tokens=5)
+        detailed = client.text_generation(PROMPT, max_new_tokens=5, details=True, return_full_text=False)
+        tokens = list(client.text_generation(PROMPT, max_new_tokens=5, stream=True, details=True))
+    assert full == PROMPT + text  # the text-generation pipeline's default, as TGI's route for inference clients
+    assert detailed.generated_text == text and detailed.details.finish_reason == details["finish_reason"]
+    assert detailed.details.generated_tokens == details["generated_tokens"]
+    assert "".join(t.token.text for t in tokens) == text and tokens[-1].generated_text == PROMPT + text

@@ -58,7 +58,7 @@ class GenerateParameters(BaseModel):
     seed: Optional[StrictInt] = Field(None, description="Random seed of the sampling (default: a fresh one, reported in details).")
     stop: list[Annotated[str, Strict()]] = Field(default_factory=list, description=f"Stop once the text holds one of these (at most {MAX_STOP_SEQUENCES}).")
     return_full_text: Optional[StrictBool] = Field(None, description="Prepend the prompt to the generated text.")
-    details: StrictBool = Field(False, description="Return the finish reason, token count and seed.")
+    details: Optional[StrictBool] = Field(None, description="Return the finish reason, token count and seed.")
 
 
 class GenerateRequest(BaseModel):
@@ -68,6 +68,10 @@ class GenerateRequest(BaseModel):
     ]})
     inputs: Any = Field(..., description="The prompt.")
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
+
+
+class CompatGenerateRequest(GenerateRequest):
+    stream: Optional[StrictBool] = Field(None, description="Answer with server-sent events, one per token.")
 
 
 @dataclass
@@ -435,13 +439,16 @@ def add_generation_routes(app, predictor: GenerationPredictor, slots: Generation
         504: {"description": "The generation ran past generation_timeout_s."},
     }
 
-    @app.post("/generate", dependencies=[Depends(require_json)], responses=errors)
-    async def generate(body: GenerateRequest, request: Request):
-        """Text Generation Inference's /generate: the generated text (and, with details, the finish reason, token count and seed)."""
-        result = await answer(body, request, return_full_text=False)
+    async def generate(body: GenerateRequest, request: Request, return_full_text: bool):
+        result = await answer(body, request, return_full_text)
         if not isinstance(result, dict):
             return result
         return result if body.parameters.details else {"generated_text": result["generated_text"]}
+
+    @app.post("/generate", dependencies=[Depends(require_json)], responses=errors)
+    async def generate_text(body: GenerateRequest, request: Request):
+        """Text Generation Inference's /generate: the generated text (and, with details, the finish reason, token count and seed)."""
+        return await generate(body, request, return_full_text=False)
 
     @app.post("/predict", dependencies=[Depends(require_json)], responses=errors)
     async def predict(body: GenerateRequest, request: Request):
@@ -449,11 +456,9 @@ def add_generation_routes(app, predictor: GenerationPredictor, slots: Generation
         result = await answer(body, request, return_full_text=True)
         return [{"generated_text": result["generated_text"]}] if isinstance(result, dict) else result
 
-    @app.post("/generate_stream", dependencies=[Depends(require_json)], responses={
-        **errors, 200: {"description": "Server-sent events, one per token; the last one holds generated_text (and details when asked)."}})
-    async def generate_stream(body: GenerateRequest, request: Request):
-        """Text Generation Inference's /generate_stream: one server-sent event per token as it is produced."""
-        generation = launch(body, return_full_text=False)
+    async def stream(body: GenerateRequest, request: Request, return_full_text: bool):
+        """The generation as server-sent events, one per token as it is produced, or the error response."""
+        generation = launch(body, return_full_text)
         if not isinstance(generation, Generation):
             return generation
 
@@ -474,3 +479,18 @@ def add_generation_routes(app, predictor: GenerationPredictor, slots: Generation
                 generation.job.cancelled.set()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/generate_stream", dependencies=[Depends(require_json)], responses={
+        **errors, 200: {"description": "Server-sent events, one per token; the last one holds generated_text (and details when asked)."}})
+    async def generate_stream(body: GenerateRequest, request: Request):
+        """Text Generation Inference's /generate_stream: one server-sent event per token as it is produced."""
+        return await stream(body, request, return_full_text=False)
+
+    @app.post("/", dependencies=[Depends(require_json)], responses=errors)
+    async def compat_generate(body: CompatGenerateRequest, request: Request):
+        """TGI's route for Hugging Face inference clients (huggingface_hub's InferenceClient posts here): the events of
+        /generate_stream when ``stream`` is true, else [/generate's answer]; the prompt comes first unless return_full_text is false."""
+        if body.stream:
+            return await stream(body, request, return_full_text=True)
+        result = await generate(body, request, return_full_text=True)
+        return [result] if isinstance(result, dict) else result
