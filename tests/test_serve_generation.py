@@ -100,6 +100,8 @@ def test_generate_and_stream_match_transformers_greedy_generate(lm_dir):
         plain = client.post("/generate", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 12}}).json()
         pipeline = client.post("/predict", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 12}}).json()
         metadata = client.get("/metadata").json()
+        unsaid = client.post("/generate", json={"inputs": PROMPT, "parameters": {"details": True}}).json()["details"]
+    assert unsaid["input_length"] + unsaid["generated_tokens"] <= 64  # the default 100 new tokens, cut to what the positions hold
     assert generated["generated_text"] == text and plain == {"generated_text": text}
     assert generated == {"generated_text": text, "details": details}
     assert pipeline == [{"generated_text": PROMPT + text}]  # the pipeline's default: the prompt, then the continuation
@@ -378,3 +380,23 @@ def test_hugging_face_inference_client_talks_to_the_server(gpt2_dir, monkeypatch
     assert detailed.generated_text == text and detailed.details.finish_reason == details["finish_reason"]
     assert detailed.details.generated_tokens == details["generated_tokens"]
     assert "".join(t.token.text for t in tokens) == text and tokens[-1].generated_text == PROMPT + text
+
+
+def test_a_model_failure_is_500_or_the_streams_error_event(gpt2_dir):
+    from hfcompress.serving.app import create_app
+    from hfcompress.serving.predictor import load_predictor
+
+    config = ServeConfig()
+    predictor = load_predictor(gpt2_dir, config)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("kaboom")
+
+    predictor.lm.generate = fails
+    with running_server(create_app(gpt2_dir, config, predictor=predictor)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        failed = client.post("/generate", json={"inputs": PROMPT})
+        events = stream_events(client, {"inputs": PROMPT})
+        metrics = client.get("/metrics").text
+    assert failed.status_code == 500 and "RuntimeError" in failed.json()["error"]
+    assert len(events) == 1 and "RuntimeError" in events[0]["error"] and events[0]["error_type"] == "Internal Server Error"
+    assert metric(metrics, 'hfcompress_generations_total{finish_reason="error"}') == 2

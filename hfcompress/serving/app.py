@@ -66,6 +66,17 @@ def error_response(status: int, message: str, headers: Optional[dict] = None) ->
     return JSONResponse({"error": message, "error_type": HTTPStatus(status).phrase}, status_code=status, headers=headers)
 
 
+def refusal(error: Union[DataError, QueueFull]) -> JSONResponse:
+    """413 for an input over the length limits, 422 for another bad input, 503 with Retry-After when the server is full."""
+    if isinstance(error, QueueFull):
+        return error_response(503, str(error), {"Retry-After": str(error.retry_after_s)})
+    return error_response(413 if isinstance(error, InputTooLong) else 422, str(error))
+
+
+def model_failure(error: Exception) -> str:
+    return f"the model failed on this request ({type(error).__name__}): see the server log"
+
+
 class Metrics:
     """The server's Prometheus metrics, in a registry of its own (several apps may live in one process).
 
@@ -281,15 +292,11 @@ def add_classification_routes(app: FastAPI, predictor: Predictor, batcher: Dynam
         try:
             items = predictor.parse(request.inputs)
             results = await batcher.submit(items, top_k)
-        except InputTooLong as e:
-            return error_response(413, str(e))
-        except DataError as e:
-            return error_response(422, str(e))
-        except QueueFull as e:
-            return error_response(503, str(e), {"Retry-After": str(e.retry_after_s)})
+        except (DataError, QueueFull) as e:
+            return refusal(e)
         except Exception as e:  # noqa: BLE001 - the model failed: this request gets 500, the server keeps serving
             logger.exception("prediction failed")
-            return error_response(500, f"the model failed on this request ({type(e).__name__}): see the server log")
+            return error_response(500, model_failure(e))
         return results if isinstance(request.inputs, list) else results[0]
 
 

@@ -50,7 +50,8 @@ class GenerateParameters(BaseModel):
     """The parameters of TGI's ``/generate`` this server honours (None: the model's generation config, or the server's default)."""
 
     model_config = ConfigDict(extra="forbid")
-    max_new_tokens: Optional[StrictInt] = Field(None, description="Most tokens to generate (default: the server's default_max_new_tokens).")
+    max_new_tokens: Optional[StrictInt] = Field(None, description="Most tokens to generate (default: the server's default_max_new_tokens, "
+                                                "or fewer when the model's positions hold no more).")
     do_sample: Optional[StrictBool] = Field(None, description="Sample instead of greedy decoding.")
     temperature: Optional[StrictFloat] = Field(None, description="Sampling temperature (> 0).")
     top_k: Optional[StrictInt] = Field(None, description="Sample among the k likeliest tokens (0: all).")
@@ -222,6 +223,8 @@ class GenerationPredictor:
         self._check(settings, parameters)
         with self._tokenizer_lock:
             input_ids = self.tokenizer(inputs, return_tensors="pt")["input_ids"]
+        if self.max_positions and parameters.max_new_tokens is None:  # as TGI: a request that does not say gets what fits
+            settings["max_new_tokens"] = max(1, min(settings["max_new_tokens"], self.max_positions - input_ids.shape[1]))
         total = input_ids.shape[1] + settings["max_new_tokens"]
         if self.max_positions and total > self.max_positions:
             raise InputTooLong(
@@ -402,18 +405,14 @@ def server_sent_event(payload: dict) -> bytes:
 
 def add_generation_routes(app, predictor: GenerationPredictor, slots: GenerationSlots, config: ServeConfig) -> None:
     """``POST /generate`` and ``/generate_stream`` (TGI's API) and ``/predict`` (the pipeline's ``[{"generated_text": ...}]``)."""
-    from .app import error_response, require_json
+    from .app import error_response, model_failure, refusal, require_json
 
     def launch(body: GenerateRequest, return_full_text: bool):
         """The started generation, or the 4xx/503 answer why it cannot start."""
         try:
             return slots.launch(predictor.prepare(body.inputs, body.parameters, return_full_text))
-        except InputTooLong as e:
-            return error_response(413, str(e))
-        except DataError as e:
-            return error_response(422, str(e))
-        except QueueFull as e:
-            return error_response(503, str(e), {"Retry-After": str(e.retry_after_s)})
+        except (DataError, QueueFull) as e:
+            return refusal(e)
 
     async def answer(body: GenerateRequest, request: Request, return_full_text: bool):
         """The whole generation as one answer ({generated_text, details}), or the error response."""
@@ -428,7 +427,7 @@ def add_generation_routes(app, predictor: GenerationPredictor, slots: Generation
             return error_response(504, str(e))
         except Exception as e:  # noqa: BLE001 - the model failed: this request gets 500, the server keeps serving
             logger.exception("generation failed")
-            return error_response(500, f"the model failed on this request ({type(e).__name__}): see the server log")
+            return error_response(500, model_failure(e))
         if result is None or result["generated_text"] is None:
             return Response(status_code=499)  # the client went away (nginx's code): nobody reads this
         return {"generated_text": result["generated_text"], "details": result["details"]}
@@ -473,8 +472,7 @@ def add_generation_routes(app, predictor: GenerationPredictor, slots: Generation
                 yield server_sent_event({"error": str(e), "error_type": HTTPStatus(504).phrase})
             except Exception as e:  # noqa: BLE001 - the status is sent already: the error is the stream's last event
                 logger.exception("generation failed")
-                yield server_sent_event({"error": f"the model failed on this request ({type(e).__name__}): see the server log",
-                                         "error_type": HTTPStatus(500).phrase})
+                yield server_sent_event({"error": model_failure(e), "error_type": HTTPStatus(500).phrase})
             finally:
                 generation.job.cancelled.set()
 
