@@ -103,7 +103,8 @@ def load_bnb(model: str | Path, config: Optional[BnbConfig] = None, task: Option
     """Load ``model`` (local path or Hub id, fp32 or already bitsandbytes-quantized) with bitsandbytes Linear layers on CPU.
 
     In 4 bits, Linear layers too narrow for bitsandbytes' CPU blocks stay in full precision, with a
-    warning that names them (``load_bnb(...).hfc_bnb_unfit_modules`` lists them).
+    warning that names them (``load_bnb(...).hfc_bnb_unfit_modules`` lists them; ``hfc_bnb_skipped_modules``
+    lists every module kept, the output head of a causal LM or classifier included).
     """
     from transformers import AutoConfig
 
@@ -111,6 +112,7 @@ def load_bnb(model: str | Path, config: Optional[BnbConfig] = None, task: Option
     model_config = AutoConfig.from_pretrained(str(model))
     task = get_task(task) if task else task_of(model_config)
     misfits: list[str] = []
+    skip: list[str] = []
     if getattr(model_config, "quantization_config", None):
         quantization = {}  # a checkpoint saved by quantize_bnb carries its own quantization_config, which from_pretrained applies
     else:
@@ -123,6 +125,7 @@ def load_bnb(model: str | Path, config: Optional[BnbConfig] = None, task: Option
             )
     loaded = load_model(str(model), task, device_map="cpu", dtype=COMPUTE_DTYPES[config.compute_dtype], **quantization)
     loaded.hfc_bnb_unfit_modules = misfits
+    loaded.hfc_bnb_skipped_modules = skip  # what this load kept in full precision (empty for a checkpoint saved quantized)
     return loaded
 
 
@@ -139,6 +142,6 @@ def quantize_bnb(model: str | Path, output_dir: str | Path, config: Optional[Bnb
         load_tokenizer(str(model)).save_pretrained(staging)
         write_quantization_report(
             staging,
-            {**config.describe(), "kept_in_full_precision_for_cpu": quantized.hfc_bnb_unfit_modules, "memory_footprint_bytes": int(quantized.get_memory_footprint()), "source": str(model), "onnx_exportable": False},
+            {**config.describe(), "modules_not_quantized": quantized.hfc_bnb_skipped_modules, "kept_in_full_precision_for_cpu": quantized.hfc_bnb_unfit_modules, "memory_footprint_bytes": int(quantized.get_memory_footprint()), "source": str(model), "onnx_exportable": False},
         )
     return output_dir

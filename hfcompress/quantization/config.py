@@ -19,6 +19,8 @@ AUTO_PRESET = "auto"
 Preset = Literal["auto", "avx2", "avx512", "avx512_vnni", "arm64", "tensorrt"]
 Mode = Literal["dynamic", "static"]
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+WEIGHT_ONLY_ALGORITHMS = ("rtn", "hqq", "gptq")
+OUTPUT_LAYER_CHOICES = ("int8", "fp32", "same")
 
 
 @dataclass(frozen=True)
@@ -167,20 +169,79 @@ class QATConfig(_TargetsOrtScheme):
 
 
 @dataclass
+class WeightOnlyConfig:
+    """Blockwise int4/int8 weights for the MatMuls of an ONNX graph (ONNX Runtime's MatMulNBits); activations stay float."""
+
+    bits: Literal[4, 8] = field(default=4, metadata={"help": "Bits per weight: 4 or 8 (MatMulNBits' CPU kernels); 8 is rtn only (ONNX Runtime's GPTQ writes 4 bits only, its HQQ 8-bit weights have float zero points the CPU kernel refuses)."})
+    algorithm: Literal["rtn", "hqq", "gptq"] = field(
+        default="rtn",
+        metadata={"help": "'rtn': round to nearest, each block's min/max (ONNX Runtime's 'DEFAULT' quantizer, the same arithmetic as its 'RTN' config, which is 4-bit only); "
+                  "'hqq': half-quadratic quantization, zero points and scales optimized per block without data (4 bits, asymmetric); "
+                  "'gptq': GPTQ, error-compensating rounding from calibration text (calibration_split, calibration_samples sequences of calibration_sequence_length tokens)."},
+    )
+    block_size: int = field(default=32, metadata={"help": "Weights sharing one scale (and zero point) along the input dimension: a power of 2, >= 16. 32 is llama.cpp's Q4_0/Q4_1 block; larger blocks are smaller and less accurate."})
+    symmetric: bool = field(default=False, metadata={"help": "Symmetric blocks (scale only, zero point fixed at the middle); false stores a zero point per block (as llama.cpp's Q4_1), more accurate. hqq is asymmetric only."})
+    accuracy_level: int = field(
+        default=4,
+        metadata={"help": "MatMulNBits' compute type: 0 unset (the kernel's default, fp32 here), 1 fp32, 2 fp16, 3 bf16, 4 int8 (activations quantized per block on the fly, "
+                  "fast on AVX2 and AVX-512 VNNI). Recorded in each MatMulNBits node."},
+    )
+    output_layer: Literal["int8", "fp32", "same"] = field(
+        default="int8",
+        metadata={"help": "The MatMul producing the logits (lm_head; with tied embeddings it reads the embedding table, untied here so it can be quantized): "
+                  "'int8' (8-bit blocks; llama.cpp's Q4 files keep the output layer in 8 bits or more: SmolLM2's Q4_1 GGUF stores its tied table as Q8_0, wider models get Q6_K), "
+                  "'fp32' (left as exported) or 'same' (the bits of the rest)."},
+    )
+    calibration_sequence_length: int = field(default=256, metadata={"help": "gptq: tokens per calibration sequence (calibration rows tokenized, joined and cut to this length)."})
+
+    def __post_init__(self):
+        _check_choice(self.algorithm, WEIGHT_ONLY_ALGORITHMS, "weight_only.algorithm")
+        _check_choice(self.output_layer, OUTPUT_LAYER_CHOICES, "weight_only.output_layer")
+        if self.bits not in (4, 8):
+            raise ConfigError(f"weight_only.bits must be 4 or 8 (MatMulNBits' CPU kernels), got {self.bits}")
+        if self.bits == 8 and self.algorithm != "rtn":
+            raise ConfigError(f"weight_only.bits 8 is rtn only: ONNX Runtime's {self.algorithm} writes no runnable 8-bit MatMulNBits; use algorithm: rtn or bits: 4")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"weight_only.block_size must be a power of 2 of at least 16 (MatMulNBits), got {self.block_size}")
+        if self.symmetric and self.algorithm == "hqq":
+            raise ConfigError("weight_only.algorithm hqq is asymmetric only (it optimizes a float zero point per block): set symmetric: false, or use rtn/gptq")
+        if self.accuracy_level not in range(5):
+            raise ConfigError(f"weight_only.accuracy_level must be 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8), got {self.accuracy_level}")
+        if self.calibration_sequence_length < 2:
+            raise ConfigError(f"weight_only.calibration_sequence_length must be at least 2 tokens, got {self.calibration_sequence_length}")
+
+    def describe(self) -> dict:
+        kind = "symmetric" if self.symmetric else "asymmetric"
+        compute = {0: "unset (fp32)", 1: "fp32", 2: "fp16", 3: "bf16", 4: "int8"}[self.accuracy_level]
+        return {
+            "weights": f"int{self.bits} {kind} blocks of {self.block_size} ({self.algorithm})",
+            "activations": f"float32, MatMulNBits compute {compute} (accuracy_level {self.accuracy_level})",
+        }
+
+
+@dataclass
 class PTQConfig(_TargetsOrtScheme):
     """Post-training int8 quantization of an ONNX export with ``onnxruntime.quantization``, with Optimum's presets."""
 
-    mode: Mode = field(default="dynamic", metadata={"help": "'dynamic' (activations quantized per batch at run time; MatMul/Gemm only, so it is refused for CNNs, whose weights are in Conv layers) or 'static' (ranges calibrated on data, QDQ graph; what CNNs need)."})
+    mode: Literal["dynamic", "static", "weight_only"] = field(
+        default="dynamic",
+        metadata={"help": "'dynamic' (activations quantized per batch at run time; MatMul/Gemm only, so it is refused for CNNs, whose weights are in Conv layers), 'static' (ranges calibrated on data, QDQ graph; what CNNs need) "
+                  "or 'weight_only' (int4/int8 blockwise MatMul weights, float activations: ONNX Runtime's MatMulNBits, for causal LMs; settings under weight_only)."},
+    )
     preset: Preset = field(default="avx2", metadata={"help": f"Hardware preset (Optimum's AutoQuantizationConfig settings), one of {PRESETS}, or 'auto': this CPU's (avx512_vnni with VNNI, avx512, else avx2; arm64 on ARM), recorded in {QUANTIZATION_FILE}; 'tensorrt' is static, symmetric int8 QDQ for TensorRT."})
     per_channel: bool = field(default=True, metadata={"help": "One weight scale per output channel."})
     calibration_method: Literal["minmax", "percentile", "entropy"] = field(default="minmax", metadata={"help": f"Static only: how activation ranges are chosen, one of {CALIBRATION_METHODS}."})
-    calibration_split: Optional[str] = field(default=None, metadata={"help": "Static only: dataset split drawn for calibration; default: the training split."})
-    calibration_samples: int = field(default=256, metadata={"help": "Static only: number of examples (seeded random subset) used for calibration."})
+    calibration_split: Optional[str] = field(default=None, metadata={"help": "Static and weight_only gptq: dataset split drawn for calibration; default: the training split."})
+    calibration_samples: Optional[int] = field(
+        default=None,
+        metadata={"help": "Static: number of examples (seeded random subset) used for calibration, default 256; weight_only gptq: number of calibration sequences, default 32."},
+    )
     percentile: float = field(default=99.999, metadata={"help": "Percentile calibration: the percentile of |activation| kept."})
     quantize_embeddings: bool = field(default=False, metadata={"help": "Also quantize the embedding tables (Gather); on MiniLM they are half of the weights."})
-    embedding_bits: Literal[8, 4] = field(
-        default=8,
-        metadata={"help": "With quantize_embeddings: 8 (int8 per tensor, with the Linear layers) or 4 (blockwise int4 weight-only, ONNX Runtime's GatherBlockQuantized; half the bytes of int8)."},
+    embedding_bits: Optional[Literal[8, 4]] = field(
+        default=None,
+        metadata={"help": "With quantize_embeddings: 8 (int8 per tensor, with the Linear layers; the default of static and dynamic) or 4 (blockwise int4 weight-only, "
+                  "ONNX Runtime's GatherBlockQuantized; half the bytes of int8; weight_only's only choice)."},
     )
     embedding_block_size: int = field(default=128, metadata={"help": "4-bit embeddings: values sharing one scale, along the hidden dimension (power of 2, >= 16)."})
     operators: Optional[list[str]] = field(
@@ -188,7 +249,7 @@ class PTQConfig(_TargetsOrtScheme):
         metadata={"help": "ONNX operator types to quantize; default: MatMul and Gemm, i.e. the Linear layers (plus Gather with quantize_embeddings); "
                   "in a graph with Conv (a CNN), every operator ONNX Runtime's static quantizer knows (its default), so int8 flows from one Conv to the next."},
     )
-    exclude_nodes: list[str] = field(default_factory=list, metadata={"help": "ONNX node names to keep in fp32."})
+    exclude_nodes: list[str] = field(default_factory=list, metadata={"help": "ONNX node names to keep in fp32 (weight_only: MatMul names of the exported graph; see quantization.json's matmuls_kept)."})
     quantize_attention_matmuls: bool = field(
         default=False,
         metadata={"help": "Also quantize the activation-by-activation MatMuls of attention (Q·Kᵀ, softmax·V); off by default: they cost accuracy, save little time, and QAT does not simulate them."},
@@ -198,10 +259,25 @@ class PTQConfig(_TargetsOrtScheme):
         metadata={"help": "Static, CPU presets: keep Q/DQ only where the Linear layers read (inputs and weights), as QAT simulates; ONNX Runtime's own QDQ graph also requantizes every MatMul/Gemm output (the logits too) and feeds residual additions the quantized copy of their input. False keeps that graph. TensorRT graphs, and graphs with Conv (ONNX Runtime needs each Conv's output Q/DQ to run it as QLinearConv), are left as written."},
     )
     qat_ranges: bool = field(default=True, metadata={"help": f"Static only: when the model has {QAT_RANGES_FILE} (from QATCallback), use its activation ranges for the Linear inputs instead of calibrated ones."})
+    weight_only: WeightOnlyConfig = field(
+        default_factory=WeightOnlyConfig,
+        metadata={"help": "mode weight_only: bits, algorithm (rtn, hqq, gptq), block_size, symmetric, accuracy_level, output_layer, calibration_sequence_length; "
+                  "quantize_embeddings, embedding_block_size, exclude_nodes, calibration_split and calibration_samples apply too."},
+    )
 
     def __post_init__(self):
-        resolve_preset(self)
-        self.scheme  # noqa: B018  (validates preset, mode and their combination)
+        weight_only = self.mode == "weight_only"
+        if self.calibration_samples is None:
+            self.calibration_samples = 32 if weight_only else 256
+        if self.embedding_bits is None:
+            self.embedding_bits = 4 if weight_only else 8
+        if weight_only:
+            self.preset_reason = ""  # no int8 kernels to choose: the preset does not apply
+            if self.embedding_bits != 4:
+                raise ConfigError("mode weight_only quantizes embeddings to 4 bits only (GatherBlockQuantized): drop embedding_bits or set it to 4")
+        else:
+            resolve_preset(self)
+            self.scheme  # noqa: B018  (validates preset, mode and their combination)
         _check_choice(self.calibration_method, CALIBRATION_METHODS, "calibration_method")
         if self.calibration_samples < 1:
             raise ConfigError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
@@ -210,9 +286,9 @@ class PTQConfig(_TargetsOrtScheme):
         if self.embedding_bits not in (8, 4):
             raise ConfigError(f"embedding_bits must be 8 or 4, got {self.embedding_bits}")
         if self.embedding_bits == 4:
-            if not self.quantize_embeddings:
+            if not self.quantize_embeddings and not weight_only:
                 raise ConfigError("embedding_bits 4 applies to the embedding tables: set quantize_embeddings: true as well")
-            if self.preset == "tensorrt":
+            if self.preset == "tensorrt" and not weight_only:
                 raise ConfigError("4-bit embeddings use ONNX Runtime's GatherBlockQuantized, which TensorRT cannot run: use embedding_bits 8 with preset tensorrt")
             if self.embedding_block_size < 16 or self.embedding_block_size & (self.embedding_block_size - 1):
                 raise ConfigError(f"embedding_block_size must be a power of 2 of at least 16, got {self.embedding_block_size}")
@@ -248,9 +324,14 @@ _QUANTIZATION_SUMMARIES = {
         "MatMul weights (and tied embeddings) quantized to 4-bit blocks by onnxruntime-genai's model builder (MatMulNBits); activations stay float.",
         ("weights", "activations", "algorithm", "block_size", "accuracy_level", "operators", "embeddings_quantized", "tool"), ("onnx_file", "size_mb"),
     ),
+    "weight_only": (
+        "Weights of the MatMuls stored in blocks of 4 or 8 bits by ONNX Runtime (MatMulNBits, dequantized inside the kernel); activations stay float.",
+        ("weights", "activations", "algorithm", "bits", "block_size", "symmetric", "accuracy_level", "output_layer", "embeddings_quantized",
+         "embedding_block_size", "calibration"), ("matmuls_quantized", "matmuls_kept", "onnx_file"),
+    ),
     "bnb": (
         "Linear layers quantized by bitsandbytes when loaded; the saved model reloads quantized with from_pretrained (bitsandbytes installed).",
-        ("weights", "activations"), ("memory_footprint_bytes", "kept_in_full_precision_for_cpu", "onnx_exportable"),
+        ("weights", "activations", "modules_not_quantized"), ("memory_footprint_bytes", "kept_in_full_precision_for_cpu", "onnx_exportable"),
     ),
 }
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -440,15 +441,15 @@ def quantize_onnx(
     overwrite: bool = False,
     calibration_inputs: Optional[dict[str, np.ndarray]] = None,
 ) -> Path:
-    """Quantize ``model`` (a directory with an ``.onnx`` file, or a PyTorch checkpoint directory/Hub id, exported first) to int8.
+    """Quantize ``model`` (a directory with an ``.onnx`` file, or a PyTorch checkpoint directory/Hub id, exported first).
 
-    Writes ``output_dir/model_quantized.onnx`` with the config, the tokenizer or image processor and
-    ``quantization.json`` (the scheme, the calibration and ONNX Runtime's quantizer arguments); returns
-    the path of the ``.onnx`` file. Static mode calibrates on ``data`` (a seeded subset of a split,
-    prepared by its task) or on ``calibration_inputs`` (arrays by graph input name, e.g.
-    ``{"pixel_values": images}`` with images float32 ``[N, 3, H, W]``, used as given).
+    Writes ``output_dir/model_quantized.onnx`` with the config, the tokenizer or image processor (and a
+    causal LM's generation config) and ``quantization.json`` (the scheme, the calibration and ONNX Runtime's
+    quantizer arguments); returns the path of the ``.onnx`` file. Static mode calibrates on ``data`` (a seeded
+    subset of a split, prepared by its task) or on ``calibration_inputs`` (arrays by graph input name, e.g.
+    ``{"pixel_values": images}`` with images float32 ``[N, 3, H, W]``, used as given). Mode ``weight_only``
+    writes int4/int8 MatMulNBits weights (:mod:`~hfcompress.quantization.weight_only`); its GPTQ calibrates on ``data``.
     """
-    from onnxruntime.quantization import quantize_dynamic
     from transformers import AutoConfig
 
     config = config or PTQConfig()
@@ -471,69 +472,79 @@ def quantize_onnx(
         except (OSError, ValueError) as e:
             raise ModelError(f"{onnx_dir} has no readable config beside {onnx_file.name} ({str(e).splitlines()[0][:160]}): export with hfcompress export, which writes it") from e
         preprocessor = load_processor(str(onnx_dir))
-        convolutional = is_convolutional(onnx_file)
-        if config.mode == "dynamic":
-            check_dynamic_fits(onnx_file)
-        elif convolutional and config.preset == "tensorrt":
-            raise ConfigError("preset 'tensorrt' writes trtexec shapes for text inputs; for a CNN graph use a CPU preset (or 'auto')")
-        arguments = ort_quantizer_arguments(config, onnx_file)
         quantized = staging / f"{onnx_file.stem}_quantized.onnx"
-        calibration = None
-        if config.mode == "static":
-            to_calibrate = onnx_file
-            if convolutional:  # folds BatchNormalization into the Conv before it and infers shapes, as ONNX Runtime advises for CNNs
-                from onnxruntime.quantization.shape_inference import quant_pre_process
+        if config.mode == "weight_only":
+            from .weight_only import quantize_weight_only
 
-                to_calibrate = Path(work) / f"{onnx_file.stem}_preprocessed.onnx"
-                quant_pre_process(str(onnx_file), str(to_calibrate))
-            if calibration_inputs is not None:
-                features, origin = {name: np.asarray(array) for name, array in calibration_inputs.items()}, {"split": "given arrays"}
-            else:
-                features = calibration_features(data, preprocessor, config, seed, [n for n in onnx_input_names(onnx_file) if not is_past_input(n)])
-                origin = {"split": config.calibration_split or data.cfg.train_split, "seed": seed}
-            calibration = {**static_calibration(onnx_file, to_calibrate, quantized, arguments, features, config, source), **origin}
-            if convolutional:
-                calibration["preprocessing"] = "onnxruntime.quantization.shape_inference.quant_pre_process (BatchNormalization folded into Conv)"
+            details = quantize_weight_only(onnx_file, quantized, config, data, preprocessor, model_config, seed)
         else:
-            quantize_dynamic(onnx_file, quantized, **arguments)
-        if not quantized.is_file():
-            raise ModelError(f"ONNX Runtime wrote no quantized model for {onnx_file}: check the export")
+            details = _quantize_int8(onnx_file, quantized, Path(work), config, data, calibration_inputs, preprocessor, seed, source, output_dir)
         model_config.save_pretrained(staging)
         preprocessor.save_pretrained(staging)
-        convs_quantized = check_conv_qdq(quantized, arguments["nodes_to_exclude"]) if convolutional and config.mode == "static" else None
-        linear_inputs_only = config.mode == "static" and config.preset != "tensorrt" and config.linear_inputs_only and not convolutional
-        if linear_inputs_only or (convolutional and config.mode == "static"):
-            keep_linear_input_qdq(quantized, other_consumers_float=linear_inputs_only)
-        if config.quantize_embeddings and config.embedding_bits == 4:
-            quantize_embeddings_4bit(quantized, config.embedding_block_size)
-        tensorrt = None
-        if config.preset == "tensorrt":
-            restore_float_biases(quantized)
-            tensorrt = {
-                **check_tensorrt_qdq(quantized),
-                "trtexec": trtexec_command(
-                    output_dir / quantized.name, max_length=data.cfg.max_length, input_names=onnx_input_names(quantized)
-                ),
-                "onnxruntime_provider_options": tensorrt_provider_options(),
-            }
-        write_quantization_report(
-            staging,
-            {
-                "method": config.mode,
-                **config.scheme.describe(),
-                "preset": config.preset,
-                **({"preset_reason": config.preset_reason} if config.preset_reason else {}),
-                "calibration": calibration,
-                "operators": list(arguments["op_types_to_quantize"]),
-                **({"convs_quantized": convs_quantized} if convs_quantized is not None else {}),
-                "embeddings_quantized": config.quantize_embeddings,
-                **({"embedding_bits": config.embedding_bits, "embedding_block_size": config.embedding_block_size} if config.quantize_embeddings else {}),
-                "attention_matmuls_quantized": config.quantize_attention_matmuls,
-                **({"qdq": qdq_layout(linear_inputs_only, convolutional)} if config.mode == "static" else {}),
-                "onnx_file": quantized.name,
-                "source": str(source),
-                "quantizer": describe_arguments(f"quantize_{config.mode}", arguments),
-                **({"tensorrt": tensorrt} if tensorrt else {}),
-            },
-        )
+        if (onnx_dir / "generation_config.json").is_file():  # what generation reads beside a causal LM's graph
+            shutil.copy2(onnx_dir / "generation_config.json", staging)
+        write_quantization_report(staging, {**details, "onnx_file": quantized.name, "source": str(source)})
     return output_dir / quantized.name
+
+
+def _quantize_int8(
+    onnx_file: Path, quantized: Path, work: Path, config: PTQConfig, data, calibration_inputs, preprocessor, seed: int, source: Path, output_dir: Path
+) -> dict:
+    """Write the dynamic or static int8 graph of ``onnx_file`` to ``quantized``; returns what quantization.json records."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    convolutional = is_convolutional(onnx_file)
+    if config.mode == "dynamic":
+        check_dynamic_fits(onnx_file)
+    elif convolutional and config.preset == "tensorrt":
+        raise ConfigError("preset 'tensorrt' writes trtexec shapes for text inputs; for a CNN graph use a CPU preset (or 'auto')")
+    arguments = ort_quantizer_arguments(config, onnx_file)
+    calibration = None
+    if config.mode == "static":
+        to_calibrate = onnx_file
+        if convolutional:  # folds BatchNormalization into the Conv before it and infers shapes, as ONNX Runtime advises for CNNs
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            to_calibrate = work / f"{onnx_file.stem}_preprocessed.onnx"
+            quant_pre_process(str(onnx_file), str(to_calibrate))
+        if calibration_inputs is not None:
+            features, origin = {name: np.asarray(array) for name, array in calibration_inputs.items()}, {"split": "given arrays"}
+        else:
+            features = calibration_features(data, preprocessor, config, seed, [n for n in onnx_input_names(onnx_file) if not is_past_input(n)])
+            origin = {"split": config.calibration_split or data.cfg.train_split, "seed": seed}
+        calibration = {**static_calibration(onnx_file, to_calibrate, quantized, arguments, features, config, source), **origin}
+        if convolutional:
+            calibration["preprocessing"] = "onnxruntime.quantization.shape_inference.quant_pre_process (BatchNormalization folded into Conv)"
+    else:
+        quantize_dynamic(onnx_file, quantized, **arguments)
+    if not quantized.is_file():
+        raise ModelError(f"ONNX Runtime wrote no quantized model for {onnx_file}: check the export")
+    convs_quantized = check_conv_qdq(quantized, arguments["nodes_to_exclude"]) if convolutional and config.mode == "static" else None
+    linear_inputs_only = config.mode == "static" and config.preset != "tensorrt" and config.linear_inputs_only and not convolutional
+    if linear_inputs_only or (convolutional and config.mode == "static"):
+        keep_linear_input_qdq(quantized, other_consumers_float=linear_inputs_only)
+    if config.quantize_embeddings and config.embedding_bits == 4:
+        quantize_embeddings_4bit(quantized, config.embedding_block_size)
+    tensorrt = None
+    if config.preset == "tensorrt":
+        restore_float_biases(quantized)
+        tensorrt = {
+            **check_tensorrt_qdq(quantized),
+            "trtexec": trtexec_command(output_dir / quantized.name, max_length=data.cfg.max_length, input_names=onnx_input_names(quantized)),
+            "onnxruntime_provider_options": tensorrt_provider_options(),
+        }
+    return {
+        "method": config.mode,
+        **config.scheme.describe(),
+        "preset": config.preset,
+        **({"preset_reason": config.preset_reason} if config.preset_reason else {}),
+        "calibration": calibration,
+        "operators": list(arguments["op_types_to_quantize"]),
+        **({"convs_quantized": convs_quantized} if convs_quantized is not None else {}),
+        "embeddings_quantized": config.quantize_embeddings,
+        **({"embedding_bits": config.embedding_bits, "embedding_block_size": config.embedding_block_size} if config.quantize_embeddings else {}),
+        "attention_matmuls_quantized": config.quantize_attention_matmuls,
+        **({"qdq": qdq_layout(linear_inputs_only, convolutional)} if config.mode == "static" else {}),
+        "quantizer": describe_arguments(f"quantize_{config.mode}", arguments),
+        **({"tensorrt": tensorrt} if tensorrt else {}),
+    }

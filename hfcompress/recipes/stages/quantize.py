@@ -1,4 +1,4 @@
-"""The ``quantize`` stage (ONNX Runtime int8 or bitsandbytes) and the ``qat`` training callback."""
+"""The ``quantize`` stage (ONNX Runtime int8 or weight-only int4/int8, or bitsandbytes) and the ``qat`` training callback."""
 
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ def qat_callback(config: QATConfig) -> QATCallback:
 
 @dataclass
 class QuantizeStageConfig(StageConfig):
-    """Quantize a model: ONNX Runtime int8 (dynamic or static, CPU presets or TensorRT QDQ; a CNN static only, calibrated on its images), or bitsandbytes 8/4-bit."""
+    """Quantize a model: ONNX Runtime int8 (dynamic or static, CPU presets or TensorRT QDQ; a CNN static only, calibrated on its images), ONNX Runtime int4/int8 weight-only (MatMulNBits: RTN, HQQ, GPTQ; causal LMs), or bitsandbytes 8/4-bit."""
 
     model: str = field(metadata={"help": "Model to quantize: an earlier stage's name, a local path or a Hub id (a PyTorch checkpoint or a directory with an .onnx file).", "model_ref": True})
     name: str = field(default="quantized", metadata={"help": "Stage name; also its output sub-directory."})
     backend: Literal["onnxruntime", "bitsandbytes"] = field(default="onnxruntime", metadata={"help": "'onnxruntime' (int8 ONNX, fast on CPU) or 'bitsandbytes' (8/4-bit PyTorch weights, for memory)."})
-    onnx: PTQConfig = field(default_factory=PTQConfig, metadata={"help": "ONNX Runtime settings: mode, preset, calibration_method, calibration_samples, quantize_embeddings, ..."})
+    onnx: PTQConfig = field(default_factory=PTQConfig, metadata={"help": "ONNX Runtime settings: mode (dynamic, static, weight_only), preset, calibration_method, calibration_samples, quantize_embeddings, weight_only (bits, algorithm, block_size, ...), ..."})
     bnb: BnbConfig = field(default_factory=BnbConfig, metadata={"help": "bitsandbytes settings: bits, quant_type, double_quant, compute_dtype."})
 
     def preflight(self, ctx: RunContext) -> None:
@@ -81,7 +81,7 @@ def run_quantize(cfg: QuantizeStageConfig, ctx: RunContext):
         else:
             check_matches_qat(source, qat_scheme_of(source), cfg.onnx)  # what the model says, after it was made
             data = None
-            if cfg.onnx.mode == "static":
+            if cfg.onnx.mode == "static" or (cfg.onnx.mode == "weight_only" and cfg.onnx.weight_only.algorithm == "gptq"):
                 split = cfg.onnx.calibration_split or ctx.data_config.train_split
                 data = ctx.data() if split in ctx.data().raw else TaskData(ctx.data_config, splits=[split], seed=ctx.seed)
             quantize_onnx(source, staging, cfg.onnx, data, seed=ctx.seed, overwrite=True)
