@@ -158,6 +158,7 @@ def _weight_only(**settings) -> PTQConfig:
 # --- the algorithms on a tiny Llama export ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the tiny Llama's export, shared by the module, takes ~20-45 s on 2 busy cores
 @pytest.mark.parametrize("algorithm", ["rtn", "hqq", "gptq"])
 def test_each_algorithm_replaces_every_weight_matmul_and_stays_close_to_fp32(algorithm, llama_onnx, lm_data, tmp_path):
     import onnx
@@ -177,6 +178,7 @@ def test_each_algorithm_replaces_every_weight_matmul_and_stays_close_to_fp32(alg
     assert np.corrcoef(logits.ravel(), reference.ravel())[0, 1] > 0.99
 
 
+@pytest.mark.slow
 def test_eight_bit_rtn_is_closer_to_fp32_than_four_bit(llama_onnx, tmp_path):
     feeds = _feeds()
     reference = _logits(llama_onnx / "model.onnx", feeds)
@@ -184,6 +186,7 @@ def test_eight_bit_rtn_is_closer_to_fp32_than_four_bit(llama_onnx, tmp_path):
     assert errors[8] < 0.01 * np.ptp(reference) and errors[8] < errors[4] / 5  # 16x finer steps
 
 
+@pytest.mark.slow
 def test_embeddings_go_through_gather_block_quantized_and_the_report_says_what_was_done(llama_onnx, tmp_path):
     config = _weight_only(algorithm="hqq", quantize_embeddings=True, embedding_block_size=32, output_layer="fp32", exclude_nodes=[])
     quantized = quantize_onnx(llama_onnx, tmp_path / "q", config)
