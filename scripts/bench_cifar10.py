@@ -24,13 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from hfcompress.artifacts import EVALUATION_RESULTS_FILE, TRAIN_RESULTS_FILE  # noqa: E402
-from hfcompress.errors import ConfigError, HFCompressError  # noqa: E402
+from hfcompress.errors import HFCompressError  # noqa: E402
 from hfcompress.evaluation import compression_row, count_macs, write_compression_report  # noqa: E402
 from hfcompress.recipes.recipe import apply_overrides, load_yaml, parse_recipe  # noqa: E402
-from hfcompress.recipes.registry import STAGES  # noqa: E402
 from hfcompress.recipes.runner import run_recipe  # noqa: E402
-from hfcompress.recipes.schema import from_dict  # noqa: E402
-from hfcompress.utils.bench import REPO, add_output_arg, add_recipe_args, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, repo_relative  # noqa: E402
+from hfcompress.utils.bench import (  # noqa: E402
+    REPO, add_output_arg, add_recipe_args, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, repo_relative, runnable_stages,
+)
 
 CHECKPOINTS = "../shared/assets/models/resnet-cifar10/pretrained_models"
 PRETRAINED = {"resnet56": ("resnet56-4bfd9763.th", 56), "resnet20": ("resnet20-12fca82f.th", 20)}
@@ -87,46 +87,6 @@ def bench_overrides(a) -> list[str]:
     if a.test_limit is not None:
         out.append(f"data.max_eval_samples={a.test_limit}")
     return out + a.override
-
-
-def runnable_stages(data: dict) -> tuple[dict, dict[str, str]]:
-    """The recipe ``data`` without the stages this checkout cannot run, and why each left-out stage was left out.
-
-    A stage is left out when its type is not registered, its keys do not validate (a method or option still to
-    come), the recipe's data section does not validate (its task is missing), or it reads a stage left out.
-    The recipe's own evaluate and card stages are left out too: this script measures every variant itself.
-    """
-    from hfcompress.data import DataConfig
-
-    skipped: dict[str, str] = {}
-    try:
-        from_dict(DataConfig, data.get("data", {}), "data")
-        data_error = None
-    except ConfigError as e:
-        data_error = f"the recipe's data section does not validate here: {e}"
-    kept = []
-    for i, stage in enumerate(data.get("stages", [])):
-        kind, fields = stage.get("stage"), {k: v for k, v in stage.items() if k != "stage"}
-        if kind in ("evaluate", "card"):
-            continue
-        name = fields.get("name") or kind
-        if kind not in STAGES:
-            skipped[name] = f"stage type '{kind}' is not registered in this checkout"
-            continue
-        try:
-            config = from_dict(STAGES[kind].config_cls, fields, f"stages[{i}]")
-        except ConfigError as e:
-            skipped[name] = str(e)
-            continue
-        name = config.name
-        missing = [ref for ref in config.inputs() if ref in skipped]
-        if data_error:
-            skipped[name] = data_error
-        elif missing:
-            skipped[name] = f"reads {missing[0]}, which is skipped"
-        else:
-            kept.append(stage)
-    return {**data, "stages": kept}, skipped
 
 
 def convert_pretrained(raw: dict, checkpoints: str) -> None:

@@ -76,13 +76,6 @@ def onnx_footprint(onnx_path: str | os.PathLike) -> dict:
     onnx_path = Path(onnx_path)
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     initializers = {t.name: t for t in graph.initializer}
-    external = {
-        onnx_path.parent / entry.value
-        for t in graph.initializer
-        if t.data_location == onnx.TensorProto.EXTERNAL
-        for entry in t.external_data
-        if entry.key == "location"
-    }
 
     def array(name: str) -> np.ndarray:
         return numpy_helper.to_array(initializers[name], base_dir=str(onnx_path.parent))
@@ -103,8 +96,24 @@ def onnx_footprint(onnx_path: str | os.PathLike) -> dict:
     return {
         "num_parameters": num_parameters,
         "sparsity": round(zeros / total, 6) if total else 0.0,
-        **files_footprint([onnx_path, *sorted(external)]),
+        **files_footprint(onnx_files_of(onnx_path, graph)),
     }
+
+
+def onnx_files_of(onnx_path: str | os.PathLike, graph=None) -> list[Path]:
+    """An ONNX model file and the external data files its initializers point to."""
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    graph = graph if graph is not None else onnx.load(str(onnx_path), load_external_data=False).graph
+    external = {
+        onnx_path.parent / entry.value
+        for t in graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for entry in t.external_data
+        if entry.key == "location"
+    }
+    return [onnx_path, *sorted(external)]
 
 
 def _matmul_weights(graph, initializers) -> list[tuple[str, Optional[tuple[str, int]]]]:

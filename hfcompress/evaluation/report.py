@@ -22,10 +22,16 @@ logger = logging.getLogger(__name__)
 REQUIRED_KEYS = ("name", "accuracy", "size_mb", "latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_b32")
 # metric used as "accuracy" when a task has no accuracy (text generation reports perplexity)
 _QUALITY_KEYS = ("accuracy", "f1", "matthews_correlation", "perplexity")
+# what a row takes from :func:`~hfcompress.evaluation.generation.measure_variant` (text generation)
+GENERATION_KEYS = ("perplexity", "perplexity_protocol", "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "peak_rss_mb")
 
 
-def compression_row(name: str, evaluation: Optional[dict] = None, latency: Optional[dict] = None, **extra) -> dict:
-    """One report row from :func:`evaluate_model` and :func:`measure_latency` results (either may be missing)."""
+def compression_row(name: str, evaluation: Optional[dict] = None, latency: Optional[dict] = None, generation: Optional[dict] = None, **extra) -> dict:
+    """One report row from :func:`evaluate_model`, :func:`measure_latency` and generation results (any may be missing).
+
+    With ``generation``, its strided perplexity is the row's quality and the evaluation's own
+    perplexity (over the split's rows, one row per sequence) is kept as ``split_perplexity``.
+    """
     row: dict = {"name": name}
     evaluation = evaluation or {}
     quality = next((k for k in _QUALITY_KEYS if k in evaluation), None)
@@ -45,6 +51,12 @@ def compression_row(name: str, evaluation: Optional[dict] = None, latency: Optio
     if latency:
         row["latency_backend"] = latency.get("backend")
         row["hardware"] = latency.get("hardware")
+    if generation:
+        if "perplexity" in row:
+            row["split_perplexity"] = row.pop("perplexity")
+        row.update({key: generation.get(key) for key in GENERATION_KEYS})
+        row["accuracy"], row["quality_metric"] = generation["perplexity"], "perplexity"
+        row["hardware"] = row.get("hardware") or generation.get("hardware")
     row.update(extra)
     return row
 
@@ -64,6 +76,7 @@ def add_ratios(rows: list[dict]) -> list[dict]:
         row["parameter_ratio"] = _ratio(base.get("num_parameters"), row.get("num_parameters"))
         row["speedup_b1"] = _ratio(base.get("latency_ms_p50_b1"), row.get("latency_ms_p50_b1"))
         row["throughput_ratio_b32"] = _ratio(row.get("throughput_b32"), base.get("throughput_b32"))
+        row["decode_speedup"] = _ratio(row.get("decode_tokens_per_s"), base.get("decode_tokens_per_s"))
         acc, base_acc = row.get("accuracy"), base.get("accuracy")
         row["accuracy_delta"] = round(acc - base_acc, 6) if acc is not None and base_acc is not None else None
         out.append(row)
@@ -82,9 +95,36 @@ def _hardware_line(hw: dict) -> str:
     return f"{hw.get('cpu')} ({hw.get('machine')}, {hw.get('cores')} cores), ISA: {', '.join(hw.get('isa') or []) or 'none'}, {hw.get('threads')} threads"
 
 
+def has_generation(rows: list[dict]) -> bool:
+    return any(r.get("decode_tokens_per_s") is not None for r in rows)
+
+
+def _generation_table(rows: list[dict]) -> list[str]:
+    header = ["variant", "perplexity", "size MB", "prefill tok/s", "decode tok/s", "× decode", "TTFT ms", "peak RSS MB"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [
+            r["name"], _fmt(r.get("perplexity"), 3), _fmt(r.get("size_mb"), 1), _fmt(r.get("prefill_tokens_per_s"), 1),
+            _fmt(r.get("decode_tokens_per_s"), 1), _fmt(r.get("decode_speedup"), 2, "×"), _fmt(r.get("ttft_ms"), 1), _fmt(r.get("peak_rss_mb"), 0),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    protocols = list(dict.fromkeys(r["perplexity_protocol"] for r in rows if r.get("perplexity_protocol")))
+    lines += ["", "Perplexity: " + "; ".join(protocols) + "." if protocols else "Perplexity: not measured."]
+    lines.append(
+        "Batch 1, greedy. TTFT: a one-token generate; prefill tok/s: prompt tokens over TTFT; decode tok/s: the tokens after "
+        "the first over the rest of the generation; medians after warm-up. Peak RSS: each variant in its own process."
+    )
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     rows, metric = report["rows"], report["quality_metric"] or "accuracy"
     lines = [f"# {report['title']}", ""]
+    if has_generation(rows) and not any(r.get("latency_ms_p50_b1") is not None for r in rows):
+        lines += [f"Baseline for the ratios: **{report['baseline']}**.", "", *_generation_table(rows), ""]
+        hardware = report["hardware"]
+        lines.append("Measured on: " + "; ".join(_hardware_line(hw) for hw in hardware) + "." if hardware else "No speed was measured.")
+        return "\n".join(lines) + "\n"
     lines.append(
         f"Baseline for the ratios: **{report['baseline']}**. Latency: median (p50) and p95 per call of "
         "timed runs after warm-up, batch 1 and 32; throughput in examples/s."
@@ -109,6 +149,8 @@ def render_markdown(report: dict) -> str:
     if gated:
         lines.append(f"Accuracy gate against **{report['baseline']}** (paired bootstrap interval of the difference, McNemar's exact test):")
         lines += [""] + [f"- {describe_gate(r['name'], r['gate'])}" for r in gated] + [""]
+    if has_generation(rows):
+        lines += ["## Text generation", "", *_generation_table(rows), ""]
     hardware = report["hardware"]
     if hardware:
         lines.append("Measured on: " + "; ".join(_hardware_line(hw) for hw in hardware) + ".")
@@ -125,7 +167,8 @@ def _plot(report: dict, path: Path) -> bool:
     metric = report["quality_metric"] or "accuracy"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     markers = "osD^v<>pXP*h"
-    for ax, key, label in ((axes[0], "latency_ms_p50_b1", "p50 latency, batch 1 (ms)"), (axes[1], "size_mb", "size on disk (MB)")):
+    speed = ("decode_tokens_per_s", "decode tokens/s, batch 1") if has_generation(report["rows"]) else ("latency_ms_p50_b1", "p50 latency, batch 1 (ms)")
+    for ax, key, label in ((axes[0], *speed), (axes[1], "size_mb", "size on disk (MB)")):
         # colour and marker per variant, named in one legend: variants often share an accuracy, so labels would overlap
         points = [(i, r[key], r["accuracy"]) for i, r in enumerate(report["rows"]) if r.get(key) is not None and r.get("accuracy") is not None]
         for i, x, y in points:

@@ -10,6 +10,7 @@ from ...errors import ConfigError
 from ...evaluation import (
     accuracy_gate, classification_predictions, compression_row, evaluate_model, evaluation_texts, measure_latency, write_compression_report,
 )
+from ...evaluation.generation import DEFAULT_LOADER, GenerationSettings, GenerationVariant, measure_in_subprocess
 from ...utils.io import atomic_write_json, atomic_write_text
 from ..context import RunContext
 from ..registry import StageConfig, register_stage
@@ -33,6 +34,16 @@ class EvaluateStageConfig(StageConfig):
     gate_margin: Optional[float] = field(default=None, metadata={
         "help": "Non-inferiority margin in points: gate every model against the first (paired bootstrap interval of the accuracy "
                 "difference and McNemar's test); the report and the card print the verdict. Classification tasks."})
+    generation: bool = field(
+        default=False,
+        metadata={"help": "Text generation: also measure strided perplexity on the evaluation split's text (rows joined by newlines), prefill and "
+                  "decode tokens/s, time to first token and peak RSS, each model in its own process through hfcompress.generation's runtimes."},
+    )
+    context: int = field(default=512, metadata={"help": "Generation: tokens per perplexity window."})
+    stride: int = field(default=512, metadata={"help": "Generation: tokens between perplexity windows (= context: non-overlapping)."})
+    max_tokens: Optional[int] = field(default=8192, metadata={"help": "Generation: score the first N tokens of the text (null: all of it)."})
+    prompt_tokens: int = field(default=512, metadata={"help": "Generation: prompt length for prefill, time to first token and decode (real text)."})
+    new_tokens: int = field(default=128, metadata={"help": "Generation: tokens generated per decode run (greedy, end of sequence ignored)."})
 
     def __post_init__(self):
         if not self.models:
@@ -41,6 +52,11 @@ class EvaluateStageConfig(StageConfig):
             raise ConfigError("threads, latency_samples, repeats and latency_batch_sizes must be positive when latency is on")
         if self.gate_margin is not None and (self.gate_margin < 0 or len(self.models) < 2):
             raise ConfigError("gate_margin: a margin >= 0 in points, and at least two models (the first is the reference)")
+        if self.generation:
+            self.generation_settings()  # bad windows or counts fail when the recipe loads
+
+    def generation_settings(self) -> GenerationSettings:
+        return GenerationSettings(self.context, self.stride, self.max_tokens, self.prompt_tokens, self.new_tokens, self.warmup, self.repeats, self.threads)
 
     def preflight(self, ctx: RunContext) -> None:
         for ref in self.models:
@@ -57,7 +73,9 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_NOT_METRICS = {"name", "path", "backend", "num_examples", "num_parameters", "size_mb", "zipped_size_mb", "sparsity", "latency", "gate"}
+_NOT_METRICS = {"name", "path", "backend", "num_examples", "num_parameters", "size_mb", "zipped_size_mb", "sparsity", "latency", "gate", "generation"}
+# how the stage opens a model for generation (a module attribute, so that a test can give a stand-in runtime)
+CAUSAL_LM_LOADER = DEFAULT_LOADER
 
 
 def gates_against_first(cfg: EvaluateStageConfig, ctx: RunContext) -> list[dict]:
@@ -74,6 +92,7 @@ def run_evaluate(cfg: EvaluateStageConfig, ctx: RunContext):
     staging = ctx.fresh_staging(cfg.name)
     if ctx.state.is_main_process:
         texts = evaluation_texts(ctx.data(), cfg.latency_samples) if cfg.latency else []
+        corpus = "\n".join(evaluation_texts(ctx.data())) if cfg.generation else ""
         rows, report_rows = [], []
         for ref in cfg.models:
             path = ctx.resolve(ref)
@@ -83,8 +102,11 @@ def run_evaluate(cfg: EvaluateStageConfig, ctx: RunContext):
                 latency = measure_latency(
                     path, path, texts, cfg.latency_batch_sizes, cfg.threads, warmup=cfg.warmup, repeats=cfg.repeats, onnx_file=cfg.onnx_file
                 )
-            rows.append({"name": ref, **result, **({"latency": latency} if latency else {})})
-            report_rows.append(compression_row(ref, result, latency))
+            generation = None
+            if cfg.generation:
+                generation = measure_in_subprocess(GenerationVariant(ref, str(path), CAUSAL_LM_LOADER), corpus, cfg.generation_settings())
+            rows.append({"name": ref, **result, **({"latency": latency} if latency else {}), **({"generation": generation} if generation else {})})
+            report_rows.append(compression_row(ref, result, latency, generation))
         if cfg.gate_margin is not None:
             for row, report_row, gate in zip(rows[1:], report_rows[1:], gates_against_first(cfg, ctx)):
                 row["gate"] = report_row["gate"] = gate
