@@ -29,7 +29,7 @@ from hfcompress.evaluation import compression_row, count_macs, write_compression
 from hfcompress.recipes.recipe import apply_overrides, load_yaml, parse_recipe  # noqa: E402
 from hfcompress.recipes.runner import run_recipe  # noqa: E402
 from hfcompress.utils.bench import (  # noqa: E402
-    REPO, add_output_arg, add_recipe_args, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, repo_relative, runnable_stages,
+    REPO, add_output_arg, add_recipe_args, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, print_report, repo_relative, runnable_stages,
 )
 
 CHECKPOINTS = "../shared/assets/models/resnet-cifar10/pretrained_models"
@@ -231,9 +231,7 @@ def main(argv=None) -> int:
         metadata={"goals": goals, "training_cost": training_cost(outputs, stages), "command": command, "recipe": repo_relative(a.recipe),
                   "baselines": BASELINES if ORT_INT8 in paths else None, "settings": settings, "skipped": skipped},
     )
-    print((out.parent / f"{out.name}.md").read_text())
-    if report.get("chart"):
-        print(f"chart: {report['chart']}")
+    print_report(out, report)
     return 0
 
 

@@ -24,12 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from hfcompress.errors import HFCompressError  # noqa: E402
-from hfcompress.evaluation import compression_row, write_compression_report  # noqa: E402
-from hfcompress.evaluation.generation import DEFAULT_LOADER, GenerationSettings, GenerationVariant, measure_in_subprocess  # noqa: E402
-from hfcompress.recipes.recipe import parse_recipe  # noqa: E402
-from hfcompress.recipes.runner import run_recipe  # noqa: E402
 from hfcompress.utils.bench import (  # noqa: E402
-    REPO, SST2_DATA, add_output_arg, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, repo_relative, runnable_stages,
+    REPO, SST2_DATA, add_output_arg, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, print_report, repo_relative, runnable_stages,
 )
 
 TEACHER = "/work/cache/smollm2-135m"  # the lead's safetensors conversion of the GGUF below (see the asset's README)
@@ -37,7 +33,7 @@ GGUF = "/work/cache/smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
 WIKITEXT = "../shared/assets/data/wikitext2-raw/wiki.test.lf.raw"  # "".join of the split's rows (the asset's README)
 LLAMACPP_LOADER = "hfcompress.evaluation.llamacpp:load_llamacpp"
 # the runtime that opens PyTorch checkpoints and ONNX exports (a module attribute: the smoke test gives a stand-in)
-CAUSAL_LM_LOADER = DEFAULT_LOADER
+CAUSAL_LM_LOADER = "hfcompress.generation:load_causal_lm"
 INT4_ALGORITHMS = ("rtn", "hqq", "gptq")
 # the quantize stage's ONNX weight-only settings (issue 21's weight-only quantization); GPTQ calibrates on the recipe's training text
 WEIGHT_ONLY = {"mode": "weight_only", "bits": 4, "block_size": 32}
@@ -73,7 +69,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def settings_of(a) -> GenerationSettings:
+def settings_of(a):
+    from hfcompress.evaluation.generation import GenerationSettings
+
     if a.quick:
         return GenerationSettings(context=32, stride=32, max_tokens=256, prompt_tokens=16, new_tokens=4, warmup=0, repeats=1, threads=a.threads)
     return GenerationSettings(a.context, a.stride, a.max_tokens or None, a.prompt_tokens, a.new_tokens, a.warmup, a.repeats, a.threads)
@@ -115,8 +113,10 @@ def recipe(a, teacher: str) -> dict:
     return {"name": "bench-smollm2", "output_dir": a.work_dir, "data": data, "stages": stages}
 
 
-def variants(a, teacher: str, outputs: dict) -> tuple[list[tuple[str, str, GenerationVariant]], dict[str, str]]:
-    """(key, role, variant) in the issue's order for what exists, and why each other variant is skipped."""
+def variants(a, teacher: str, outputs: dict) -> tuple[list[tuple], dict[str, str]]:
+    """(key, role, GenerationVariant) in the issue's order for what exists, and why each other variant is skipped."""
+    from hfcompress.evaluation.generation import GenerationVariant
+
     built = {key: str(path) for key, path in outputs.items()}
     candidates = [
         ("teacher", "teacher", "teacher fp32 (PyTorch)", teacher, CAUSAL_LM_LOADER, {"backend": "pytorch"}),
@@ -171,6 +171,11 @@ def tokenizer_check(results: dict[str, dict]) -> str:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    from hfcompress.evaluation import compression_row, write_compression_report
+    from hfcompress.evaluation.generation import measure_in_subprocess
+    from hfcompress.recipes.recipe import parse_recipe
+    from hfcompress.recipes.runner import run_recipe
+
     settings = settings_of(a)
     text_path = Path(a.text)
     if not text_path.is_file():
@@ -223,9 +228,7 @@ def main(argv=None) -> int:
         "goals": goals, "command": command, "text": repo_relative(a.text), "settings": asdict(settings),
         "tokenizer_check": tokens, "skipped": missing, "skipped_stages": skipped,
     })
-    print((out.parent / f"{out.name}.md").read_text())
-    if report.get("chart"):
-        print(f"chart: {report['chart']}")
+    print_report(out, report)
     return 0
 
 

@@ -40,7 +40,7 @@ from hfcompress.modeling import load_config, load_model, load_tokenizer  # noqa:
 from hfcompress.pruning import MagnitudePruningCallback, StructuredPruningCallback  # noqa: E402
 from hfcompress.quantization import QATCallback, QATConfig  # noqa: E402
 from hfcompress.recipes import load_recipe, run_recipe  # noqa: E402
-from hfcompress.utils.bench import REPO, add_output_arg, add_recipe_args, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, repo_relative  # noqa: E402
+from hfcompress.utils.bench import REPO, add_output_arg, add_recipe_args, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, print_report, repo_relative  # noqa: E402
 from hfcompress.utils.io import atomic_output_dir  # noqa: E402
 
 OPTIMUM_ONNX, OPTIMUM_INT8 = "optimum_onnx", "optimum_int8"
@@ -280,9 +280,7 @@ def main(argv=None) -> int:
         metadata={"goals": goals, "training_cost": cost, "command": command, "recipe": repo_relative(a.recipe), "baselines": baselines,
                   "settings": {"threads": a.threads, "latency_samples": a.latency_samples, "rounds": a.rounds, "repeats": a.repeats}},
     )
-    print((out.parent / f"{out.name}.md").read_text())
-    if report.get("chart"):
-        print(f"chart: {report['chart']}")
+    print_report(out, report)
     return 0
 
 

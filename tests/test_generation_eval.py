@@ -20,6 +20,7 @@ from hfcompress.evaluation.generation import (
     GenerationVariant,
     evaluate_generation,
     generation_speed,
+    load_variant,
     measure_in_subprocess,
     perplexity,
     perplexity_windows,
@@ -171,15 +172,19 @@ def test_size_on_disk_counts_the_files_a_variant_needs(tiny_llama, tmp_path):
         size_on_disk_mb(tmp_path / "empty")
 
 
+def test_a_missing_runtime_is_named():
+    with pytest.raises(ModelError, match="needs no_such_module:load, which this installation lacks"):
+        load_variant(GenerationVariant("x", "m", "no_such_module:load"), threads=1)
+
+
+@pytest.mark.slow
 def test_each_variant_is_measured_in_its_own_process(tiny_llama):
     settings = GenerationSettings(context=16, stride=16, max_tokens=64, prompt_tokens=8, new_tokens=3, warmup=0, repeats=1, threads=1)
     result = measure_in_subprocess(GenerationVariant("tiny", str(tiny_llama), STAND_IN), _text(), settings)
     assert result["name"] == "tiny" and result["tokens_scored"] == 60 and result["windows"] == 4
     assert result["peak_rss_mb"] > 50 and result["size_mb"] == size_on_disk_mb(tiny_llama)
-    assert result["perplexity_protocol"] == "60 tokens scored in 4 non-overlapping windows of 16 tokens"
+    assert result["perplexity_protocol"] == f"60 tokens scored in 4 non-overlapping windows of 16 tokens, over the first 64 of the text's {result['text_tokens']} tokens"
     assert result["hardware"]["threads"] == 1 and result["decode_tokens_per_s"] > 0
-    with pytest.raises(ModelError, match="needs no_such_module:load, which this installation lacks"):
-        measure_in_subprocess(GenerationVariant("x", str(tiny_llama), "no_such_module:load"), _text(), settings)
 
 
 # --- the evaluate stage and the report ----------------------------------------------------------

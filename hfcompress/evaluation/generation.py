@@ -175,12 +175,12 @@ def generation_speed(lm: CausalLM, prompt_ids: Sequence[int], new_tokens: int = 
     }
 
 
-def evaluate_generation(lm: CausalLM, text: str, settings: GenerationSettings = GenerationSettings(), token_ids: Optional[Sequence[int]] = None) -> dict:
-    """Perplexity (with its protocol) and speed of ``lm`` on ``text`` (tokenized by ``lm`` unless ``token_ids`` are given).
+def evaluate_generation(lm: CausalLM, text: str, settings: GenerationSettings = GenerationSettings()) -> dict:
+    """Perplexity (with its protocol) and speed of ``lm`` on ``text``, tokenized once by ``lm``'s tokenizer.
 
     The prompt for the speed figures is the first ``prompt_tokens`` tokens of the text.
     """
-    ids = list(token_ids) if token_ids is not None else encode_text(lm, text)
+    ids = encode_text(lm, text)
     total, digest = len(ids), hashlib.sha256(" ".join(map(str, ids)).encode()).hexdigest()
     if settings.max_tokens is not None:
         ids = ids[: settings.max_tokens]
@@ -197,7 +197,10 @@ def evaluate_generation(lm: CausalLM, text: str, settings: GenerationSettings = 
 def perplexity_protocol(result: dict) -> str:
     """One line that states how a perplexity was measured."""
     overlap = "non-overlapping" if result["stride"] == result["context"] else f"stride {result['stride']}"
-    return f"{result['tokens_scored']:,} tokens scored in {result['windows']} {overlap} windows of {result['context']} tokens"
+    total = result["text_tokens"]
+    evaluated = total if result["max_tokens"] is None else min(result["max_tokens"], total)
+    return (f"{result['tokens_scored']:,} tokens scored in {result['windows']} {overlap} windows of {result['context']} tokens, "
+            f"over the first {evaluated:,} of the text's {total:,} tokens")
 
 
 # --- one variant per process -----------------------------------------------------------------------

@@ -9,23 +9,19 @@ time and re-creates it when the caller switches between generating and scoring.
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import ConfigError, ModelError
+from ..utils.imports import module_missing
 
 INSTALL_HINT = "pip install 'hfcompress[llamacpp]' (llama-cpp-python builds llama.cpp from source, which takes minutes)"
 
 
 def llama_cpp_missing() -> Optional[str]:
     """Why llama.cpp cannot be used here, or None when ``llama_cpp`` imports."""
-    try:
-        importlib.import_module("llama_cpp")
-    except ImportError as e:
-        return f"llama-cpp-python is not installed ({e}): {INSTALL_HINT}"
-    return None
+    return module_missing("llama_cpp", "llama-cpp-python", INSTALL_HINT)
 
 
 class LlamaCppTokenizer:

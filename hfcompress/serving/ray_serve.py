@@ -21,13 +21,9 @@ REPLICA_HEADER = "X-Replica-Id"
 
 def ray_missing() -> Optional[str]:
     """Why Ray Serve cannot be used here, or None when it can."""
-    import importlib
+    from ..utils.imports import module_missing
 
-    try:
-        importlib.import_module("ray.serve")
-    except ImportError as e:
-        return f"Ray Serve is not installed ({e.msg}): pip install \"hfcompress[ray]\""
-    return None
+    return module_missing("ray.serve", "Ray Serve", 'pip install "hfcompress[ray]"')
 
 
 def build_deployment(model_path: str | Path, config, replicas: int = 2, replica_cpus: float = 1.0):

@@ -93,6 +93,13 @@ def _relative_arg(arg: str) -> str:
 _COMPARISONS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
 
+def print_report(out: Path, report: dict) -> None:
+    """Print a written report's Markdown (``out`` is the output path without extension) and where its chart is."""
+    print((out.parent / f"{out.name}.md").read_text())
+    if report.get("chart"):
+        print(f"chart: {report['chart']}")
+
+
 def goals_met(headline: str, values: dict[str, float], goals: dict[str, tuple[str, str, float]]) -> dict:
     """The goals of variant ``headline``: each ``goals[key] = (what, comparison, target)`` checked against ``values[key]``
     (comparison one of >=, <=, >, <)."""

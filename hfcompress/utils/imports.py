@@ -31,6 +31,15 @@ def lazy_exports(namespace: dict, exports: dict[str, str]) -> tuple[Callable[[st
     return __getattr__, __dir__
 
 
+def module_missing(module: str, what: str, install: str) -> Optional[str]:
+    """Why ``what`` cannot be used here (``module`` does not import), with the ``install`` command; None when it imports."""
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        return f"{what} is not installed ({e.msg}): {install}"
+    return None
+
+
 def optimum_onnx_missing() -> Optional[str]:
     """Why Optimum's ONNX exporter and ORTModel classes cannot be used here, or None when they can.
 
