@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hfcompress.artifacts import EVALUATION_RESULTS_FILE
 from hfcompress.errors import ConfigError, DataError, ModelError
 from hfcompress.evaluation.generation import (
     GenerationSettings,
@@ -53,7 +54,9 @@ class TorchLM:
                                    eos_token_id=eos_token_id, pad_token_id=0)
 
 
-def load_torch_lm(path, threads=None):
+def load_torch_lm(path, backend="pytorch", threads=None):
+    if backend != "pytorch":
+        raise ModelError(f"the test's stand-in runs PyTorch checkpoints only, not {backend}")
     return TorchLM(path)
 
 
@@ -183,7 +186,7 @@ def test_each_variant_is_measured_in_its_own_process(tiny_llama):
     result = measure_in_subprocess(GenerationVariant("tiny", str(tiny_llama), STAND_IN), _text(), settings)
     assert result["name"] == "tiny" and result["tokens_scored"] == 60 and result["windows"] == 4
     assert result["peak_rss_mb"] > 50 and result["size_mb"] == size_on_disk_mb(tiny_llama)
-    assert result["perplexity_protocol"] == f"60 tokens scored in 4 non-overlapping windows of 16 tokens, over the first 64 of the text's {result['text_tokens']} tokens"
+    assert result["perplexity_protocol"] == f"60 tokens scored in 4 windows of 16 tokens (non-overlapping), over the first 64 of the text's {result['text_tokens']} tokens"
     assert result["hardware"]["threads"] == 1 and result["decode_tokens_per_s"] > 0
 
 
@@ -201,7 +204,7 @@ def test_evaluate_stage_reports_perplexity_and_speed_of_a_tiny_gpt2(tmp_path, mo
     stage = {"stage": "evaluate", "models": [str(model)], "generation": True, "context": 16, "stride": 8, "max_tokens": 96,
              "prompt_tokens": 8, "new_tokens": 3, "warmup": 0, "repeats": 1, "threads": 1}
     outputs = run_recipe(parse_recipe({"name": "lm-eval", "output_dir": str(tmp_path / "run"), "data": data, "stages": [stage]}))
-    results = json.loads((outputs["evaluation"] / "eval_results.json").read_text())[0]
+    results = json.loads((outputs["evaluation"] / EVALUATION_RESULTS_FILE).read_text())[0]
     generation = results["generation"]
     assert generation["tokens_scored"] == 95 and (generation["context"], generation["stride"]) == (16, 8)
     row = json.loads((outputs["evaluation"] / "compression_report.json").read_text())["rows"][0]
@@ -209,7 +212,18 @@ def test_evaluate_stage_reports_perplexity_and_speed_of_a_tiny_gpt2(tmp_path, mo
     assert row["split_perplexity"] == results["perplexity"]  # the task's own perplexity over the split's rows stays
     assert row["decode_tokens_per_s"] > 0 and row["peak_rss_mb"] > 0
     report = (outputs["evaluation"] / "compression_report.md").read_text()
-    assert "## Text generation" in report and "95 tokens scored in" in report
+    assert "| decode tok/s |" in report and "95 tokens scored in 11 windows of 16 tokens (moving by 8, each scoring only its new tokens)" in report
+
+
+def test_generation_on_a_classification_recipe_is_refused_before_anything_runs(tmp_path, minilm_path, sst2_path):
+    from hfcompress.recipes import parse_recipe, run_recipe
+
+    stage = {"stage": "evaluate", "models": [str(minilm_path)], "generation": True}
+    recipe = {"name": "x", "output_dir": str(tmp_path / "run"), "data": {"path": str(sst2_path), "eval_split": "dev"}, "stages": [stage]}
+    with pytest.raises(ConfigError, match="generation: true measures language models, and data.task is 'text-classification'"):
+        run_recipe(parse_recipe(recipe))
+    with pytest.raises(ConfigError, match="stride <= context"):
+        parse_recipe({**recipe, "stages": [{**stage, "stride": 1024}]})
 
 
 def test_generation_rows_render_in_the_report_and_the_card_table(tmp_path):
@@ -285,5 +299,6 @@ def test_bench_quick_measures_what_this_checkout_builds(tmp_path, monkeypatch):
         assert {"name", "perplexity", "size_mb", "decode_tokens_per_s", "prefill_tokens_per_s", "peak_rss_mb", "ttft_ms", "threads", "cpu"} <= set(row)
         assert row["perplexity"] > 1 and row["decode_tokens_per_s"] > 0
     assert report["skipped"]["llamacpp"] == "no GGUF for the tiny model of --quick"
+    assert {"teacher", "nf4"} <= set(rows) and rows["nf4"]["size_mb"] < rows["teacher"]["size_mb"]
     assert set(report["skipped"]) | set(rows) >= {"teacher", "onnx", "llamacpp", "nf4", "int4_rtn", "genai_int4", "student_int4"}
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()

@@ -196,10 +196,10 @@ def evaluate_generation(lm: CausalLM, text: str, settings: GenerationSettings = 
 
 def perplexity_protocol(result: dict) -> str:
     """One line that states how a perplexity was measured."""
-    overlap = "non-overlapping" if result["stride"] == result["context"] else f"stride {result['stride']}"
+    moving = "non-overlapping" if result["stride"] == result["context"] else f"moving by {result['stride']}, each scoring only its new tokens"
     total = result["text_tokens"]
     evaluated = total if result["max_tokens"] is None else min(result["max_tokens"], total)
-    return (f"{result['tokens_scored']:,} tokens scored in {result['windows']} {overlap} windows of {result['context']} tokens, "
+    return (f"{result['tokens_scored']:,} tokens scored in {result['windows']} windows of {result['context']} tokens ({moving}), "
             f"over the first {evaluated:,} of the text's {total:,} tokens")
 
 

@@ -10,6 +10,7 @@ from ...errors import ConfigError
 from ...evaluation import (
     accuracy_gate, classification_predictions, compression_row, evaluate_model, evaluation_texts, measure_latency, write_compression_report,
 )
+from ...tasks import get_task
 from ...evaluation.generation import DEFAULT_LOADER, GenerationSettings, GenerationVariant, measure_in_subprocess
 from ...utils.io import atomic_write_json, atomic_write_text
 from ..context import RunContext
@@ -63,6 +64,9 @@ class EvaluateStageConfig(StageConfig):
             ctx.planned_model(ref)  # a missing local path or Hub id fails here, before earlier stages train
         if self.gate_margin is not None and not ctx.data().task.default_metrics:
             raise ConfigError(f"{self.name}.gate_margin: the gate compares per-example predictions; the task has none (text generation): remove it")
+        task = get_task(ctx.data_config.task)
+        if self.generation and task.has_labels:
+            raise ConfigError(f"generation: true measures language models, and data.task is '{task.name}': leave generation off for it")
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
