@@ -73,7 +73,7 @@ def settings_of(a):
     from hfcompress.evaluation.generation import GenerationSettings
 
     if a.quick:
-        return GenerationSettings(context=32, stride=32, max_tokens=256, prompt_tokens=16, new_tokens=4, warmup=0, repeats=1, threads=a.threads)
+        return GenerationSettings(context=32, stride=32, max_tokens=256, prompt_tokens=16, new_tokens=4, warmup=1, repeats=1, threads=a.threads)
     return GenerationSettings(a.context, a.stride, a.max_tokens or None, a.prompt_tokens, a.new_tokens, a.warmup, a.repeats, a.threads)
 
 

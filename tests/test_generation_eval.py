@@ -49,9 +49,9 @@ class TorchLM:
     def logits(self, input_ids, attention_mask=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    def generate(self, input_ids, attention_mask=None, *, max_new_tokens, do_sample=False, eos_token_id=None, **_):
+    def generate(self, input_ids, attention_mask=None, *, max_new_tokens, do_sample=False, eos_token_id=None, streamer=None, **_):
         return self.model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                   eos_token_id=eos_token_id, pad_token_id=0)
+                                   eos_token_id=eos_token_id, pad_token_id=0, streamer=streamer)
 
 
 def load_torch_lm(path, backend="pytorch", threads=None):
@@ -146,7 +146,7 @@ def test_bad_windows_and_short_texts_are_refused():
 
 def test_generation_speed_gives_positive_figures_for_exactly_the_asked_tokens(tiny_llama):
     lm = TorchLM(tiny_llama)
-    speed = generation_speed(lm, list(range(3, 19)), new_tokens=5, warmup=0, repeats=2)
+    speed = generation_speed(lm, list(range(3, 19)), new_tokens=5, warmup=1, repeats=2)
     assert speed["prompt_tokens"] == 16 and speed["new_tokens"] == 5
     assert speed["ttft_ms"] > 0 and speed["decode_tokens_per_s"] > 0
     assert speed["prefill_tokens_per_s"] == pytest.approx(16 / (speed["ttft_ms"] / 1e3), rel=1e-2)
@@ -157,8 +157,14 @@ def test_a_runtime_that_stops_early_is_refused(tiny_llama):
         def generate(self, input_ids, attention_mask=None, *, max_new_tokens, **kwargs):
             return super().generate(input_ids, attention_mask, max_new_tokens=1, **kwargs)
 
+    class StreamsNothing(TorchLM):
+        def generate(self, input_ids, attention_mask=None, *, streamer=None, **kwargs):
+            return super().generate(input_ids, attention_mask, **kwargs)
+
     with pytest.raises(ModelError, match="generate made 1 new tokens, not 4"):
         generation_speed(StopsAtOne(tiny_llama), [3, 4, 5], new_tokens=4, warmup=0, repeats=1)
+    with pytest.raises(ModelError, match="streamed 0 of its 4 new tokens"):
+        generation_speed(StreamsNothing(tiny_llama), [3, 4, 5], new_tokens=4, warmup=0, repeats=1)
 
 
 def test_a_text_shorter_than_the_prompt_is_a_data_error(tiny_llama):

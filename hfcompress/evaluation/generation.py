@@ -8,11 +8,11 @@ llama.cpp (:mod:`.llamacpp`) are measured by the same code.
 - **Perplexity** follows transformers' perplexity guide: the whole text is tokenized once, windows of
   ``context`` tokens move by ``stride``; with ``stride == context`` they do not overlap, with a smaller
   stride each window scores only its last ``stride`` tokens and reads the rest as context.
-- **Speed** at batch 1 on a real-text prompt: time to first token is the wall time of a one-token
-  greedy ``generate``; prefill tokens/s is the prompt length over it; decode tokens/s is the
-  ``new_tokens - 1`` tokens after the first over the rest of a ``new_tokens`` greedy ``generate``
-  (end of sequence ignored, so every run makes exactly that many). Each is the median of ``repeats``
-  runs after ``warmup`` ones.
+- **Speed** at batch 1 on a real-text prompt, from greedy ``generate`` runs of ``new_tokens`` tokens
+  (end of sequence ignored, so every run makes exactly that many) timed token by token through a
+  streamer: time to first token is when the first new token arrives; prefill tokens/s is the prompt
+  length over it; decode tokens/s is the ``new_tokens - 1`` tokens after the first over the time
+  they took. Each is the median of ``repeats`` runs after ``warmup`` ones.
 - **Peak RSS** is measured by :func:`measure_in_subprocess`: each variant loads in a fresh process, so
   none inherits another's memory; it includes the Python interpreter and the runtime's libraries.
 """
@@ -72,8 +72,8 @@ class GenerationSettings:
             raise ConfigError(f"perplexity needs context >= 2 and 1 <= stride <= context (got context {self.context}, stride {self.stride})")
         if self.max_tokens is not None and self.max_tokens < 2:
             raise ConfigError(f"max_tokens must be at least 2 to score a token (got {self.max_tokens}), or None for the whole text")
-        if self.prompt_tokens < 1 or self.new_tokens < 2 or self.repeats < 1 or self.warmup < 0 or self.threads < 1:
-            raise ConfigError("prompt_tokens, repeats and threads must be >= 1, new_tokens >= 2 and warmup >= 0")
+        if self.prompt_tokens < 2 or self.new_tokens < 2 or self.repeats < 1 or self.warmup < 0 or self.threads < 1:
+            raise ConfigError("prompt_tokens and new_tokens must be >= 2, repeats and threads >= 1 and warmup >= 0")
 
 
 @dataclass(frozen=True)
@@ -140,31 +140,54 @@ def encode_text(lm: CausalLM, text: str) -> list[int]:
     return list(lm.tokenizer.encode(text, add_special_tokens=False))
 
 
+class TokenClock:
+    """A generation streamer that notes when each new token arrives.
+
+    transformers' ``generate`` (and the runtimes that follow it) puts the prompt first: a first put
+    of the prompt's length is the prompt, not new tokens.
+    """
+
+    def __init__(self, prompt_length: int):
+        self.prompt_length, self.times, self._first = prompt_length, [], True
+
+    def put(self, value) -> None:
+        import torch
+
+        now, count = time.perf_counter(), int(torch.as_tensor(value).numel())
+        if not (self._first and count == self.prompt_length):
+            self.times += [now] * count
+        self._first = False
+
+    def end(self) -> None:
+        pass
+
+
 def generation_speed(lm: CausalLM, prompt_ids: Sequence[int], new_tokens: int = 128, warmup: int = 1, repeats: int = 3) -> dict:
-    """Time to first token, prefill and decode tokens/s of greedy generation at batch 1 (see the module docstring)."""
+    """Time to first token, prefill and decode tokens/s of greedy generation at batch 1 (see the module docstring).
+
+    Each run is one ``generate`` of ``new_tokens`` tokens timed token by token through a streamer.
+    """
     import torch
 
     prompt = torch.as_tensor([list(prompt_ids)], dtype=torch.long)
     mask = torch.ones_like(prompt)
 
-    def timed(count: int) -> float:
+    def run() -> tuple[float, float]:
+        clock = TokenClock(prompt.shape[-1])
         start = time.perf_counter()
-        out = lm.generate(prompt, mask, max_new_tokens=count, do_sample=False, eos_token_id=NO_EOS)
-        elapsed = time.perf_counter() - start
+        out = lm.generate(prompt, mask, max_new_tokens=new_tokens, do_sample=False, eos_token_id=NO_EOS, streamer=clock)
         made = out.shape[-1] - prompt.shape[-1]
-        if made != count:
-            raise ModelError(f"generate made {made} new tokens, not {count}: the runtime must ignore an eos_token_id that no token has")
-        return elapsed
+        if made != new_tokens:
+            raise ModelError(f"generate made {made} new tokens, not {new_tokens}: the runtime must ignore an eos_token_id that no token has")
+        if len(clock.times) != new_tokens:
+            raise ModelError(f"the runtime streamed {len(clock.times)} of its {new_tokens} new tokens: it must put each token to the streamer")
+        return clock.times[0] - start, (new_tokens - 1) / max(clock.times[-1] - clock.times[0], 1e-9)
 
     with torch.inference_mode():
         for _ in range(warmup):
-            timed(1), timed(new_tokens)
-        firsts, decodes = [], []
-        for _ in tqdm(range(repeats), desc="Timing generation", leave=False):
-            first, total = timed(1), timed(new_tokens)
-            firsts.append(first)
-            decodes.append((new_tokens - 1) / max(total - first, 1e-9))
-    ttft = statistics.median(firsts)
+            run()
+        ttfts, decodes = zip(*(run() for _ in tqdm(range(repeats), desc="Timing generation", leave=False)))
+    ttft = statistics.median(ttfts)
     return {
         "ttft_ms": round(ttft * 1e3, 3),
         "prefill_tokens_per_s": round(len(prompt_ids) / ttft, 2),

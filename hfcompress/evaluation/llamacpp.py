@@ -89,6 +89,8 @@ class LlamaCppLM:
             eos_token_id = llama.token_eos()
         stop = set(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
         llama.reset()  # no reuse of the previous call's cache: every call does its whole prefill
+        if streamer is not None:
+            streamer.put(input_ids)  # the prompt first, as transformers' generate does
         new: list[int] = []
         sampling = {"temp": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {"temp": 0.0, "top_k": 1, "top_p": 1.0}
         for token in llama.generate(prompt, min_p=0.0, repeat_penalty=1.0, reset=True, **sampling):
