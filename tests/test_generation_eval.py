@@ -31,7 +31,7 @@ from hfcompress.evaluation.llamacpp import llama_cpp_missing, load_llamacpp
 from tests.conftest import REPO, SHARED
 
 STAND_IN = "test_generation_eval:load_torch_lm"
-WIKITEXT = SHARED / "assets" / "data" / "wikitext2-raw" / "wiki.test.lf.raw"
+WIKITEXT = SHARED / "data" / "wikitext2-raw" / "wiki.test.lf.raw"
 GGUF = Path("/work/cache/smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf")
 TEACHER = Path("/work/cache/smollm2-135m")
 
