@@ -272,6 +272,25 @@ def _fill_search(search: argparse.ArgumentParser) -> None:
     search.set_defaults(fn=_cmd_search)
 
 
+def _cmd_convert_gguf(args) -> int:
+    from .models.gguf import convert_gguf
+
+    print(f"hfcompress: wrote {convert_gguf(args.gguf_file, args.output_dir, overwrite=args.overwrite)}")
+    return 0
+
+
+def _add_convert_gguf_parser(sub: _LazySubParsers) -> None:
+    cg = sub.add_parser(
+        "convert-gguf", help="Convert a llama.cpp GGUF model to a transformers checkpoint (float32 safetensors + tokenizer).",
+        description="Load a GGUF file with transformers (dequantized to float32) and save model, tokenizer and generation config, "
+        "so that distillation, export and quantization can start from it. The architecture must be one transformers reads from GGUF.",
+    )
+    cg.add_argument("gguf_file", help="The .gguf file.")
+    cg.add_argument("output_dir", help="Directory to write (appears complete or not at all).")
+    cg.add_argument("--overwrite", action="store_true", help="Replace an existing output directory.")
+    cg.set_defaults(fn=_cmd_convert_gguf)
+
+
 def _cmd_card(args) -> int:
     from .hub import CardConfig, write_model_card
 
@@ -482,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_parser(sub)
     _add_push_parser(sub)
     _add_serve_parser(sub)
+    _add_convert_gguf_parser(sub)
     return parser
 
 

@@ -86,6 +86,33 @@ class DistillationTrainingArguments(TrainingArguments):
     teacher_cache_dtype: str = field(
         default="float32", metadata={"help": "Storage dtype of cached logits: 'float32' or 'float16' (half the disk)."}
     )
+    teacher_cache_top_k: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Cache only the k largest teacher logits per token (None: every logit). Full logits take 4 bytes x vocab "
+            "per token (196 KB for a 49,152-token vocabulary); top-k takes 6k + 4 bytes (uint16 ids, up to 65,536 tokens) "
+            "or 8k + 4 (int32 ids), 388 bytes at k = 64. The KD loss then runs over those k tokens plus one tail bucket."
+        },
+    )
+    beta: float = field(
+        default=0.0,
+        metadata={
+            "help": "Divergence of the KD term, GKD's generalized Jensen-Shannon: 0 = forward KL(teacher || student) "
+            "(classic KD), 1 = reverse KL(student || teacher), between = JSD with that teacher weight. In [0, 1]."
+        },
+    )
+    lmbda: float = field(
+        default=0.0,
+        metadata={
+            "help": "On-policy distillation (GKD, causal LMs): fraction of training batches whose continuation the student "
+            "samples itself (max_new_tokens after each training text), scored by the live teacher. In [0, 1]; 0 = off."
+        },
+    )
+    max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated per sequence in on-policy and seq_kd batches."})
+    seq_kd: bool = field(
+        default=False,
+        metadata={"help": "Sequence-level KD: the teacher samples the continuations of batches the student does not generate."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -102,6 +129,18 @@ class DistillationTrainingArguments(TrainingArguments):
             raise ConfigError(f"teacher_cache_dtype='{self.teacher_cache_dtype}' must be 'float32' or 'float16'")
         if self.layer_map is not None:
             parse_layer_map(self.layer_map)
+        if self.teacher_cache_top_k is not None and self.teacher_cache_top_k < 1:
+            raise ConfigError(f"teacher_cache_top_k={self.teacher_cache_top_k} must be >= 1, e.g. 64 (or unset it to cache every logit)")
+        for name in ("beta", "lmbda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)} is outside [0, 1]")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens={self.max_new_tokens} must be >= 1, e.g. 64")
+        if self.teacher_cache_dir and (self.lmbda > 0 or self.seq_kd):
+            raise ConfigError(
+                "teacher_cache_dir holds the teacher's logits on the training texts, but on-policy (lmbda > 0) and seq_kd batches "
+                "are generated during training and need the live teacher: unset teacher_cache_dir, or set lmbda to 0 and seq_kd to false"
+            )
         if self.teacher_cache_dir and (self.hidden_distill_weight > 0 or self.attention_distill_weight > 0):
             raise ConfigError(
                 "teacher_cache_dir caches logits only, but intermediate-layer distillation needs the live teacher: "

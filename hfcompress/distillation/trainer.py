@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
 from typing import Any, Optional
 
 import torch
@@ -12,8 +13,8 @@ from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
 from ..artifacts import DISTILLATION_PROJECTIONS_FILE
-from ..errors import ConfigError
-from ..tasks import task_of
+from ..errors import ConfigError, DataError
+from ..tasks import IGNORE_INDEX, task_of
 from .cache import INDEX_COLUMN, TeacherLogitCache
 from .config import DistillationTrainingArguments, layer_count, resolve_layer_map
 from .losses import attention_loss, combine, count_items, distillation_loss_sums, hidden_state_loss
@@ -38,12 +39,61 @@ def _output_flags(hidden: bool, attentions: bool) -> dict:
     return {**({"output_hidden_states": True} if hidden else {}), **({"output_attentions": True} if attentions else {})}
 
 
+def check_pad_token(tokenizer, task) -> None:
+    """Batches of causal-LM text are padded: borrow the end-of-sequence token where the tokenizer has no pad token.
+
+    Safe because padded positions are masked out of attention and of the loss; without either token there is nothing to pad with.
+    """
+    if tokenizer is None or not task.label_shift or getattr(tokenizer, "pad_token", "") is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise ConfigError(
+            f"tokenizer {type(tokenizer).__name__} has neither a pad token nor an end-of-sequence token to pad batches with: "
+            "set tokenizer.pad_token (e.g. tokenizer.add_special_tokens({'pad_token': '<pad>'}) and resize the embeddings)"
+        )
+    logger.warning(f"tokenizer has no pad token: padding with the end-of-sequence token {tokenizer.eos_token!r} (padded positions are masked)")
+    tokenizer.pad_token = tokenizer.eos_token
+
+
+def check_sequence_length(dataset, config, new_tokens: int) -> None:
+    """Training sequences (plus generated tokens) must fit the student's position embeddings."""
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not positions:
+        return
+    longest = max((len(ids) for ids in dataset["input_ids"]), default=0)
+    if longest + new_tokens > positions:
+        generated = f" + max_new_tokens {new_tokens}" if new_tokens else ""
+        raise DataError(
+            f"training sequences reach {longest} tokens{generated}, longer than the student's {positions} positions "
+            f"(max_position_embeddings): set max_length to at most {positions - new_tokens}"
+        )
+
+
+def left_padded(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same rows with their padding moved to the left, where ``generate`` needs it for decoder-only models."""
+    if attention_mask is None:
+        return input_ids, torch.ones_like(input_ids)
+    order = torch.argsort(attention_mask, dim=1, stable=True)  # padded positions (0) first, tokens keep their order
+    ids = torch.where(attention_mask.bool(), input_ids, pad_id).gather(1, order)
+    return ids, attention_mask.gather(1, order)
+
+
+def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Running count of attended tokens (1 where padded), as ``generate`` computes positions."""
+    return torch.where(attention_mask == 0, 1, attention_mask.cumsum(-1) - 1)
+
+
 class DistillationTrainer(Trainer):
     """Trains ``model`` (the student) to match ``teacher_model``.
 
     ``loss = alpha * CE(s, y) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))`` per item,
     plus optional hidden-state and attention-map terms. The teacher is frozen, in eval mode, placed
     on the device by accelerate without a DDP wrapper, and never saved.
+
+    For causal LMs it also does GKD (Agarwal et al., 2024, as TRL's ``GKDTrainer``): ``beta`` picks
+    the generalized JSD instead of the forward KL, and a fraction ``lmbda`` of the batches is replaced
+    by continuations the student samples after each training text (``seq_kd``: the teacher samples the
+    others), which the live teacher scores; only the generated tokens are distilled, without hard labels.
     """
 
     def __init__(self, model: PreTrainedModel, teacher_model: PreTrainedModel, args: DistillationTrainingArguments, **kwargs):
@@ -51,6 +101,13 @@ class DistillationTrainer(Trainer):
             raise ConfigError("DistillationTrainer needs DistillationTrainingArguments (it carries alpha and temperature)")
         self.task = task_of(model)
         check_compatible(teacher_model, model, self.task)
+        self._generates = args.lmbda > 0 or args.seq_kd
+        if self._generates and not self.task.label_shift:
+            raise ConfigError(
+                f"lmbda and seq_kd generate continuations, which only causal LMs do ({type(model).__name__} is "
+                f"{self.task.name}): set lmbda to 0 and seq_kd to false"
+            )
+        check_pad_token(kwargs.get("processing_class"), self.task)
         teacher_model.eval()
         teacher_model.requires_grad_(False)
         if args.attention_distill_weight > 0:
@@ -80,8 +137,12 @@ class DistillationTrainer(Trainer):
         self._teacher_inputs = set(inspect.signature(self.teacher.forward).parameters)
         self._loss_parts: dict[str, list[float]] = {}
         self.teacher_cache: Optional[TeacherLogitCache] = None
+        if self.train_dataset is not None and "input_ids" in getattr(self.train_dataset, "column_names", ()):
+            check_sequence_length(self.train_dataset, model.config, args.max_new_tokens if self._generates else 0)
         if args.teacher_cache_dir and self.train_dataset is not None:
             self._attach_teacher_cache()
+        self._policy_rng = random.Random(args.seed)
+        self._generated_batch = False
 
     # --- teacher logit cache -------------------------------------------------------------------
 
@@ -104,6 +165,8 @@ class DistillationTrainer(Trainer):
                 batch_size=max(self.args.per_device_eval_batch_size, 64),
                 dtype=self.args.teacher_cache_dtype,
                 disable_progress=self.args.disable_tqdm or not self.is_local_process_zero(),
+                top_k=self.args.teacher_cache_top_k,
+                temperature=self.args.temperature,
             )
         self.train_dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
 
@@ -124,6 +187,51 @@ class DistillationTrainer(Trainer):
         with torch.no_grad():
             out = self.teacher(**teacher_inputs, **_output_flags(need_hidden, need_attn))
         return out.logits, out
+
+    # --- on-policy and sequence-level batches (GKD) ------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        generator = None
+        if self.args.seq_kd:
+            generator = self.teacher
+        if self.args.lmbda > 0 and self._policy_rng.random() < self.args.lmbda:
+            generator = model
+        self._generated_batch = generator is not None
+        if generator is not None:
+            inputs = self._generate_continuations(generator, self._prepare_inputs(inputs))
+            # Trainer counted the items of the batch this one replaces: normalise by this batch's own count instead
+            num_items_in_batch = None
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self._generated_batch = False
+
+    @torch.no_grad()
+    def _generate_continuations(self, generator, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Each training text followed by ``max_new_tokens`` sampled by ``generator``, labelled on the new tokens only."""
+        unwrapped = self.accelerator.unwrap_model(generator)
+        pad_id = self.processing_class.pad_token_id
+        prompt_ids, prompt_mask = left_padded(inputs["input_ids"], inputs.get("attention_mask"), pad_id)
+        was_training = unwrapped.training
+        unwrapped.eval()
+        try:
+            sequences = unwrapped.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=self.args.max_new_tokens, do_sample=True,
+                temperature=self.args.temperature, top_k=0, pad_token_id=pad_id,
+            )
+        finally:
+            unwrapped.train(was_training)
+        new = sequences[:, prompt_ids.shape[1] :]
+        eos = unwrapped.generation_config.eos_token_id
+        eos = torch.tensor(eos if isinstance(eos, list) else [eos if eos is not None else self.processing_class.eos_token_id])
+        is_eos = torch.isin(new, eos.to(new.device)).int()
+        new_mask = (is_eos.cumsum(1) - is_eos) == 0  # up to and including the first end-of-sequence; the rest is padding
+        attention_mask = torch.cat([prompt_mask, new_mask.long()], dim=1)
+        labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), torch.where(new_mask, new, IGNORE_INDEX)], dim=1)
+        batch = {"input_ids": sequences, "attention_mask": attention_mask, "labels": labels}
+        if "position_ids" in inspect.signature(unwrapped.forward).parameters:
+            batch["position_ids"] = position_ids_of(attention_mask)  # as generate numbered them, left padding included
+        return batch
 
     # --- loss ------------------------------------------------------------------------------------
 
@@ -153,7 +261,8 @@ class DistillationTrainer(Trainer):
         )
         attention_mask = inputs.get("attention_mask")
         ce_sum, kl_sum, local_items = distillation_loss_sums(
-            self.task, outputs.logits, teacher_logits, labels, args.temperature, attention_mask
+            self.task, outputs.logits, teacher_logits, labels, args.temperature, attention_mask,
+            beta=args.beta, hard_labels=not self._generated_batch,
         )
         denominator = num_items_in_batch if num_items_in_batch is not None else max(local_items, 1)
         loss = combine(ce_sum, kl_sum, denominator, args.alpha, args.temperature)

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
@@ -16,6 +16,7 @@ from ...artifacts import EVAL_RESULTS_FILE, TRAIN_RESULTS_FILE, TRAINER_STATE_FI
 from ...checkpoints import discard_incomplete_checkpoints, last_complete_checkpoint
 from ...distillation import DistillationTrainer, DistillationTrainingArguments, build_student_from_teacher
 from ...distillation.config import layer_count, resolve_layer_map
+from ...distillation.student import spread_layers
 from ...errors import ConfigError
 from ...guards import CheckRanksInSync, NonFiniteLossConfig, SaveFinalCheckpoint, StopOnNonFiniteLoss
 from ...modeling import check_head_fits_labels, load_model
@@ -189,7 +190,10 @@ class DistillStageConfig(StageConfig):
     student: Optional[str] = field(
         default=None, metadata={"help": "Student checkpoint; default: the teacher, cut to student_layers.", "model_ref": True}
     )
-    student_layers: Optional[list[int]] = field(default=None, metadata={"help": "Teacher layers the student keeps, e.g. [0, 2, 4]."})
+    student_layers: Optional[Union[int, list[int]]] = field(
+        default=None,
+        metadata={"help": "Teacher layers the student keeps, e.g. [0, 2, 4], or how many: 15 keeps the first, the last and 13 evenly spread."},
+    )
     name: str = field(default="student", metadata={"help": "Stage name; also its output sub-directory."})
     training: dict = field(default_factory=dict, metadata={"help": "DistillationTrainingArguments fields (alpha, temperature, ...)."})
     callbacks: list[dict] = field(default_factory=list, metadata={"help": "Callbacks, each {type: ..., ...}."})
@@ -243,7 +247,7 @@ def check_same_vocabulary(teacher_processor, student_processor, student_ref: str
         )
 
 
-def plan_task_model(ctx: RunContext, model: PlannedModel, ref: str, layers: Optional[list[int]], layers_path: str) -> PlannedModel:
+def plan_task_model(ctx: RunContext, model: PlannedModel, ref: str, layers: Union[None, int, list[int]], layers_path: str) -> PlannedModel:
     """The model a training stage will train: its head must fit the data's labels; ``layers`` must exist in it."""
     config = copy.deepcopy(model.config)
     data = ctx.data()
@@ -257,6 +261,11 @@ def plan_task_model(ctx: RunContext, model: PlannedModel, ref: str, layers: Opti
         )
     if layers is not None:
         total = layer_count(config)
+        if isinstance(layers, int):
+            try:
+                layers = spread_layers(layers, total)
+            except ConfigError as e:
+                raise ConfigError(f"{layers_path}: {e}") from None
         if not layers or any(not 0 <= i < total for i in layers) or len(set(layers)) != len(layers):
             raise ConfigError(
                 f"{layers_path}: {layers} must be distinct layer indices of '{ref}', which has {total} layers (0..{total - 1})"
