@@ -88,6 +88,11 @@ class TeacherLogitCache:
         }
 
     @property
+    def logits(self) -> Optional[np.memmap]:
+        """A full cache's [rows, classes] logits (None for a top-k cache)."""
+        return self.arrays.get("logits")
+
+    @property
     def top_k(self) -> Optional[int]:
         return self.meta.get("top_k")
 

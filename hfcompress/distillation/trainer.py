@@ -107,6 +107,8 @@ class DistillationTrainer(Trainer):
                 f"lmbda and seq_kd generate continuations, which only causal LMs do ({type(model).__name__} is "
                 f"{self.task.name}): set lmbda to 0 and seq_kd to false"
             )
+        if self._generates and kwargs.get("processing_class") is None:
+            raise ConfigError("lmbda and seq_kd generate text, which needs the tokenizer: pass processing_class=tokenizer")
         check_pad_token(kwargs.get("processing_class"), self.task)
         teacher_model.eval()
         teacher_model.requires_grad_(False)
@@ -162,7 +164,8 @@ class DistillationTrainer(Trainer):
                 dataset,
                 self.data_collator,
                 self.task,
-                batch_size=max(self.args.per_device_eval_batch_size, 64),
+                # a top-k cache is for large vocabularies, whose full logits per batch are large: keep batches small
+                batch_size=self.args.per_device_eval_batch_size if self.args.teacher_cache_top_k else max(self.args.per_device_eval_batch_size, 64),
                 dtype=self.args.teacher_cache_dtype,
                 disable_progress=self.args.disable_tqdm or not self.is_local_process_zero(),
                 top_k=self.args.teacher_cache_top_k,
