@@ -4,8 +4,10 @@
 Packs SST-2 training sentences (end-of-sequence between them) into rows of ``--seq-len`` tokens,
 cuts a student of ``--student-layers`` layers from the teacher (first, last and evenly spread), and
 trains it ``--steps`` steps at ``--batch-size`` rows two ways, each in its own process so that peak
-RSS is its own: with the live teacher, and from a top-k cache (built first, in a process of its own,
-and timed separately). Reports seconds per step, peak RSS, cache build time and cache bytes per token.
+RSS is its own: with the live teacher, and from a top-k cache (built in a process of its own, timed
+separately). The live run and the cache build run side by side, then the cached run. Reports wall and
+CPU seconds per step (CPU time, of all the process's threads, is what a busy shared machine distorts
+least), peak RSS, cache build time and cache bytes per token.
 
     nice python scripts/bench_lm_distill_cost.py --teacher /work/cache/smollm2-135m \\
         --data ../shared/assets/data/sst2/train.tsv --output benchmarks/results/lm_distill_cost
@@ -14,6 +16,7 @@ and timed separately). Reports seconds per step, peak RSS, cache build time and 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -60,12 +63,32 @@ def packed_rows(tokenizer, path: str, rows: int, seq_len: int):
     return datasets.Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * seq_len for _ in blocks]})
 
 
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def run_variant(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling
 
     from hfcompress.distillation import DistillationTrainer, DistillationTrainingArguments, TeacherLogitCache, build_student_from_teacher
     from hfcompress.evaluation.training_cost import StepTimer
+
+    class CpuStepTimer(StepTimer):
+        """Also the process CPU seconds of every step."""
+
+        def __init__(self):
+            super().__init__()
+            self.step_cpu_seconds: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            super().on_step_begin(args, state, control, **kwargs)
+            self._cpu_start = _cpu_seconds()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            super().on_step_end(args, state, control, **kwargs)
+            self.step_cpu_seconds.append(_cpu_seconds() - self._cpu_start)
 
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.teacher)
@@ -74,17 +97,17 @@ def run_variant(args) -> dict:
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     result = {"variant": args.variant}
     if args.variant == "build-cache":
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         cache = TeacherLogitCache.load_or_build(
             args.cache_dir, teacher, data, collator, "text-generation", batch_size=args.batch_size, top_k=args.top_k,
             temperature=args.temperature,
         )
         size = sum(p.stat().st_size for p in cache.directory.iterdir())
         rows = int(cache.offsets[-1])
-        result.update(build_s=round(time.perf_counter() - start, 2), cache_bytes=size, tokens=rows,
+        result.update(build_s=round(time.perf_counter() - start, 2), build_cpu_s=round(_cpu_seconds() - cpu_start, 2), cache_bytes=size, tokens=rows,
                       bytes_per_token=round(size / rows, 1), full_logits_bytes_per_token=4 * teacher.config.vocab_size)
     else:
-        timer = StepTimer()
+        timer = CpuStepTimer()
         training = DistillationTrainingArguments(
             output_dir=f"{args.cache_dir}/out-{args.variant}", max_steps=args.steps, per_device_train_batch_size=args.batch_size,
             learning_rate=1e-4, seed=0, save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True,
@@ -100,6 +123,8 @@ def run_variant(args) -> dict:
         steps = timer.step_seconds
         result.update(
             step_s=[round(s, 2) for s in steps], step_s_median_after_first=round(statistics.median(steps[1:] or steps), 2),
+            step_cpu_s=[round(s, 2) for s in timer.step_cpu_seconds],
+            step_cpu_s_median_after_first=round(statistics.median(timer.step_cpu_seconds[1:] or timer.step_cpu_seconds), 2),
             training_loss=round(train.training_loss, 4), teacher_forward_passes=trainer.teacher_forward_passes,
         )
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
@@ -113,11 +138,18 @@ def main(argv=None) -> int:
         return 0
     results = {}
     with tempfile.TemporaryDirectory(prefix="hfc-lm-cost-") as cache_dir:
-        for variant in ("live", "build-cache", "cached"):
+
+        def start(variant):
             cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--variant", variant, "--cache-dir", cache_dir]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results[variant] = json.loads(out.strip().splitlines()[-1])
-            print(variant, results[variant], flush=True)
+            return variant, subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+        for batch in (("live", "build-cache"), ("cached",)):  # the cached run reads the cache the build wrote
+            for variant, proc in [start(v) for v in batch]:
+                out, _ = proc.communicate()
+                if proc.returncode:
+                    raise SystemExit(f"variant {variant} failed (exit {proc.returncode})")
+                results[variant] = json.loads(out.strip().splitlines()[-1])
+                print(variant, results[variant], flush=True)
     result = {
         "command": command_line(__file__, argv),
         "setup": {k: getattr(args, k) for k in ("teacher", "student_layers", "steps", "batch_size", "seq_len", "top_k", "temperature", "threads")},
@@ -127,12 +159,14 @@ def main(argv=None) -> int:
     markdown = "\n".join([
         f"# Distillation cost: {args.student_layers}-layer student of {args.teacher}, {args.steps} steps of {args.batch_size} x {args.seq_len} tokens",
         "",
-        "| variant | s/step (median after the first) | peak RSS (MB) |",
-        "|---|---|---|",
-        f"| live teacher | {live['step_s_median_after_first']} | {live['peak_rss_mb']} |",
-        f"| top-{args.top_k} cache | {cached['step_s_median_after_first']} | {cached['peak_rss_mb']} |",
+        "| variant | wall s/step | CPU s/step | peak RSS (MB) |",
+        "|---|---|---|---|",
+        *(f"| {name} | {r['step_s_median_after_first']} | {r['step_cpu_s_median_after_first']} | {r['peak_rss_mb']} |"
+          for name, r in (("live teacher", live), (f"top-{args.top_k} cache", cached))),
         "",
-        f"Cache build: {build['build_s']} s for {build['tokens']} tokens, {build['bytes_per_token']} bytes per token "
+        "Medians over the steps after the first; CPU seconds are the process's, over all its threads.",
+        "",
+        f"Cache build: {build['build_s']} s wall, {build['build_cpu_s']} s CPU for {build['tokens']} tokens, {build['bytes_per_token']} bytes per token "
         f"(full logits: {build['full_logits_bytes_per_token']}), peak RSS {build['peak_rss_mb']} MB.",
         "",
         f"Command: `{result['command']}`",
