@@ -5,7 +5,7 @@ Packs SST-2 training sentences (end-of-sequence between them) into rows of ``--s
 cuts a student of ``--student-layers`` layers from the teacher (first, last and evenly spread), and
 trains it ``--steps`` steps at ``--batch-size`` rows two ways, each in its own process so that peak
 RSS is its own: with the live teacher, and from a top-k cache (built in a process of its own, timed
-separately). The live run and the cache build run side by side, then the cached run. Reports wall and
+separately). The live run goes on while the cache is built and then used. Reports wall and
 CPU seconds per step (CPU time, of all the process's threads, is what a busy shared machine distorts
 least), peak RSS, cache build time and cache bytes per token.
 
@@ -143,13 +143,18 @@ def main(argv=None) -> int:
             cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--variant", variant, "--cache-dir", cache_dir]
             return variant, subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
-        for batch in (("live", "build-cache"), ("cached",)):  # the cached run reads the cache the build wrote
-            for variant, proc in [start(v) for v in batch]:
-                out, _ = proc.communicate()
-                if proc.returncode:
-                    raise SystemExit(f"variant {variant} failed (exit {proc.returncode})")
-                results[variant] = json.loads(out.strip().splitlines()[-1])
-                print(variant, results[variant], flush=True)
+        def finish(variant, proc):
+            out, _ = proc.communicate()
+            if proc.returncode:
+                raise SystemExit(f"variant {variant} failed (exit {proc.returncode})")
+            results[variant] = json.loads(out.strip().splitlines()[-1])
+            print(variant, results[variant], flush=True)
+
+        live = start("live")
+        finish(*start("build-cache"))
+        cached = start("cached")  # reads the cache the build wrote, while the live run goes on
+        finish(*live)
+        finish(*cached)
     result = {
         "command": command_line(__file__, argv),
         "setup": {k: getattr(args, k) for k in ("teacher", "student_layers", "steps", "batch_size", "seq_len", "top_k", "temperature", "threads")},
