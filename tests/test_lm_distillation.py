@@ -10,7 +10,7 @@ import torch
 from transformers import DataCollatorForLanguageModeling, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from hfcompress import ConfigError, DistillationTrainer, DistillationTrainingArguments, build_student_from_teacher
-from hfcompress.distillation.cache import TeacherLogitCache
+from hfcompress.distillation.cache import TeacherLogitCache, top_k_bytes_per_row
 from hfcompress.distillation.losses import TopKLogits, combine, distillation_loss_sums, generalized_jsd
 from hfcompress.distillation.student import spread_layers
 from hfcompress.errors import DataError
@@ -151,7 +151,9 @@ def test_top_k_cache_round_trip(lm_tokenizer, tmp_path):
     collator = DataCollatorForLanguageModeling(lm_tokenizer, mlm=False)
     cache = TeacherLogitCache.load_or_build(tmp_path, teacher, data, collator, "text-generation", batch_size=3, top_k=5, temperature=2.0)
     assert cache.arrays["indices"].dtype == np.uint16 and cache.arrays["values"].dtype == np.float16
-    assert cache.arrays["values"].shape == (sum(len(ids) for ids in data["input_ids"]), 5)
+    tokens = sum(len(ids) for ids in data["input_ids"])
+    assert cache.arrays["values"].shape == (tokens, 5)
+    assert sum((cache.directory / f"{name}.bin").stat().st_size for name in cache.arrays) == tokens * top_k_bytes_per_row(5, VOCAB) == tokens * 24
     row = 3
     ids = torch.tensor([data[row]["input_ids"]])
     with torch.no_grad():

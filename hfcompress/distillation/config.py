@@ -90,8 +90,9 @@ class DistillationTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "Cache only the k largest teacher logits per token (None: every logit). Full logits take 4 bytes x vocab "
-            "per token (196 KB for a 49,152-token vocabulary); top-k takes 6k + 4 bytes (uint16 ids, up to 65,536 tokens) "
-            "or 8k + 4 (int32 ids), 388 bytes at k = 64. The KD loss then runs over those k tokens plus one tail bucket."
+            "per token (196 KB for a 49,152-token vocabulary); top-k takes 4k + 4 bytes (float16 values, uint16 ids up to "
+            "65,536 tokens, a float32 log-sum-exp) or 6k + 4 (int32 ids), 260 bytes at k = 64. The KD loss then runs over "
+            "those k tokens plus one tail bucket."
         },
     )
     beta: float = field(
