@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from typing import Iterator, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from hfcompress.utils.bench import CPU_LOCK, REPO, add_data_args, add_output_arg, add_threads_arg, bench_parser, command_line, repo_relative  # noqa: E402
+from hfcompress.utils.net import free_port  # noqa: E402
 
 CONCURRENCY = [1, 8, 32, 64]
 # the issue's goals on 2 cores
@@ -101,12 +101,6 @@ def run_naive_server(teacher: str, port: int, threads: int) -> None:
 
 
 # --- servers as processes ----------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a server process and its children (uvicorn workers), in MB."""

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from conftest import save_tiny_wordpiece_tokenizer, tiny_bert_config
 
+from hfcompress.utils.net import free_port
+
 LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
 TAGS = {0: "O", 1: "B-PER", 2: "I-PER"}
 VOCAB = 100
@@ -31,12 +33,6 @@ def save_tiny_classifier(out: Path, token_level: bool = False) -> Path:
     save_tiny_wordpiece_tokenizer(out, VOCAB)
     (out / EVAL_RESULTS_FILE).write_text(json.dumps({"eval_accuracy": 0.75, "eval_loss": 0.5, "eval_runtime": 1.2}))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import pytest
 
 from hfcompress.errors import ConfigError
 from hfcompress.serving.ray_serve import REPLICA_HEADER, build_deployment, ray_missing
-from serve_helpers import free_port
+from hfcompress.utils.net import free_port
 
 
 def test_bad_replica_counts_are_config_errors():
