@@ -9,7 +9,7 @@ separately). The live run goes on while the cache is built and then used. Report
 CPU seconds per step (CPU time, of all the process's threads, is what a busy shared machine distorts
 least), peak RSS, cache build time and cache bytes per token.
 
-    nice python scripts/bench_lm_distill_cost.py --teacher /work/cache/smollm2-135m \\
+    nice python scripts/bench_lm_distill_cost.py --teacher ~/.cache/hfcompress/smollm2/teacher \\
         --data ../shared/assets/data/sst2/train.tsv --output benchmarks/results/lm_distill_cost
 """
 

@@ -25,11 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from hfcompress.errors import HFCompressError  # noqa: E402
 from hfcompress.utils.bench import (  # noqa: E402
-    REPO, SST2_DATA, add_output_arg, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, print_report, repo_relative, runnable_stages,
+    REPO, SMOLLM2_GGUF, SMOLLM2_TEACHER, SST2_DATA, add_output_arg, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, print_report, repo_relative, runnable_stages,
+    smollm2_teacher,
 )
 
-TEACHER = "/work/cache/smollm2-135m"  # the lead's safetensors conversion of the GGUF below (see the asset's README)
-GGUF = "/work/cache/smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
 WIKITEXT = "../shared/assets/data/wikitext2-raw/wiki.test.lf.raw"  # "".join of the split's rows (the asset's README)
 LLAMACPP_LOADER = "hfcompress.evaluation.llamacpp:load_llamacpp"
 # the runtime that opens PyTorch checkpoints and ONNX exports (a module attribute: the smoke test gives a stand-in)
@@ -52,8 +51,10 @@ STUDENT_GOALS = {
 
 def parse_args(argv=None):
     p = bench_parser(__doc__)
-    p.add_argument("--teacher", default=TEACHER, help="The teacher: a PyTorch checkpoint directory (or Hub id).")
-    p.add_argument("--gguf", default=GGUF, help="The GGUF file llama.cpp runs (variant 3): the teacher's original weights.")
+    p.add_argument("--teacher", default=None, help=f"The teacher: a PyTorch checkpoint directory (or Hub id). Default: {SMOLLM2_TEACHER}, "
+                   "converted from the GGUF with convert-gguf when missing.")
+    p.add_argument("--gguf", default=None, help=f"The GGUF file llama.cpp runs (variant 3): the teacher's original weights. Default: {SMOLLM2_GGUF}, "
+                   "fetched by the asset's get.sh when missing.")
     p.add_argument("--student", default=None, help="The half-depth distilled student's checkpoint directory (left out when not given).")
     p.add_argument("--student-algorithm", choices=INT4_ALGORITHMS, default="rtn", help="The int4 algorithm the student is quantized with.")
     p.add_argument("--text", default=WIKITEXT, help="The evaluation text file (perplexity, and the prompt of the speed runs).")
@@ -186,7 +187,13 @@ def main(argv=None) -> int:
         return 1
     text = text_path.read_text(encoding="utf-8")
     try:
-        teacher = tiny_llama(Path(a.work_dir) / "tiny-llama", text[:200_000]) if a.quick else a.teacher
+        if a.quick:
+            teacher = tiny_llama(Path(a.work_dir) / "tiny-llama", text[:200_000])
+        elif a.teacher is None or a.gguf is None:
+            gguf, converted = smollm2_teacher()
+            a.gguf, teacher = a.gguf or str(gguf), a.teacher or str(converted)
+        else:
+            teacher = a.teacher
         runnable, skipped = runnable_stages(recipe(a, teacher))
         for name, reason in skipped.items():
             print(f"skipped stage {name}: {reason}")

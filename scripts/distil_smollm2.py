@@ -6,8 +6,8 @@ newlines and packed into blocks of --block-size tokens. The student keeps the te
 layers named by --layers, or --keep of them (default: 15 of 30, first and last kept, the rest spread evenly). Checkpoints every
 --save-steps; rerunning the same command resumes from the last one.
 
-    hfcompress convert-gguf SmolLM2-135M-Instruct.Q4_1.gguf /work/cache/smollm2-135m     # the teacher, once
-    python scripts/distil_smollm2.py --teacher /work/cache/smollm2-135m --output /work/cache/smollm2-student-15l \
+    python -c "from hfcompress.utils.bench import smollm2_teacher; smollm2_teacher()"   # the GGUF (get.sh) and its conversion, once
+    python scripts/distil_smollm2.py --teacher ~/.cache/hfcompress/smollm2/teacher --output outputs/smollm2-student-15l \
         --layers 0,2,4,6,8,10,12,15,17,19,21,23,25,27,29 --steps 120 --save-steps 20    # the benchmark's student
 """
 

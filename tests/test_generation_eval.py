@@ -28,12 +28,12 @@ from hfcompress.evaluation.generation import (
     size_on_disk_mb,
 )
 from hfcompress.evaluation.llamacpp import llama_cpp_missing, load_llamacpp
+from hfcompress.utils.bench import SMOLLM2_DIR, SMOLLM2_GGUF, SMOLLM2_TEACHER
 from tests.conftest import REPO, SHARED
 
 STAND_IN = "test_generation_eval:load_torch_lm"
 WIKITEXT = SHARED / "data" / "wikitext2-raw" / "wiki.test.lf.raw"
-GGUF = Path("/work/cache/smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf")
-TEACHER = Path("/work/cache/smollm2-135m")
+GGUF, TEACHER = SMOLLM2_GGUF, SMOLLM2_TEACHER
 
 
 class TorchLM:
@@ -267,7 +267,7 @@ def test_llamacpp_loader_names_what_is_missing(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(llama_cpp_missing() is not None, reason="llama-cpp-python is not installed (pip install 'hfcompress[llamacpp]')")
-@pytest.mark.skipif(not (GGUF.is_file() and TEACHER.is_dir()), reason="the SmolLM2 GGUF and its safetensors conversion are not in /work/cache")
+@pytest.mark.skipif(not (GGUF.is_file() and TEACHER.is_dir()), reason=f"the SmolLM2 GGUF and its conversion are not in {SMOLLM2_DIR} (scripts/bench_smollm2.py fetches them)")
 def test_llamacpp_matches_transformers_on_the_same_weights():
     llama, torch_lm = load_llamacpp(GGUF, threads=2, context=512), TorchLM(TEACHER)
     text = WIKITEXT.read_text(encoding="utf-8")[:20_000]

@@ -22,6 +22,24 @@ from typing import Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 SST2_DATA = "../shared/assets/data/sst2"
+# SmolLM2-135M-Instruct: the asset's get.sh puts the GGUF here, and the benchmarks convert it beside it (HFC_SMOLLM2_DIR moves both)
+SMOLLM2_DIR = Path(os.environ.get("HFC_SMOLLM2_DIR", "~/.cache/hfcompress/smollm2")).expanduser()
+SMOLLM2_GGUF = SMOLLM2_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_TEACHER = SMOLLM2_DIR / "teacher"  # hfcompress convert-gguf of the GGUF: float32 safetensors
+SMOLLM2_GET = REPO.parent / "shared" / "assets" / "models" / "smollm2-135m" / "get.sh"
+
+
+def smollm2_teacher() -> tuple[Path, Path]:
+    """(GGUF, converted checkpoint) of SmolLM2-135M-Instruct: downloaded by the asset's get.sh and converted once, when missing."""
+    import subprocess
+
+    if not SMOLLM2_GGUF.is_file():
+        subprocess.run(["bash", str(SMOLLM2_GET), str(SMOLLM2_DIR)], check=True)
+    if not (SMOLLM2_TEACHER / "config.json").is_file():
+        from ..models.gguf import convert_gguf
+
+        convert_gguf(SMOLLM2_GGUF, SMOLLM2_TEACHER, overwrite=True)
+    return SMOLLM2_GGUF, SMOLLM2_TEACHER
 FULL_RUN = "outputs/sst2-minilm-full"  # output_dir of recipes/sst2_minilm_full.yaml: the teacher and student measured
 CPU_LOCK = "flock /tmp/hfc-cpu.lock"  # the benchmarks that time on a shared machine take this lock
 
