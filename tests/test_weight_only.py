@@ -16,7 +16,7 @@ import torch
 from hfcompress.errors import ConfigError
 from hfcompress.quantization import BnbConfig, PTQConfig, load_bnb, quantize_bnb, quantize_onnx
 from hfcompress.quantization.config import WeightOnlyConfig
-from hfcompress.quantization.weight_only import gptq_fake_quantize, group_grid, quantize_weight_only, weight_matmuls
+from hfcompress.quantization.weight_only import gptq_fake_quantize, group_grid, integer_zero_points, quantize_weight_only, weight_matmuls
 
 from tests.conftest import assert_compression_summary
 
@@ -285,6 +285,63 @@ def test_onnxruntime_gptq_port_still_returns_round_to_nearest():
 
     weight, _, hessian = _correlated_layer()
     np.testing.assert_allclose(gptq(weight.copy(), hessian.copy(), num_bits=4, group_size=16), _round_to_nearest(weight), atol=1e-6)
+
+
+# --- integer zero points for HQQ ------------------------------------------------------------------------------------
+
+
+def _float_zero_point_graph(k: int = 64, block_size: int = 16):
+    """Hand-made MatMulNBits with float zero points (HQQ's layout): q, k and v read ``hidden``, o reads their sum.
+
+    The zero points span [-1.5, 16.5], so some blocks clip to the uint4 range and stay exact only through the correction.
+    accuracy_level 1 (fp32 compute) on both sides, so the comparison sees the rewrite alone: at 4 the integer kernel also
+    rounds the activations to int8, which the float-zero-point fallback does not.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    n, blocks = k, k // block_size  # square weights: o reads the sum of q, k and v
+    nodes, initializers = [], []
+    for name, source, out in [("q", "hidden", "q_out"), ("k", "hidden", "k_out"), ("v", "hidden", "v_out"), ("o", "mixed", "logits")]:
+        codes = rng.integers(0, 16, size=(n, k)).astype(np.uint8)
+        packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).reshape(n, blocks, block_size // 2)
+        initializers += [numpy_helper.from_array(packed, f"{name}.q"),
+                         numpy_helper.from_array(rng.uniform(0.01, 0.1, size=n * blocks).astype(np.float32), f"{name}.scales"),
+                         numpy_helper.from_array(rng.uniform(-1.5, 16.5, size=n * blocks).astype(np.float32), f"{name}.zero_points")]
+        nodes.append(helper.make_node("MatMulNBits", [source, f"{name}.q", f"{name}.scales", f"{name}.zero_points"], [out], name=name,
+                                      domain="com.microsoft", K=k, N=n, bits=4, block_size=block_size, accuracy_level=1))
+    nodes.insert(3, helper.make_node("Sum", ["q_out", "k_out", "v_out"], ["mixed"], name="sum"))
+    graph = helper.make_graph(nodes, "float_zero_points", [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None), helper.make_tensor_value_info("q_out", TensorProto.FLOAT, None)],
+                              initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+
+
+def _run(model, hidden: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["q_out", "logits"], {"hidden": hidden})
+
+
+def test_integer_zero_points_are_exact_uint8_and_share_one_block_sum_per_input():
+    from onnx import TensorProto
+
+    model = _float_zero_point_graph()
+    hidden = np.random.default_rng(1).normal(size=(2, 5, 64)).astype(np.float32)
+    expected = _run(model, hidden)
+    report = integer_zero_points(model)
+    assert report["nodes"] == 4 and report["shared_block_sums"] == 2  # q, k, v share the sums of hidden; o has its own
+    assert report["blocks_clipped"] > 0  # zero points outside [0, 15]: exact only through the correction
+    initializers = {t.name: t for t in model.graph.initializer}
+    matmuls = [node for node in model.graph.node if node.op_type == "MatMulNBits"]
+    assert all(initializers[node.input[3]].data_type == TensorProto.UINT8 for node in matmuls)
+    assert len(initializers["q.zero_points"].raw_data or initializers["q.zero_points"].int32_data) == 64 * 4 // 2  # two per byte
+    assert sum(node.op_type == "ReduceSum" for node in model.graph.node) == 2
+    for got, want in zip(_run(model, hidden), expected):  # the same dequantized weights, summed in another order
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    model_2d = _float_zero_point_graph()
+    integer_zero_points(model_2d)
+    assert np.allclose(_run(model_2d, hidden[0])[1], expected[1][0], rtol=0, atol=1e-5 * np.abs(expected[1]).max())  # any leading shape
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------

@@ -192,6 +192,12 @@ class WeightOnlyConfig:
                   "'int8' (8-bit blocks; llama.cpp's Q4 files keep the output layer in 8 bits or more: SmolLM2's Q4_1 GGUF stores its tied table as Q8_0, wider models get Q6_K), "
                   "'fp32' (left as exported) or 'same' (the bits of the rest)."},
     )
+    integer_zero_points: bool = field(
+        default=True,
+        metadata={"help": "hqq: round its float zero points to uint4 and add the exact remainder back (a small float MatMul on per-block sums of the input, "
+                  "shared by the MatMuls reading the same input), so MatMulNBits runs its fast integer kernel (with float zero points it falls back to a slow path) "
+                  "at HQQ's accuracy; false keeps the float zero points. rtn and gptq write integer zero points already."},
+    )
     calibration_sequence_length: int = field(default=256, metadata={"help": "gptq: tokens per calibration sequence (calibration rows tokenized, joined and cut to this length)."})
 
     def __post_init__(self):

@@ -226,6 +226,79 @@ def set_accuracy_level(model, level: int) -> None:
         node.attribute.extend(kept + ([onnx.helper.make_attribute("accuracy_level", level)] if level else []))
 
 
+def _pack_uint4_rows(codes: np.ndarray) -> np.ndarray:
+    """MatMulNBits' 4-bit zero points: each row of ``codes`` [N, blocks] packed two per byte, the even block in the low nibble, rows padded to whole bytes."""
+    if codes.shape[1] % 2:
+        codes = np.pad(codes, ((0, 0), (0, 1)))
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8).reshape(-1)
+
+
+def _block_sums(source: str, block_size: int, blocks: int) -> tuple[list, list, str]:
+    """Nodes and initializers summing ``source`` [..., K] over each block of ``block_size`` along K: [..., blocks].
+
+    The leading dims are read at run time (Shape without its last axis), so any batch and sequence shape works.
+    """
+    from onnx import helper, numpy_helper
+
+    prefix = f"{source}.block_sums{block_size}"
+    initializers = [numpy_helper.from_array(np.array([blocks, block_size], dtype=np.int64), f"{prefix}.block_shape"),
+                    numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{prefix}.last_axis")]
+    nodes = [
+        helper.make_node("Shape", [source], [f"{prefix}.leading_shape"], name=f"{prefix}/leading_shape", end=-1),
+        helper.make_node("Concat", [f"{prefix}.leading_shape", f"{prefix}.block_shape"], [f"{prefix}.blocked_shape"], name=f"{prefix}/blocked_shape", axis=0),
+        helper.make_node("Reshape", [source, f"{prefix}.blocked_shape"], [f"{prefix}.blocked"], name=f"{prefix}/blocks"),
+        helper.make_node("ReduceSum", [f"{prefix}.blocked", f"{prefix}.last_axis"], [prefix], name=f"{prefix}/sum", keepdims=0),
+    ]
+    return nodes, initializers, prefix
+
+
+def integer_zero_points(model) -> dict:
+    """Give every 4-bit MatMulNBits with float zero points (HQQ's) uint8 ones, adding back the exact difference as a small float MatMul.
+
+    ONNX Runtime's fast MatMulNBits kernels (accuracy_level 4 computes in int8) need integer zero points; with
+    float ones the node runs a slow fallback. A weight dequantizes as ``s * (q - zp)`` = ``s * (q - zi) + s * (zi - zp)``
+    with ``zi = clip(round(zp), 0, 15)``, so ``x @ W`` = ``MatMulNBits(x; q, s, zi) + block_sums(x) @ C`` with
+    ``C[b, n] = s[n, b] * (zi[n, b] - zp[n, b])`` ([K / block_size, N]) and ``block_sums(x)`` the sums of x over each
+    block of K. The identity holds for any ``zi``: rounding keeps |zi - zp| <= 0.5 (C small), and a block whose zp
+    lies outside [0, 15] is clipped and still exact, C carrying the whole remainder. MatMuls reading the same input
+    (q/k/v, gate/up) share one block sum. Modifies ``model`` in place; returns what was done.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    rewritten, clipped, nodes, block_sums = 0, 0, [], {}
+    for node in model.graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        zero_points = initializers.get(node.input[3]) if node.op_type == "MatMulNBits" and len(node.input) > 3 and node.input[3] else None
+        if zero_points is None or zero_points.data_type == TensorProto.UINT8 or attributes.get("bits", 4) != 4 or attributes["K"] % attributes["block_size"]:
+            nodes.append(node)  # integer zero points already, or K not whole blocks (left as quantized: the Reshape needs whole blocks)
+            continue
+        k, n, block_size = attributes["K"], attributes["N"], attributes["block_size"]
+        blocks = k // block_size
+        scales = numpy_helper.to_array(initializers[node.input[2]]).reshape(n, blocks)
+        zp = numpy_helper.to_array(zero_points).reshape(n, blocks)
+        rounded = np.clip(np.round(zp), 0, 15)
+        clipped += int(np.count_nonzero(np.abs(rounded - zp) > 0.5))
+        model.graph.initializer.remove(zero_points)
+        model.graph.initializer.append(numpy_helper.from_array(_pack_uint4_rows(rounded.astype(np.uint8)), zero_points.name))
+        correction = f"{node.name}.zero_point_correction"
+        model.graph.initializer.append(numpy_helper.from_array((scales * (rounded - zp)).T.astype(scales.dtype), f"{correction}.weight"))
+        source = node.input[0]
+        if (source, block_size) not in block_sums:
+            block_nodes, block_initializers, block_sums[source, block_size] = _block_sums(source, block_size, blocks)
+            nodes += block_nodes
+            model.graph.initializer.extend(block_initializers)
+        output = node.output[0]
+        node.output[0] = f"{output}.integer_zero_points"
+        nodes += [node,
+                  helper.make_node("MatMul", [block_sums[source, block_size], f"{correction}.weight"], [correction], name=f"{correction}/matmul"),
+                  helper.make_node("Add", [node.output[0], correction], [output], name=f"{correction}/add")]
+        rewritten += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return {"nodes": rewritten, "shared_block_sums": len(block_sums), "blocks_clipped": clipped}
+
+
 def quantize_weight_only(onnx_file: Path, quantized: Path, config: PTQConfig, data: Optional[TaskData], tokenizer, model_config, seed: int) -> dict:
     """Write ``onnx_file`` with int4/int8 MatMulNBits weights to ``quantized``; returns what quantization.json records."""
     import onnx
@@ -256,6 +329,7 @@ def quantize_weight_only(onnx_file: Path, quantized: Path, config: PTQConfig, da
     if separate_output and settings.output_layer == "int8" and output_layer not in config.exclude_nodes:
         eight_bit = WeightOnlyConfig(bits=8, block_size=settings.block_size, symmetric=settings.symmetric)
         model = quantize_matmuls(model, eight_bit, [n for n in matmuls if n != output_layer])
+    rounded = integer_zero_points(model) if settings.algorithm == "hqq" and settings.integer_zero_points else None
     set_accuracy_level(model, settings.accuracy_level)
     onnx.save(model, str(quantized))
     embeddings = quantize_embeddings_4bit(quantized, config.embedding_block_size) if config.quantize_embeddings else 0
@@ -272,6 +346,8 @@ def quantize_weight_only(onnx_file: Path, quantized: Path, config: PTQConfig, da
         "embeddings_quantized": config.quantize_embeddings,
         **({"embedding_bits": 4, "embedding_block_size": config.embedding_block_size, "embedding_tables_quantized": embeddings} if config.quantize_embeddings else {}),
         "calibration": calibration,
+        "integer_zero_points": settings.algorithm != "hqq" or settings.integer_zero_points,
+        "zero_point_corrections": rounded,
         "matmuls_quantized": len(matmuls) - len(kept),
         "matmuls_kept": kept,
         "quantizer": "onnxruntime.quantization.neural_compressor.gptq_quantize with hfcompress' GPTQ update" if settings.algorithm == "gptq"
