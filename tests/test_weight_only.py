@@ -197,6 +197,8 @@ def test_embeddings_go_through_gather_block_quantized_and_the_report_says_what_w
         "embeddings_quantized": True, "embedding_bits": 4,
     }
     assert report["matmuls_quantized"] == 14 and report["output_layer"]["weights"] == "fp32"
+    # q/k/v, o, gate/up and down read four inputs per layer: eight shared block sums correct HQQ's 14 rounded zero points
+    assert report["integer_zero_points"] and report["zero_point_corrections"] == {"nodes": 14, "shared_block_sums": 8, "blocks_clipped": 0}
     assert report["matmuls_kept"] == [report["output_layer"]["node"]]  # the tied lm_head, left as exported
     assert report["weights"].startswith("int4 asymmetric blocks of 32") and report["onnx_file"] == quantized.name
     assert (quantized.parent / "generation_config.json").is_file() and (quantized.parent / "tokenizer.json").is_file()
@@ -342,6 +344,30 @@ def test_integer_zero_points_are_exact_uint8_and_share_one_block_sum_per_input()
     model_2d = _float_zero_point_graph()
     integer_zero_points(model_2d)
     assert np.allclose(_run(model_2d, hidden[0])[1], expected[1][0], rtol=0, atol=1e-5 * np.abs(expected[1]).max())  # any leading shape
+
+
+def test_hqq_through_quantize_onnx_records_integer_zero_points_and_matches_float_ones(tmp_path):
+    import onnx
+    from onnx import TensorProto
+    from transformers import LlamaConfig
+
+    source = tmp_path / "onnx"
+    source.mkdir()
+    _decoder_graph(source / "model.onnx")
+    LlamaConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_attention_heads=HEADS).save_pretrained(source)
+    _tokenizer().save_pretrained(source)
+    outputs = {}
+    for rounded in (True, False):
+        config = _weight_only(algorithm="hqq", block_size=16, output_layer="same", accuracy_level=1, integer_zero_points=rounded)
+        quantized = quantize_onnx(source, tmp_path / str(rounded), config)
+        report = json.loads((quantized.parent / "quantization.json").read_text())
+        graph = onnx.load(str(quantized)).graph
+        types = {t.name: t.data_type for t in graph.initializer}
+        assert {types[n.input[3]] for n in graph.node if n.op_type == "MatMulNBits"} == {TensorProto.UINT8 if rounded else TensorProto.FLOAT}
+        assert report["integer_zero_points"] is rounded
+        assert report["zero_point_corrections"] == ({"nodes": 2, "shared_block_sums": 2, "blocks_clipped": 0} if rounded else None)
+        outputs[rounded] = _logits(quantized, _feeds())
+    np.testing.assert_allclose(outputs[True], outputs[False], rtol=0, atol=1e-5 * np.abs(outputs[False]).max())
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------
