@@ -302,10 +302,10 @@ def _float_zero_point_graph(k: int = 64, block_size: int = 16):
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    n, blocks = k, k // block_size  # square weights: o reads the sum of q, k and v
+    n, blocks = k, -(-k // block_size)  # square weights: o reads the sum of q, k and v
     nodes, initializers = [], []
     for name, source, out in [("q", "hidden", "q_out"), ("k", "hidden", "k_out"), ("v", "hidden", "v_out"), ("o", "mixed", "logits")]:
-        codes = rng.integers(0, 16, size=(n, k)).astype(np.uint8)
+        codes = rng.integers(0, 16, size=(n, blocks * block_size)).astype(np.uint8)  # K padded to whole blocks, as MatMulNBits stores it
         packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).reshape(n, blocks, block_size // 2)
         initializers += [numpy_helper.from_array(packed, f"{name}.q"),
                          numpy_helper.from_array(rng.uniform(0.01, 0.1, size=n * blocks).astype(np.float32), f"{name}.scales"),
@@ -325,11 +325,12 @@ def _run(model, hidden: np.ndarray) -> list[np.ndarray]:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["q_out", "logits"], {"hidden": hidden})
 
 
-def test_integer_zero_points_are_exact_uint8_and_share_one_block_sum_per_input():
+@pytest.mark.parametrize("k", [64, 72])  # 72: a last block of 8 and an odd number of zero points per row
+def test_integer_zero_points_are_exact_uint8_and_share_one_block_sum_per_input(k):
     from onnx import TensorProto
 
-    model = _float_zero_point_graph()
-    hidden = np.random.default_rng(1).normal(size=(2, 5, 64)).astype(np.float32)
+    model = _float_zero_point_graph(k)
+    hidden = np.random.default_rng(1).normal(size=(2, 5, k)).astype(np.float32)
     expected = _run(model, hidden)
     report = integer_zero_points(model)
     assert report["nodes"] == 4 and report["shared_block_sums"] == 2  # q, k, v share the sums of hidden; o has its own
@@ -337,11 +338,13 @@ def test_integer_zero_points_are_exact_uint8_and_share_one_block_sum_per_input()
     initializers = {t.name: t for t in model.graph.initializer}
     matmuls = [node for node in model.graph.node if node.op_type == "MatMulNBits"]
     assert all(initializers[node.input[3]].data_type == TensorProto.UINT8 for node in matmuls)
-    assert len(initializers["q.zero_points"].raw_data or initializers["q.zero_points"].int32_data) == 64 * 4 // 2  # two per byte
-    assert sum(node.op_type == "ReduceSum" for node in model.graph.node) == 2
+    assert len(initializers["q.zero_points"].raw_data or initializers["q.zero_points"].int32_data) == k * -(-k // 32)  # two per byte, each row padded
+    assert sorted(node.name for node in model.graph.node if node.op_type == "MatMul") == [
+        "hidden.block_sums16/matmul", "k.zero_point_correction/matmul", "mixed.block_sums16/matmul", "o.zero_point_correction/matmul",
+        "q.zero_point_correction/matmul", "v.zero_point_correction/matmul"]
     for got, want in zip(_run(model, hidden), expected):  # the same dequantized weights, summed in another order
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
-    model_2d = _float_zero_point_graph()
+    model_2d = _float_zero_point_graph(k)
     integer_zero_points(model_2d)
     assert np.allclose(_run(model_2d, hidden[0])[1], expected[1][0], rtol=0, atol=1e-5 * np.abs(expected[1]).max())  # any leading shape
 

@@ -233,23 +233,16 @@ def _pack_uint4_rows(codes: np.ndarray) -> np.ndarray:
     return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8).reshape(-1)
 
 
-def _block_sums(source: str, block_size: int, blocks: int) -> tuple[list, list, str]:
-    """Nodes and initializers summing ``source`` [..., K] over each block of ``block_size`` along K: [..., blocks].
+def _block_sums(source: str, k: int, block_size: int, dtype) -> tuple[object, object]:
+    """A MatMul summing ``source`` [..., K] over each block of ``block_size`` along K ([..., blocks]), and its 0/1 matrix [K, blocks].
 
-    The leading dims are read at run time (Shape without its last axis), so any batch and sequence shape works.
+    A MatMul rather than Reshape + ReduceSum: it takes any rank and opset, and a last block cut short by K.
     """
     from onnx import helper, numpy_helper
 
-    prefix = f"{source}.block_sums{block_size}"
-    initializers = [numpy_helper.from_array(np.array([blocks, block_size], dtype=np.int64), f"{prefix}.block_shape"),
-                    numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{prefix}.last_axis")]
-    nodes = [
-        helper.make_node("Shape", [source], [f"{prefix}.leading_shape"], name=f"{prefix}/leading_shape", end=-1),
-        helper.make_node("Concat", [f"{prefix}.leading_shape", f"{prefix}.block_shape"], [f"{prefix}.blocked_shape"], name=f"{prefix}/blocked_shape", axis=0),
-        helper.make_node("Reshape", [source, f"{prefix}.blocked_shape"], [f"{prefix}.blocked"], name=f"{prefix}/blocks"),
-        helper.make_node("ReduceSum", [f"{prefix}.blocked", f"{prefix}.last_axis"], [prefix], name=f"{prefix}/sum", keepdims=0),
-    ]
-    return nodes, initializers, prefix
+    name = f"{source}.block_sums{block_size}"
+    indicator = numpy_helper.from_array((np.arange(k)[:, None] // block_size == np.arange(-(-k // block_size))[None]).astype(dtype), f"{name}.indicator")
+    return helper.make_node("MatMul", [source, indicator.name], [name], name=f"{name}/matmul"), indicator
 
 
 def integer_zero_points(model) -> dict:
@@ -270,11 +263,11 @@ def integer_zero_points(model) -> dict:
     for node in model.graph.node:
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         zero_points = initializers.get(node.input[3]) if node.op_type == "MatMulNBits" and len(node.input) > 3 and node.input[3] else None
-        if zero_points is None or zero_points.data_type == TensorProto.UINT8 or attributes.get("bits", 4) != 4 or attributes["K"] % attributes["block_size"]:
-            nodes.append(node)  # integer zero points already, or K not whole blocks (left as quantized: the Reshape needs whole blocks)
+        if zero_points is None or zero_points.data_type == TensorProto.UINT8 or attributes.get("bits", 4) != 4:
+            nodes.append(node)  # integer zero points already (rtn, gptq, the int8 output layer)
             continue
         k, n, block_size = attributes["K"], attributes["N"], attributes["block_size"]
-        blocks = k // block_size
+        blocks = -(-k // block_size)
         scales = numpy_helper.to_array(initializers[node.input[2]]).reshape(n, blocks)
         zp = numpy_helper.to_array(zero_points).reshape(n, blocks)
         rounded = np.clip(np.round(zp), 0, 15)
@@ -285,9 +278,10 @@ def integer_zero_points(model) -> dict:
         model.graph.initializer.append(numpy_helper.from_array((scales * (rounded - zp)).T.astype(scales.dtype), f"{correction}.weight"))
         source = node.input[0]
         if (source, block_size) not in block_sums:
-            block_nodes, block_initializers, block_sums[source, block_size] = _block_sums(source, block_size, blocks)
-            nodes += block_nodes
-            model.graph.initializer.extend(block_initializers)
+            summing, indicator = _block_sums(source, k, block_size, scales.dtype)
+            nodes.append(summing)
+            model.graph.initializer.append(indicator)
+            block_sums[source, block_size] = summing.output[0]
         output = node.output[0]
         node.output[0] = f"{output}.integer_zero_points"
         nodes += [node,
