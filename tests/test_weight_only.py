@@ -339,6 +339,7 @@ def test_integer_zero_points_are_exact_uint8_and_share_one_block_sum_per_input(k
     matmuls = [node for node in model.graph.node if node.op_type == "MatMulNBits"]
     assert all(initializers[node.input[3]].data_type == TensorProto.UINT8 for node in matmuls)
     assert len(initializers["q.zero_points"].raw_data or initializers["q.zero_points"].int32_data) == k * -(-k // 32)  # two per byte, each row padded
+    assert [t.name for t in model.graph.initializer if t.name.startswith("block_sums.")] == [f"block_sums.indicator_{k}x16"]  # one for both inputs
     assert sorted(node.name for node in model.graph.node if node.op_type == "MatMul") == [
         "hidden.block_sums16/matmul", "k.zero_point_correction/matmul", "mixed.block_sums16/matmul", "o.zero_point_correction/matmul",
         "q.zero_point_correction/matmul", "v.zero_point_correction/matmul"]

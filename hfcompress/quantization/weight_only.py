@@ -233,16 +233,15 @@ def _pack_uint4_rows(codes: np.ndarray) -> np.ndarray:
     return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8).reshape(-1)
 
 
-def _block_sums(source: str, k: int, block_size: int, dtype) -> tuple[object, object]:
-    """A MatMul summing ``source`` [..., K] over each block of ``block_size`` along K ([..., blocks]), and its 0/1 matrix [K, blocks].
+def _block_indicator(k: int, block_size: int, dtype):
+    """The 0/1 matrix [K, blocks] whose product with x [..., K] sums x over each block of ``block_size`` along K.
 
-    A MatMul rather than Reshape + ReduceSum: it takes any rank and opset, and a last block cut short by K.
+    A MatMul rather than Reshape + ReduceSum: it takes any input rank and opset, and a last block cut short by K.
     """
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
-    name = f"{source}.block_sums{block_size}"
-    indicator = numpy_helper.from_array((np.arange(k)[:, None] // block_size == np.arange(-(-k // block_size))[None]).astype(dtype), f"{name}.indicator")
-    return helper.make_node("MatMul", [source, indicator.name], [name], name=f"{name}/matmul"), indicator
+    blocks = np.arange(k)[:, None] // block_size == np.arange(-(-k // block_size))[None]
+    return numpy_helper.from_array(blocks.astype(dtype), f"block_sums.indicator_{k}x{block_size}")
 
 
 def integer_zero_points(model) -> dict:
@@ -277,11 +276,13 @@ def integer_zero_points(model) -> dict:
         correction = f"{node.name}.zero_point_correction"
         model.graph.initializer.append(numpy_helper.from_array((scales * (rounded - zp)).T.astype(scales.dtype), f"{correction}.weight"))
         source = node.input[0]
-        if (source, block_size) not in block_sums:
-            summing, indicator = _block_sums(source, k, block_size, scales.dtype)
-            nodes.append(summing)
+        indicator = _block_indicator(k, block_size, scales.dtype)
+        if indicator.name not in initializers:  # one per (K, block size), shared by every input of that width
             model.graph.initializer.append(indicator)
-            block_sums[source, block_size] = summing.output[0]
+            initializers[indicator.name] = indicator
+        if (source, block_size) not in block_sums:
+            block_sums[source, block_size] = f"{source}.block_sums{block_size}"
+            nodes.append(helper.make_node("MatMul", [source, indicator.name], [block_sums[source, block_size]], name=f"{block_sums[source, block_size]}/matmul"))
         output = node.output[0]
         node.output[0] = f"{output}.integer_zero_points"
         nodes += [node,
