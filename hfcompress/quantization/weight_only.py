@@ -6,6 +6,8 @@ stay float and ``accuracy_level`` picks the kernel's compute type. The algorithm
 round to nearest (its ``DEFAULT`` quantizer), HQQ (no data) and GPTQ (calibrated on training text,
 :class:`SequenceReader`). The output layer gets its own setting (llama.cpp keeps it in 8 bits or more),
 and the embedding table can go to 4 bits through ``GatherBlockQuantized`` (``quantize_embeddings_4bit``).
+HQQ's float zero points are rounded to uint4 with the exact remainder added back (:func:`integer_zero_points`),
+so its nodes run MatMulNBits' fast integer kernel.
 """
 
 from __future__ import annotations
