@@ -326,11 +326,11 @@ def quantize_weight_only(onnx_file: Path, quantized: Path, config: PTQConfig, da
     if separate_output and settings.output_layer == "int8" and output_layer not in config.exclude_nodes:
         eight_bit = WeightOnlyConfig(bits=8, block_size=settings.block_size, symmetric=settings.symmetric)
         model = quantize_matmuls(model, eight_bit, [n for n in matmuls if n != output_layer])
+    kept = [n.name for n in weight_matmuls(model.graph)]  # before the zero-point rewrite adds its small float MatMuls
     rounded = integer_zero_points(model) if settings.algorithm == "hqq" and settings.integer_zero_points else None
     set_accuracy_level(model, settings.accuracy_level)
     onnx.save(model, str(quantized))
     embeddings = quantize_embeddings_4bit(quantized, config.embedding_block_size) if config.quantize_embeddings else 0
-    kept = [n.name for n in weight_matmuls(onnx.load(str(quantized), load_external_data=False).graph)]
     return {
         "method": "weight_only",
         **settings.describe(),
