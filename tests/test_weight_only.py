@@ -168,10 +168,9 @@ def test_each_algorithm_replaces_every_weight_matmul_and_stays_close_to_fp32(alg
     config = _weight_only(algorithm=algorithm, calibration_sequence_length=32, calibration_samples=8)
     quantized = quantize_onnx(llama_onnx, tmp_path / "q", config, lm_data if algorithm == "gptq" else None)
     graph = onnx.load(str(quantized)).graph
-    # every weight MatMul is gone, the tied lm_head too (through its own transposed copy), but for HQQ's small float
-    # zero-point corrections: 14 of them and 8 block sums (q/k/v, o, gate/up and down read four inputs per layer)
-    corrections = [n.name for n in weight_matmuls(graph) if n.name.endswith((".zero_point_correction/matmul", ".block_sums32/matmul"))]
-    assert len(corrections) == (14 + 8 if algorithm == "hqq" else 0) and len(weight_matmuls(graph)) == len(corrections)
+    # every weight MatMul is gone, the tied lm_head too (through its own transposed copy), but for HQQ's 14 small float zero-point corrections
+    corrections = [n.name for n in weight_matmuls(graph) if n.name.endswith(".zero_point_correction/matmul")]
+    assert len(corrections) == (14 if algorithm == "hqq" else 0) and len(weight_matmuls(graph)) == len(corrections)
     nodes = _node_attributes(quantized)
     assert len(nodes) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the output layer
     assert sorted({n["bits"] for n in nodes.values()}) == [4, 8] and all(n["block_size"] == 32 for n in nodes.values())
@@ -344,7 +343,7 @@ def test_integer_zero_points_are_exact_uint8_and_share_one_block_sum_per_input(k
     matmuls = [node for node in model.graph.node if node.op_type == "MatMulNBits"]
     assert all(initializers[node.input[3]].data_type == TensorProto.UINT8 for node in matmuls)
     assert len(initializers["q.zero_points"].raw_data or initializers["q.zero_points"].int32_data) == k * -(-k // 32)  # two per byte, each row padded
-    assert [t.name for t in model.graph.initializer if t.name.startswith("block_sums.")] == [f"block_sums.indicator_{k}x16"]  # one for both inputs
+    assert [n.output[0] for n in model.graph.node if n.op_type == "Constant"] == [f"block_sums.indicator_{k}x16"]  # one for both inputs
     assert sorted(node.name for node in model.graph.node if node.op_type == "MatMul") == [
         "hidden.block_sums16/matmul", "k.zero_point_correction/matmul", "mixed.block_sums16/matmul", "o.zero_point_correction/matmul",
         "q.zero_point_correction/matmul", "v.zero_point_correction/matmul"]
@@ -358,6 +357,8 @@ def test_integer_zero_points_are_exact_uint8_and_share_one_block_sum_per_input(k
 def test_hqq_through_quantize_onnx_records_integer_zero_points_and_matches_float_ones(tmp_path):
     import onnx
     from onnx import TensorProto
+
+    from hfcompress.evaluation.footprint import onnx_footprint
     from transformers import LlamaConfig
 
     source = tmp_path / "onnx"
@@ -375,6 +376,7 @@ def test_hqq_through_quantize_onnx_records_integer_zero_points_and_matches_float
         assert {types[n.input[3]] for n in graph.node if n.op_type == "MatMulNBits"} == {TensorProto.UINT8 if rounded else TensorProto.FLOAT}
         assert report["integer_zero_points"] is rounded
         assert report["zero_point_corrections"] == ({"nodes": 2, "shared_block_sums": 2, "blocks_clipped": 0} if rounded else None)
+        assert onnx_footprint(quantized)["sparsity"] == 0.0  # the block-sum indicator (mostly zeros) is no weight
         outputs[rounded] = _logits(quantized, _feeds())
     np.testing.assert_allclose(outputs[True], outputs[False], rtol=0, atol=1e-5 * np.abs(outputs[False]).max())
 

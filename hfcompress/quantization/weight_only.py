@@ -236,14 +236,17 @@ def _pack_uint4_rows(codes: np.ndarray) -> np.ndarray:
 
 
 def _block_indicator(k: int, block_size: int, dtype):
-    """The 0/1 matrix [K, blocks] whose product with x [..., K] sums x over each block of ``block_size`` along K.
+    """A Constant node holding the 0/1 matrix [K, blocks] whose product with x [..., K] sums x over each block of ``block_size``.
 
     A MatMul rather than Reshape + ReduceSum: it takes any input rank and opset, and a last block cut short by K.
+    A Constant node rather than an initializer: it is structure, not a weight (footprints count neither parameters
+    nor sparsity in it).
     """
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
+    name = f"block_sums.indicator_{k}x{block_size}"
     blocks = np.arange(k)[:, None] // block_size == np.arange(-(-k // block_size))[None]
-    return numpy_helper.from_array(blocks.astype(dtype), f"block_sums.indicator_{k}x{block_size}")
+    return helper.make_node("Constant", [], [name], name=f"{name}/constant", value=numpy_helper.from_array(blocks.astype(dtype), name))
 
 
 def integer_zero_points(model) -> dict:
@@ -260,7 +263,7 @@ def integer_zero_points(model) -> dict:
     from onnx import TensorProto, helper, numpy_helper
 
     initializers = {t.name: t for t in model.graph.initializer}
-    rewritten, clipped, nodes, block_sums = 0, 0, [], {}
+    rewritten, clipped, nodes, block_sums, indicators = 0, 0, [], {}, {}
     for node in model.graph.node:
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         zero_points = initializers.get(node.input[3]) if node.op_type == "MatMulNBits" and len(node.input) > 3 and node.input[3] else None
@@ -278,13 +281,13 @@ def integer_zero_points(model) -> dict:
         correction = f"{node.name}.zero_point_correction"
         model.graph.initializer.append(numpy_helper.from_array((scales * (rounded - zp)).T.astype(scales.dtype), f"{correction}.weight"))
         source = node.input[0]
-        indicator = _block_indicator(k, block_size, scales.dtype)
-        if indicator.name not in initializers:  # one per (K, block size), shared by every input of that width
-            model.graph.initializer.append(indicator)
-            initializers[indicator.name] = indicator
+        if (k, block_size) not in indicators:  # one per (K, block size), shared by every input of that width
+            indicators[k, block_size] = _block_indicator(k, block_size, scales.dtype)
+            nodes.append(indicators[k, block_size])
         if (source, block_size) not in block_sums:
             block_sums[source, block_size] = f"{source}.block_sums{block_size}"
-            nodes.append(helper.make_node("MatMul", [source, indicator.name], [block_sums[source, block_size]], name=f"{block_sums[source, block_size]}/matmul"))
+            nodes.append(helper.make_node("MatMul", [source, indicators[k, block_size].output[0]], [block_sums[source, block_size]],
+                                          name=f"{block_sums[source, block_size]}/matmul"))
         output = node.output[0]
         node.output[0] = f"{output}.integer_zero_points"
         nodes += [node,
