@@ -50,10 +50,11 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fp32_build(tiny_llama, tmp_path_factory) -> Path:
-    """Built through the export entry point, as a recipe's ``export`` stage with ``backend: genai`` does."""
+    """Built through the export entry point into an existing empty directory, as a recipe's ``export`` stage with ``backend: genai`` does (its staging)."""
     from hfcompress.export import export_onnx
 
-    return export_onnx(tiny_llama, tmp_path_factory.mktemp("genai") / "fp32", backend="genai", genai={"precision": "fp32"}).parent
+    staging = tmp_path_factory.mktemp("genai_fp32")
+    return export_onnx(tiny_llama, staging, backend="genai", genai={"precision": "fp32"}).parent
 
 
 @pytest.fixture(scope="module")

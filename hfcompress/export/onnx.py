@@ -118,10 +118,10 @@ def export_onnx(
     except TypeError as e:
         allowed = [f.name for f in dataclasses.fields(ExportConfig)]
         raise ConfigError(f"export_onnx: {e}; options are {allowed}") from None
+    output_dir = Path(output_dir)
+    overwrite = overwrite or (output_dir.is_dir() and not any(output_dir.iterdir()))  # an empty directory (a stage's staging) is written into
     if config.backend == "genai":  # its own graph, runtime and generation parity check (export/genai.py)
         return build_genai_model(model_dir, output_dir, parity_texts=parity_texts, atol=config.atol, overwrite=overwrite, **dataclasses.asdict(config.genai))
-    output_dir = Path(output_dir)
-    overwrite = overwrite or (output_dir.is_dir() and not any(output_dir.iterdir()))
     if output_dir.exists() and not overwrite:  # checked here too, before the model is loaded
         raise ConfigError(f"output directory {output_dir} already exists: pass --overwrite to replace it, or choose another")
     try:
