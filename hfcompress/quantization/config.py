@@ -255,7 +255,7 @@ class PTQConfig(_TargetsOrtScheme):
         metadata={"help": "ONNX operator types to quantize; default: MatMul and Gemm, i.e. the Linear layers (plus Gather with quantize_embeddings); "
                   "in a graph with Conv (a CNN), every operator ONNX Runtime's static quantizer knows (its default), so int8 flows from one Conv to the next."},
     )
-    exclude_nodes: list[str] = field(default_factory=list, metadata={"help": "ONNX node names to keep in fp32 (weight_only: MatMul names of the exported graph; see quantization.json's matmuls_kept)."})
+    exclude_nodes: list[str] = field(default_factory=list, metadata={"help": f"ONNX node names to keep in fp32 (weight_only: MatMul names of the exported graph; see {QUANTIZATION_FILE}'s matmuls_kept)."})
     quantize_attention_matmuls: bool = field(
         default=False,
         metadata={"help": "Also quantize the activation-by-activation MatMuls of attention (Q·Kᵀ, softmax·V); off by default: they cost accuracy, save little time, and QAT does not simulate them."},
