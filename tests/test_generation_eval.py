@@ -186,6 +186,15 @@ def test_a_missing_runtime_is_named():
         load_variant(GenerationVariant("x", "m", "no_such_module:load"), threads=1)
 
 
+def test_the_thread_count_reaches_each_runtime_under_its_own_name(tmp_path_factory):
+    from tests.decoder_helpers import exported
+
+    export = exported("llama", "dynamo", tmp_path_factory)
+    lm = load_variant(GenerationVariant("onnx", str(export), "hfcompress.generation:load_causal_lm", {"backend": "onnxruntime"}), threads=1)
+    assert lm.session.get_session_options().intra_op_num_threads == 1
+    assert lm.generate(lm.tokenizer("hello", return_tensors="pt").input_ids, max_new_tokens=2).shape[1] >= 3
+
+
 @pytest.mark.slow
 def test_each_variant_is_measured_in_its_own_process(tiny_llama):
     settings = GenerationSettings(context=16, stride=16, max_tokens=64, prompt_tokens=8, new_tokens=3, warmup=0, repeats=1, threads=1)

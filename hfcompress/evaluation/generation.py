@@ -245,7 +245,8 @@ class GenerationVariant:
 
 
 def load_variant(variant: GenerationVariant, threads: int) -> CausalLM:
-    """Call the variant's loader (with ``threads`` where it takes them); a missing runtime is a ModelError naming it."""
+    """Call the variant's loader with the thread count under the name it takes (``threads``: llama.cpp; ``intra_op_num_threads``:
+    hfcompress.generation's runtimes, ONNX Runtime's name); a missing runtime is a ModelError naming it."""
     module_name, _, function = variant.loader.partition(":")
     try:
         loader = getattr(importlib.import_module(module_name), function)
@@ -253,8 +254,10 @@ def load_variant(variant: GenerationVariant, threads: int) -> CausalLM:
         raise ModelError(f"variant '{variant.name}' needs {variant.loader}, which this installation lacks ({e})") from e
     kwargs = dict(variant.loader_kwargs)
     parameters = inspect.signature(loader).parameters
-    if "threads" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        kwargs.setdefault("threads", threads)  # ONNX Runtime and llama.cpp take their thread count when loading
+    if "threads" in parameters:
+        kwargs.setdefault("threads", threads)
+    elif "intra_op_num_threads" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        kwargs.setdefault("intra_op_num_threads", threads)  # the PyTorch runtime ignores it: torch's threads are set for the process
     return loader(variant.path, **kwargs)
 
 
