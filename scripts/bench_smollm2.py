@@ -107,6 +107,10 @@ def recipe(a, teacher: str) -> dict:
         {"stage": "quantize", "name": "nf4", "model": teacher, "backend": "bitsandbytes", "bnb": {"bits": 4, "quant_type": "nf4"}},
         *({"stage": "quantize", "name": f"int4_{algo}", "model": "onnx", "onnx": weight_only(algo)} for algo in INT4_ALGORITHMS),
         {"stage": "export", "name": "genai_int4", "model": teacher, "backend": "genai", "genai": {"precision": "int4"}},
+        # the genai build's fp32 graph quantized by hfcompress: HQQ's accuracy in onnxruntime-genai's generation loop
+        # (genai's fused kernels reorder sums: its logits differ from PyTorch's by ~1e-4 on this 49k-token vocabulary, hence genai's own 1e-3)
+        {"stage": "export", "name": "genai_fp32", "model": teacher, "backend": "genai", "genai": {"precision": "fp32"}, "atol": 1e-3},
+        {"stage": "quantize", "name": "genai_int4_hqq", "model": "genai_fp32", "onnx": weight_only("hqq")},
     ]
     if a.student:
         stages += [
@@ -129,7 +133,8 @@ def variants(a, teacher: str, outputs: dict) -> tuple[list[tuple], dict[str, str
         ("nf4", "nf4", "bitsandbytes NF4 (PyTorch)", built.get("nf4"), CAUSAL_LM_LOADER, {"backend": "pytorch"}),
         *((f"int4_{algo}", "int4", f"hfcompress int4 {algo.upper()} (ONNX Runtime)", built.get(f"int4_{algo}"), CAUSAL_LM_LOADER,
            {"backend": "onnxruntime"}) for algo in INT4_ALGORITHMS),
-        ("genai_int4", "int4", "hfcompress int4 (onnxruntime-genai)", built.get("genai_int4"), CAUSAL_LM_LOADER, {"backend": "genai"}),
+        ("genai_int4", "int4", "hfcompress int4 (onnxruntime-genai's builder)", built.get("genai_int4"), CAUSAL_LM_LOADER, {"backend": "genai"}),
+        ("genai_int4_hqq", "int4", "hfcompress int4 HQQ (onnxruntime-genai)", built.get("genai_int4_hqq"), CAUSAL_LM_LOADER, {"backend": "genai"}),
         ("student_int4", "student", f"hfcompress half-depth student int4 {a.student_algorithm.upper()} (ONNX Runtime)", built.get("student_int4"),
          CAUSAL_LM_LOADER, {"backend": "onnxruntime"}),
     ]
@@ -149,11 +154,12 @@ def check_goals(rows: list[dict], student_algorithm: str) -> dict:
     int4 = [r for r in rows if r["role"] == "int4"]
     goals = {}
     if teacher and llamacpp and int4:
-        best = min(int4, key=lambda r: r["perplexity"])
-        goals["best_int4"] = goals_met(best["name"], {
-            "perplexity_vs_teacher": best["perplexity"] / teacher["perplexity"],
-            "decode_vs_llamacpp": best["decode_tokens_per_s"] / llamacpp["decode_tokens_per_s"],
-        }, GOALS)
+        # every int4 variant is checked; the best is the one meeting the most goals, then the lowest perplexity
+        checked = [(goals_met(r["name"], {
+            "perplexity_vs_teacher": r["perplexity"] / teacher["perplexity"],
+            "decode_vs_llamacpp": r["decode_tokens_per_s"] / llamacpp["decode_tokens_per_s"],
+        }, GOALS), r["perplexity"]) for r in int4]
+        goals["best_int4"] = max(checked, key=lambda c: (sum(g["met"] for g in c[0]["goals"].values()), -c[1]))[0]
     student, int4_teacher = by_key.get("student_int4"), by_key.get(f"int4_{student_algorithm}")
     if teacher and student and int4_teacher:
         goals["student_int4"] = goals_met(student["name"], {

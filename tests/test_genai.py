@@ -136,6 +136,25 @@ def test_int4_build_streams_the_requested_tokens(int4_build, fp32_build, tiny_ll
 
 
 @needs_genai
+def test_weight_only_int4_of_a_genai_build_runs_in_onnxruntime_genai(fp32_build, tmp_path):
+    from hfcompress.generation import detect_backend, load_causal_lm
+    from hfcompress.quantization.config import PTQConfig
+    from hfcompress.quantization.onnx_ptq import quantize_onnx
+    from hfcompress.recipes.schema import from_dict
+
+    config = from_dict(PTQConfig, {"mode": "weight_only", "weight_only": {"algorithm": "hqq", "bits": 4, "block_size": 32}})
+    quantized = quantize_onnx(fp32_build, tmp_path / "hqq", config, None, seed=0)
+    runtime_config = json.loads((quantized.parent / "genai_config.json").read_text())
+    assert runtime_config["model"]["decoder"]["filename"] == quantized.name and detect_backend(quantized.parent) == "genai"
+    reference, lm = load_causal_lm(fp32_build), load_causal_lm(quantized.parent)
+    ids = lm.tokenizer(PROMPTS[0], return_tensors="pt").input_ids
+    assert lm.generate(ids, max_new_tokens=6, eos_token_id=[]).shape == (1, ids.shape[1] + 6)
+    # HQQ int4 of random weights moves the logits a little, not wholesale: same shape, highly correlated
+    ours, theirs = lm.logits(ids), reference.logits(ids)
+    assert ours.shape == theirs.shape and torch.corrcoef(torch.stack([ours.flatten(), theirs.flatten()]))[0, 1] > 0.95
+
+
+@needs_genai
 def test_generation_stops_at_eos_and_sampling_follows_torch_seed(fp32_build):
     from hfcompress.generation import load_causal_lm
 

@@ -39,6 +39,17 @@ def is_genai_model_dir(path: Union[str, Path]) -> bool:
     return (Path(path) / GENAI_CONFIG_FILE).is_file()
 
 
+def carry_genai_config(source_dir: Union[str, Path], target_dir: Union[str, Path], onnx_name: str) -> None:
+    """A graph rewritten from a genai build (weight-only int4 of its fp32 graph) keeps running in onnxruntime-genai:
+    the build's runtime config is copied beside it, pointed at the new file. Nothing happens for other exports."""
+    source = Path(source_dir) / GENAI_CONFIG_FILE
+    if not source.is_file():
+        return
+    runtime_config = json.loads(source.read_text())
+    runtime_config["model"]["decoder"]["filename"] = onnx_name
+    (Path(target_dir) / GENAI_CONFIG_FILE).write_text(json.dumps(runtime_config, indent=4))
+
+
 class GenaiCausalLM:
     """A model built for onnxruntime-genai, with ``generate``/``logits`` as the other causal-LM backends have them.
 

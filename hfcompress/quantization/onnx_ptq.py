@@ -36,6 +36,7 @@ from ..utils.io import atomic_output_dir
 from .config import PTQConfig, write_quantization_report
 from .qat import load_qat_ranges
 from ..export.decoder import is_past_input
+from ..generation.genai import carry_genai_config
 from .tensorrt import check_tensorrt_qdq, onnx_input_names, restore_float_biases, tensorrt_provider_options, trtexec_command
 
 logger = logging.getLogger("hfcompress")
@@ -483,6 +484,7 @@ def quantize_onnx(
         preprocessor.save_pretrained(staging)
         if (onnx_dir / "generation_config.json").is_file():  # what generation reads beside a causal LM's graph
             shutil.copy2(onnx_dir / "generation_config.json", staging)
+        carry_genai_config(onnx_dir, staging, quantized.name)
         write_quantization_report(staging, {**details, "onnx_file": quantized.name, "source": str(source)})
     return output_dir / quantized.name
 
