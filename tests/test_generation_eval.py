@@ -317,3 +317,17 @@ def test_bench_quick_measures_what_this_checkout_builds(tmp_path, monkeypatch):
     assert {"teacher", "nf4"} <= set(rows) and rows["nf4"]["size_mb"] < rows["teacher"]["size_mb"]
     assert set(report["skipped"]) | set(rows) >= {"teacher", "onnx", "llamacpp", "nf4", "int4_rtn", "genai_int4", "student_int4"}
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
+
+
+def test_a_spawned_variant_reports_its_own_peak_memory_not_its_parents():
+    import numpy as np
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from hfcompress.evaluation.generation import peak_rss_mb
+
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MB touched in the parent: ru_maxrss would hand it to every spawned child
+    parent = peak_rss_mb()
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        child = pool.submit(peak_rss_mb).result()
+    assert ballast.sum() > 0 and child < parent - 300

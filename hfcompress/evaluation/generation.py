@@ -276,7 +276,17 @@ def size_on_disk_mb(path: str | Path) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size in MB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """This process's peak resident set size in MB.
+
+    On Linux the high-water mark of this process's own memory map (VmHWM): ``ru_maxrss`` would carry the parent's
+    peak across fork and exec, so every variant spawned by a large benchmark process would report at least its size.
+    Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) * 1.024 / 1000, 1)  # kB -> MB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1e6 if sys.platform == "darwin" else 1e3 / 1.024), 1)
 
