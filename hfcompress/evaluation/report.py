@@ -175,6 +175,10 @@ def _plot(report: dict, path: Path) -> bool:
             ax.scatter(x, y, s=50, color=f"C{i % 10}", marker=markers[i % len(markers)], label=report["rows"][i]["name"], alpha=0.85)
         ax.set_xlabel(label)
         ax.set_ylabel(metric)
+        values = [y for _, _, y in points]
+        if metric == "perplexity" and values and max(values) > 10 * min(values):  # one broken variant would flatten the others
+            ax.set_yscale("log")
+            ax.set_ylabel(f"{metric} (log scale)")
         ax.grid(alpha=0.3)
         if not points:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
