@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from hfcompress.utils.bench import add_output_arg, add_threads_arg, bench_parser, command_line  # noqa: E402
+from hfcompress.tasks.text_generation import TEXT_GENERATION  # noqa: E402
 from hfcompress.utils.io import write_results  # noqa: E402
 
 
@@ -99,7 +100,7 @@ def run_variant(args) -> dict:
     if args.variant == "build-cache":
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         cache = TeacherLogitCache.load_or_build(
-            args.cache_dir, teacher, data, collator, "text-generation", batch_size=args.batch_size, top_k=args.top_k,
+            args.cache_dir, teacher, data, collator, TEXT_GENERATION, batch_size=args.batch_size, top_k=args.top_k,
             temperature=args.temperature,
         )
         size = sum(p.stat().st_size for p in cache.directory.iterdir())

@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from hfcompress.errors import HFCompressError  # noqa: E402
+from hfcompress.tasks.text_generation import TEXT_GENERATION  # noqa: E402
 from hfcompress.utils.bench import (  # noqa: E402
     REPO, SMOLLM2_GGUF, SMOLLM2_TEACHER, SST2_DATA, add_output_arg, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, print_report, repo_relative, runnable_stages,
     smollm2_teacher,
@@ -117,7 +118,7 @@ def recipe(a, teacher: str) -> dict:
             {"stage": "export", "name": "student_onnx", "model": a.student},
             {"stage": "quantize", "name": "student_int4", "model": "student_onnx", "onnx": weight_only(a.student_algorithm)},
         ]
-    data = {"path": a.data, "task": "text-generation", "text_column": "sentence", "eval_split": "dev", "max_length": 128}
+    data = {"path": a.data, "task": TEXT_GENERATION.name, "text_column": "sentence", "eval_split": "dev", "max_length": 128}
     return {"name": "bench-smollm2", "output_dir": a.work_dir, "data": data, "stages": stages}
 
 

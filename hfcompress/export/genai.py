@@ -28,6 +28,7 @@ from ..artifacts import PARITY_FILE, copy_description
 from ..errors import ConfigError, ModelError
 from ..generation.genai import GENAI_INSTALL_HINT, GenaiCausalLM
 from ..quantization.config import write_quantization_report
+from ..tasks.text_generation import TEXT_GENERATION
 from ..utils.hashing import file_sha256, weights_sha256
 from ..utils.io import atomic_output_dir, atomic_write_json
 from .parity import DEFAULT_PARITY_TEXTS, ParityError
@@ -134,7 +135,7 @@ def build_genai_model(
                 f"{parity['identical_generations']}/{len(texts)} greedy generations identical; nothing was written"
             )
         atomic_write_json(staging / PARITY_FILE, {
-            "backend": "genai", "task": "text-generation", "precision": config.precision, "opset": None, "texts": "given" if parity_texts else "built-in",
+            "backend": "genai", "task": TEXT_GENERATION.name, "precision": config.precision, "opset": None, "texts": "given" if parity_texts else "built-in",
             "files": {"model.onnx": {**parity, "sha256": file_sha256(staging / "model.onnx")}},
             "source_weights_sha256": weights_sha256(source),
         })

@@ -29,9 +29,9 @@ class OrtCausalLM(OnnxRuntimeModel):
     backend = "onnxruntime"
 
     def __init__(self, path: Path, config, tokenizer, generation_config=None, intra_op_num_threads: Optional[int] = None):
-        from ..tasks import get_task
+        from ..tasks.text_generation import TEXT_GENERATION
 
-        super().__init__(Path(path), config, get_task("text-generation"), ort_session_options(intra_op_num_threads))
+        super().__init__(Path(path), config, TEXT_GENERATION, ort_session_options(intra_op_num_threads))
         self.tokenizer = prepare_tokenizer(tokenizer) if tokenizer is not None else None
         self.generation_config = generation_config
         self.past_names = [name for name in self.input_names if is_past_input(name)]

@@ -22,9 +22,9 @@ class PyTorchCausalLM:
     @classmethod
     def from_pretrained(cls, path: str | Path, **_ignored) -> "PyTorchCausalLM":
         from ..modeling import load_model, load_tokenizer
-        from ..tasks import get_task
+        from ..tasks.text_generation import TEXT_GENERATION
 
-        return cls(load_model(str(path), get_task("text-generation")), load_tokenizer(str(path)))
+        return cls(load_model(str(path), TEXT_GENERATION), load_tokenizer(str(path)))
 
     @torch.inference_mode()
     def generate(
