@@ -39,6 +39,26 @@ def kv_cache_shape(config) -> tuple[int, int]:
     return kv_heads, head_dim
 
 
+def empty_graph_past(graph_inputs, model_config=None) -> dict[str, np.ndarray]:
+    """Zero-length past tensors (batch 1, the graph's dtypes) for every past input of an ONNX graph's inputs: a
+    calibration row's prefill feed. Heads and head size come from the graph's static dims, else from ``model_config``."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    from ..errors import ModelError
+
+    feeds = {}
+    for graph_input in graph_inputs:
+        if not is_past_input(graph_input.name):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
+        if len(dims) != 4:
+            raise ModelError(f"graph input {graph_input.name} has {len(dims)} dimensions, not [batch, heads, past length, head size]: export with hfcompress export")
+        heads = dims[1] or getattr(model_config, "num_key_value_heads", None) or getattr(model_config, "num_attention_heads", None)
+        head_size = dims[3] or getattr(model_config, "head_dim", None) or (model_config.hidden_size // model_config.num_attention_heads)
+        feeds[graph_input.name] = np.zeros((1, heads, 0, head_size), dtype=tensor_dtype_to_np_dtype(graph_input.type.tensor_type.elem_type))
+    return feeds
+
+
 def empty_past(session_inputs, batch_size: int) -> dict[str, np.ndarray]:
     """Zero-length past tensors for every past input of an ONNX Runtime session (the prefill's feed).
 

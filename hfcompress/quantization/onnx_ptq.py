@@ -35,7 +35,7 @@ from ..modeling import load_processor
 from ..utils.io import atomic_output_dir
 from .config import PTQConfig, write_quantization_report
 from .qat import load_qat_ranges
-from ..export.decoder import is_past_input
+from ..export.decoder import empty_graph_past, is_past_input
 from ..generation.genai import carry_genai_config
 from .tensorrt import check_tensorrt_qdq, onnx_input_names, restore_float_biases, tensorrt_provider_options, trtexec_command
 
@@ -209,13 +209,11 @@ def calibration_reader(features: dict[str, list], onnx_path: Path):
 
     graph_inputs = onnx.load(str(onnx_path), load_external_data=False).graph.input
     dtypes = {i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in graph_inputs}
-    # a decoder's past keys and values are empty: each row calibrates the prefill
-    past = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph_inputs if is_past_input(i.name)}
+    empty = empty_graph_past(graph_inputs)  # a decoder's past keys and values are empty: each row calibrates the prefill
 
     class RowReader(CalibrationDataReader):
         def __init__(self):
             rows = len(next(iter(features.values())))
-            empty = {name: np.zeros((1, heads, 0, head_dim), dtype=dtypes[name]) for name, (_, heads, _, head_dim) in past.items()}
             self.batches = iter([{**empty, **{name: np.asarray(column[i : i + 1], dtype=dtypes[name]) for name, column in features.items()}} for i in range(rows)])
 
         def get_next(self):

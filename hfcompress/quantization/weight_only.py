@@ -19,13 +19,10 @@ from typing import Optional
 import numpy as np
 
 from ..data import TaskData
-from ..errors import ConfigError, DataError, ModelError
+from ..errors import ConfigError, DataError
 from .config import PTQConfig, WeightOnlyConfig
 
 logger = logging.getLogger("hfcompress")
-
-# The exporters' name for the KV-cache inputs of a decoder with past (Optimum's "text-generation-with-past" layout)
-PAST_INPUT_PREFIX = "past_key_values"
 
 
 def constant_weight(name: str, initializers: dict, producer: dict):
@@ -85,12 +82,11 @@ class SequenceReader:
     """
 
     def __init__(self, sequences: list[np.ndarray], onnx_model, task, model_config):
-        from onnx.helper import tensor_dtype_to_np_dtype
+        from ..export.decoder import empty_graph_past
 
         inputs = list(onnx_model.graph.input)
-        past = [i for i in inputs if i.name.startswith(PAST_INPUT_PREFIX)]
-        token_inputs = [i.name for i in inputs if i not in past]
-        empty_past = {i.name: np.zeros(_empty_past_shape(i, model_config), dtype=tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)) for i in past}
+        empty_past = empty_graph_past(inputs, model_config)
+        token_inputs = [i.name for i in inputs if i.name not in empty_past]
         self.feeds = []
         for ids in sequences:
             encoding = {"input_ids": ids[None], "attention_mask": np.ones_like(ids)[None]}  # past length 0: the mask covers the sequence
@@ -108,16 +104,6 @@ class SequenceReader:
 
     def __len__(self) -> int:
         return len(self.feeds)
-
-
-def _empty_past_shape(graph_input, model_config) -> list[int]:
-    """[batch 1, key/value heads, past length 0, head size]: the static dims the graph declares, else the model config's."""
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
-    if len(dims) != 4:
-        raise ModelError(f"graph input {graph_input.name} has {len(dims)} dimensions, not [batch, heads, past length, head size]: export with hfcompress export")
-    heads = getattr(model_config, "num_key_value_heads", None) or getattr(model_config, "num_attention_heads", None)
-    head_size = getattr(model_config, "head_dim", None) or (model_config.hidden_size // model_config.num_attention_heads)
-    return [1, dims[1] or heads, 0, dims[3] or head_size]
 
 
 def calibration_sequences(data: TaskData, tokenizer, config: PTQConfig, seed: int) -> list[np.ndarray]:
