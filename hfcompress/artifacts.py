@@ -20,6 +20,7 @@ from .utils.io import atomic_write_json
 RECIPE_FILE = "hfcompress_recipe.yaml"  # the resolved recipe (secrets redacted), copied into every stage output by RunContext
 STAGE_DONE_FILE = ".hfcompress_stage_done"  # marks a stage output complete, so a resumed run skips it (RunContext)
 FINGERPRINT_FILE = ".hfcompress_fingerprint.json"  # what a stage ran with (config, data and input hashes), beside its checkpoints and in its output; hidden: never shipped
+FILE_HASHES_DIR = "file-hashes"  # under the user cache dir: one JSON of remembered file hashes per hashed directory (utils.hash_cache)
 LOCK_SUFFIX = ".lock"  # .<output dir name>.lock beside an output directory: its writer's pid, host and command (utils.lock)
 
 # --- training (train, distill, prune-with-training stages) --------------------------------------

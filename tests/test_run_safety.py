@@ -7,9 +7,11 @@ import logging
 import os
 import signal
 import socket
+import time
 
 import pytest
 
+from hfcompress.artifacts import FILE_HASHES_DIR
 from hfcompress.checkpoints import checkpoints_by_step, is_complete_checkpoint
 from hfcompress.errors import ConfigError
 from hfcompress.recipes.context import STAGE_DONE_FILE
@@ -73,13 +75,20 @@ def _flip_labels(data_dir, name="train.tsv"):
 
 
 @pytest.mark.slow
-def test_resume_refuses_changed_data_and_force_stage_reruns_it_and_what_reads_it(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
+def test_resume_refuses_changed_data_and_force_stage_reruns_it_and_what_reads_it(tiny_teacher_dir, tiny_sst2_dir, tmp_path, session_cache_dir):
     out = tmp_path / "run"
     recipe = distill_recipe(tiny_teacher_dir, tiny_sst2_dir, out, epochs=1)
     recipe["stages"] = [recipe["stages"][0], {"stage": "evaluate", "models": ["teacher"]}]
     path = write_recipe(recipe, tmp_path / "recipe.yaml")
+    hour_ago = time.time() - 3600
+    for data_file in tiny_sst2_dir.iterdir():  # old enough that the run remembers their hashes (fresh files are hashed every run)
+        os.utime(data_file, (hour_ago, hour_ago))
     assert cli("run", str(path)).returncode == 0
+    remembered = "".join(p.read_text() for p in (session_cache_dir / FILE_HASHES_DIR).glob("*.json"))
+    assert str(tiny_sst2_dir / "train.tsv") in remembered
+    size = (tiny_sst2_dir / "train.tsv").stat().st_size
     _flip_labels(tiny_sst2_dir)
+    assert (tiny_sst2_dir / "train.tsv").stat().st_size == size  # only the content (and the mtime) changed
 
     line = _error_line(cli("run", str(path), "--resume"))
     assert "stage 'teacher' finished with its data changed: data.files.train.tsv:" in line and "--force-stage teacher" in line, line

@@ -4,7 +4,8 @@ A stage's fingerprint holds its resolved config, the recipe's seed and data conf
 hashes of the data files it reads, and for each model it reads: the fingerprint digest of the
 earlier stage that made it, or the content hash of a local directory, or a Hub id as written.
 It is saved beside the stage's checkpoints when the stage starts and in its output when it is
-published; ``--resume`` compares both with the recipe as it is now.
+published; ``--resume`` compares both with the recipe as it is now. File hashes are remembered
+between runs for files whose size, mtime and inode are unchanged (:mod:`hfcompress.utils.hash_cache`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def digest(obj: Any) -> str:
 def data_fingerprint(data: dict) -> dict:
     """The data config and, for a local dataset, the content hash of each of its files."""
     local = Path(os.path.expanduser(str(data.get("path", ""))))
-    return {"config": data, "files": tree_hashes(local) if local.exists() else None}
+    return {"config": data, "files": tree_hashes(local, cached=True) if local.exists() else None}
 
 
 def stage_fingerprint(stage: dict, stage_cfg, recipe_resolved: dict, earlier: dict[str, dict], data: Optional[dict]) -> dict:
@@ -37,7 +38,7 @@ def stage_fingerprint(stage: dict, stage_cfg, recipe_resolved: dict, earlier: di
             inputs[ref] = {"stage": digest(earlier[ref])}
         else:
             local = Path(os.path.expanduser(ref))
-            inputs[ref] = {"files": tree_hashes(local)} if local.exists() else {"hub": ref}
+            inputs[ref] = {"files": tree_hashes(local, cached=True)} if local.exists() else {"hub": ref}
     return {"seed": recipe_resolved.get("seed"), "stage": stage, "data": data if stage_cfg.uses_data else None, "inputs": inputs}
 
 

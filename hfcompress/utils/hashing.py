@@ -18,15 +18,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` (a file: itself), by relative path; hidden files and folders are left out."""
+def tree_hashes(root: Path, cached: bool = False) -> dict[str, str]:
+    """sha256 of every file under ``root`` (a file: itself), by relative path; hidden files and folders are left out.
+
+    ``cached``: reuse the hashes of files unchanged since an earlier call (see :mod:`hfcompress.utils.hash_cache`)."""
     if root.is_file():
-        return {root.name: file_sha256(root)}
-    hashes = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-            hashes[rel.as_posix()] = file_sha256(path)
+        files = {root.name: root}
+    else:
+        relative = {path.relative_to(root).as_posix(): path for path in sorted(root.rglob("*")) if path.is_file()}
+        files = {rel: path for rel, path in relative.items() if not any(part.startswith(".") for part in rel.split("/"))}
+    if not cached:
+        return {name: file_sha256(path) for name, path in files.items()}
+    from .hash_cache import HashCache
+
+    cache = HashCache(root)
+    hashes = {name: cache.sha256(path) for name, path in files.items()}
+    cache.save()
     return hashes
 
 
