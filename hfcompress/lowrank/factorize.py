@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 
 from ..artifacts import FACTORIZATION_FILE, CompressionSummary, set_entries, write_method_report
 from ..targets import select_modules
+from ..utils.disk import check_free_space, model_bytes
 from ..utils.io import atomic_output_dir, check_output_dir
 from .config import LowRankConfig
 from .modeling import FactorizedConfig, LowRankLinear, dense_shape, install_low_rank, register_factorized_auto_classes
@@ -130,6 +131,7 @@ def factorize_checkpoint(
     from ..modeling import load_checkpoint
 
     check_output_dir(output_dir, overwrite)
+    check_free_space(output_dir, model_bytes(model_path), f"factorising {model_path}")
     register_factorized_auto_classes()
     model, tokenizer, _ = load_checkpoint(model_path, task, trust_remote_code)
     report = factorize(model, config)

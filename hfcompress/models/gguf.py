@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ..errors import ModelError
+from ..utils.disk import FLOAT32_BYTES, check_free_space
 from ..utils.io import atomic_output_dir, check_output_dir
 
 
@@ -73,12 +74,15 @@ def convert_gguf(gguf_file: str | os.PathLike, output_dir: str | os.PathLike, ov
     """Save the model of ``gguf_file`` as a transformers checkpoint in ``output_dir`` (float32 safetensors,
     tokenizer, generation config); the directory appears complete or not at all."""
     gguf_path = Path(gguf_file).resolve()
+    if gguf_path.is_dir():
+        raise ModelError(f"{gguf_file} is a directory: give the .gguf file itself")
     if not gguf_path.is_file():
         raise ModelError(f"GGUF file {gguf_file} does not exist: check the path")
     check_output_dir(output_dir, overwrite)
     architecture = check_gguf_architecture(gguf_path)
     print(f"hfcompress: loading {gguf_path.name} ({architecture}, dequantized to float32) ...", flush=True)
     model, tokenizer = _load(gguf_path)
+    check_free_space(output_dir, model.num_parameters() * FLOAT32_BYTES, f"converting {gguf_path.name} (dequantized to float32)")
     with atomic_output_dir(output_dir, overwrite) as tmp:
         print(f"hfcompress: saving {type(model).__name__} ({model.num_parameters():,} parameters) to {output_dir}", flush=True)
         model.save_pretrained(tmp)  # also writes generation_config.json for generative models

@@ -32,6 +32,7 @@ import numpy as np
 from ..data import TaskData
 from ..errors import ConfigError, DataError, ModelError
 from ..modeling import load_processor
+from ..utils.disk import check_free_space, model_bytes
 from ..utils.io import atomic_output_dir
 from .config import PTQConfig, write_quantization_report
 from .qat import load_qat_ranges
@@ -458,8 +459,10 @@ def quantize_onnx(
             "static quantization needs calibration data: pass data=TaskData(...) (a recipe's data) or calibration_inputs={input name: array}, or use mode='dynamic'"
         )
     output_dir = Path(output_dir)
+    onnx_file = find_onnx_file(model) if model.is_dir() else None
+    # the quantized graph is smaller than its input; a PyTorch checkpoint is exported to a float32 graph first
+    check_free_space(output_dir, model_bytes(model) * (1 if onnx_file else 2), f"quantizing {model}")
     with tempfile.TemporaryDirectory(prefix="hfc-ptq-") as work, atomic_output_dir(output_dir, overwrite=overwrite) as staging:
-        onnx_file = find_onnx_file(model) if model.is_dir() else None
         source = model
         if onnx_file is None:
             from ..export import export_onnx

@@ -14,8 +14,9 @@ from accelerate import PartialState
 
 from ..artifacts import FINGERPRINT_FILE, RECIPE_FILE, STAGE_DONE_FILE
 from ..data import DataConfig, TaskData
-from ..errors import ConfigError, closest
+from ..errors import ConfigError, ModelError, closest
 from ..modeling import load_config
+from ..utils.disk import model_bytes
 from ..utils.io import atomic_write_json, atomic_write_text
 from .fingerprint import describe_change, read_fingerprint
 
@@ -56,6 +57,7 @@ class RunContext:
     outputs: dict[str, Path] = field(default_factory=dict)
     planned: dict[str, PlannedModel] = field(default_factory=dict)
     fingerprints: dict[str, dict] = field(default_factory=dict)  # by stage name: what its output is made from
+    planned_bytes: dict[str, int] = field(default_factory=dict)  # by stage name: estimated size of the model it publishes
     _data: Optional[TaskData] = None
 
     @property
@@ -82,6 +84,16 @@ class RunContext:
             return None
         path = self.resolve(ref)
         return PlannedModel(load_config(path, trust_remote_code), path)
+
+    def model_bytes(self, ref: str) -> int:
+        """Estimated size of a model a stage reads (an earlier stage's output, a local path or a Hub id), for the disk-space check."""
+        if ref in self.planned_bytes:
+            return self.planned_bytes[ref]
+        try:
+            planned = self.planned_model(ref)
+        except ModelError:
+            return 0  # a Hub model that cannot be reached now: the stage that loads it says so
+        return model_bytes(self.resolve(ref), planned.config if planned else None)
 
     def resolved_stage_names(self) -> list[str]:
         return [s["name"] for s in self.resolved_recipe.get("stages", []) if isinstance(s, dict) and "name" in s]

@@ -29,6 +29,12 @@ class StageConfig:
     def preflight(self, ctx: "RunContext") -> None:
         """Checks of what the stage will read and make, before any stage runs; records ``ctx.planned[name]`` where it can."""
 
+    def disk_bytes(self, ctx: "RunContext") -> tuple[int, int]:
+        """(bytes of the model it publishes, bytes it writes in all), estimated after :meth:`preflight` as
+        :mod:`hfcompress.utils.disk` documents. By default: a model the size of the largest it reads."""
+        size = max((ctx.model_bytes(ref) for ref in self.inputs()), default=0)
+        return size, size
+
     def inputs(self) -> list[str]:
         """The models the stage reads, in field order."""
         refs: list[str] = []

@@ -16,6 +16,7 @@ from . import stages as _stages  # noqa: F401  (registers the built-in stages)
 from ..artifacts import STAGE_DONE_FILE
 from ..errors import ConfigError, closest
 from ..modeling import check_model_files, load_config
+from ..utils.disk import check_free_space, files_bytes, tree_bytes
 from ..utils.lock import output_lock
 from .context import (
     PlannedModel,
@@ -67,7 +68,7 @@ def _run_locked(recipe: Recipe, state: PartialState, resume: bool, overwrite: bo
     ensure_no_stale_output(root, resume, overwrite)
     check_forced_stages(force, [c.name for _, c in recipe.stages], resume)
     ctx = RunContext(name=cfg.name, data_config=cfg.data, seed=cfg.seed, root=root, resolved_recipe=recipe.resolved, resume=resume)
-    finished, restart = preflight(recipe, ctx, force)
+    finished, restart = preflight(recipe, ctx, force, overwrite)
     if overwrite:
         clear_output(root)
     if state.is_main_process:
@@ -104,20 +105,22 @@ def check_forced_stages(force: set[str], names: list[str], resume: bool) -> None
         raise ConfigError(f"--force-stage {name}: the recipe has no stage '{name}'{closest(name, names)}: stages are {names}")
 
 
-def preflight(recipe: Recipe, ctx: RunContext, force: set[str] = frozenset()) -> tuple[set[str], set[str]]:
+def preflight(recipe: Recipe, ctx: RunContext, force: set[str] = frozenset(), overwrite: bool = False) -> tuple[set[str], set[str]]:
     """Cheap checks of the whole run before any stage starts; returns (stages --resume skips, stages that start afresh).
 
     Loads the data (columns, label set, empty splits) when a stage reads it (a stage config says it
     does not with ``uses_data = False``), fingerprints every stage, and calls each stage config's
     ``preflight(ctx)``, which checks the models it will load and records what it will
     produce in ``ctx.planned`` for the stages after it. With ``--resume``, a finished or interrupted
-    stage whose fingerprint changed is an error naming the change, unless it is forced.
+    stage whose fingerprint changed is an error naming the change, unless it is forced. Last, what the
+    stages that run will write must fit on the disk (with ``overwrite``, the previous run is deleted first).
     """
     data = None  # a run of card/push stages alone neither loads nor hashes the dataset
     if any(stage_cfg.uses_data for _, stage_cfg in recipe.stages):
         ctx.data()
         data = data_fingerprint(recipe.resolved["data"])
     finished, restart = set(), set()
+    needed = 0  # bytes the stages that run will write
     for (kind, stage_cfg), stage in zip(recipe.stages, recipe.resolved["stages"]):
         name = stage_cfg.name
         fingerprint = stage_fingerprint(stage, stage_cfg, recipe.resolved, ctx.fingerprints, data)
@@ -131,6 +134,7 @@ def preflight(recipe: Recipe, ctx: RunContext, force: set[str] = frozenset()) ->
                 finished.add(name)
                 if (out / "config.json").exists():  # later stages are checked against what it did produce
                     ctx.planned[name] = PlannedModel(load_config(str(out)), str(out))
+                ctx.planned_bytes[name] = files_bytes(out)
                 continue
             check_interrupted_stage_unchanged(name, ctx.work_dir(name), fingerprint)
         for ref in stage_cfg.inputs():
@@ -138,6 +142,12 @@ def preflight(recipe: Recipe, ctx: RunContext, force: set[str] = frozenset()) ->
             if ref not in ctx.fingerprints and local.exists():  # earlier stages' outputs are checked when they are made
                 check_model_files(local, needs_tokenizer=stage_cfg.uses_data)
         stage_cfg.preflight(ctx)
+        ctx.planned_bytes[name], writes = stage_cfg.disk_bytes(ctx)
+        needed += writes
+    check_free_space(
+        ctx.root, needed, f"the run ({', '.join(c.name for _, c in recipe.stages if c.name not in finished)})",
+        fix=" (output_dir), keep fewer checkpoints (training.save_total_limit)", freed=tree_bytes(ctx.root) if overwrite else 0,
+    )
     return finished, restart
 
 

@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
 from ..artifacts import VOCAB_TRIM_FILE, CompressionSummary, set_entries, write_method_report
 from ..errors import ConfigError, ModelError
+from ..utils.disk import check_free_space, model_bytes
 from ..utils.io import atomic_output_dir, check_output_dir
 from .config import VocabTrimConfig
 SUPPORTED_MODELS = ("WordPiece", "BPE")
@@ -256,6 +257,7 @@ def trim_checkpoint(
     from ..modeling import load_checkpoint
 
     check_output_dir(output_dir, overwrite)
+    check_free_space(output_dir, model_bytes(model_path), f"trimming {model_path}")
     model, tokenizer, _ = load_checkpoint(model_path, task, trust_remote_code)
     texts, pairs, split_words = corpus_texts(data)
     model, new_tokenizer, report = trim_vocabulary(model, tokenizer, texts, config, pairs, split_words)

@@ -22,6 +22,9 @@ class CardStageConfig(CardConfig, StageConfig):
     onnx: list[str] = field(default_factory=list, metadata={"help": "Export stages (or directories) whose .onnx files ship in onnx/.", "model_ref": True})
     report: Optional[str] = field(default=None, metadata={"help": f"Stage (or directory) holding {COMPRESSION_REPORT_FILE}.", "model_ref": True})
 
+    def disk_bytes(self, ctx: RunContext) -> tuple[int, int]:
+        return 0, sum(ctx.model_bytes(ref) for ref in self.inputs())  # a release folder: copies of the model and its ONNX files
+
 
 @register_stage("card", CardStageConfig)
 def run_card(cfg: CardStageConfig, ctx: RunContext):

@@ -59,6 +59,9 @@ class EvaluateStageConfig(StageConfig):
     def generation_settings(self) -> GenerationSettings:
         return GenerationSettings(self.context, self.stride, self.max_tokens, self.prompt_tokens, self.new_tokens, self.warmup, self.repeats, self.threads)
 
+    def disk_bytes(self, ctx: RunContext) -> tuple[int, int]:
+        return 0, 0  # results, a report and a chart
+
     def preflight(self, ctx: RunContext) -> None:
         for ref in self.models:
             ctx.planned_model(ref)  # a missing local path or Hub id fails here, before earlier stages train

@@ -17,6 +17,10 @@ class ExportStageConfig(ExportConfig, StageConfig):
     name: str = field(default="onnx", metadata={"help": "Stage name; also its output sub-directory."})
     parity_samples: int = field(default=16, metadata={"help": "Sentences of the evaluation split used for the parity check."})
 
+    def disk_bytes(self, ctx: RunContext) -> tuple[int, int]:
+        size = ctx.model_bytes(self.model)
+        return size, size * (2 if self.optimize else 1)  # model.onnx, and model_optimized.onnx
+
 
 @register_stage("export", ExportStageConfig)
 def run_export(cfg: ExportStageConfig, ctx: RunContext):

@@ -32,7 +32,7 @@ from ...pruning.structured import check_supported as check_structured_support
 from ..context import RunContext
 from ..registry import StageConfig, register_callback, register_stage
 from ..schema import to_dict
-from .train import _load_for_task, train_and_publish, validate_training
+from .train import _load_for_task, train_and_publish, training_disk_bytes, validate_training
 
 register_callback("magnitude_pruning", MagnitudePruningConfig)(MagnitudePruningCallback)
 register_callback("structured_pruning", StructuredPruningConfig)(StructuredPruningCallback)
@@ -77,6 +77,10 @@ class PruneStageConfig(StageConfig):
             check_structured_support(planned.config, ctx.data().task)
         if self.filters is not None and planned is not None:
             check_filters_support(planned.config, ctx.data().task)
+
+    def disk_bytes(self, ctx: RunContext) -> tuple[int, int]:
+        size = ctx.model_bytes(self.model)
+        return training_disk_bytes(ctx, self.name, self.training, size) if self.training else (size, size)
 
     @property
     def callbacks(self) -> list[dict]:

@@ -32,6 +32,13 @@ class QuantizeStageConfig(StageConfig):
     onnx: PTQConfig = field(default_factory=PTQConfig, metadata={"help": "ONNX Runtime settings: mode (dynamic, static, weight_only), preset, calibration_method, calibration_samples, quantize_embeddings, weight_only (bits, algorithm, block_size, ...), ..."})
     bnb: BnbConfig = field(default_factory=BnbConfig, metadata={"help": "bitsandbytes settings: bits, quant_type, double_quant, compute_dtype."})
 
+    def disk_bytes(self, ctx: RunContext) -> tuple[int, int]:
+        size = ctx.model_bytes(self.model)
+        local = Path(ctx.resolve(self.model))
+        stages = {s["name"]: s.get("stage") for s in ctx.resolved_recipe.get("stages", []) if isinstance(s, dict)}
+        onnx_input = stages.get(self.model) == "export" or (local.is_dir() and any(local.glob("*.onnx")))
+        return size, size * (2 if self.backend == "onnxruntime" and not onnx_input else 1)  # a PyTorch model is exported to ONNX first
+
     def preflight(self, ctx: RunContext) -> None:
         if self.backend == "onnxruntime":  # a QAT/PTQ scheme mismatch fails before the QAT training runs, not after it
             check_matches_qat(self.model, planned_qat_scheme(ctx, self.model), self.onnx)

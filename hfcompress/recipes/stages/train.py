@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from ...distillation.config import layer_count, resolve_layer_map
 from ...distillation.student import spread_layers
 from ...errors import ConfigError
 from ...guards import CheckRanksInSync, NonFiniteLossConfig, SaveFinalCheckpoint, StopOnNonFiniteLoss
-from ...modeling import check_head_fits_labels, load_model
+from ...modeling import check_head_fits_labels, check_max_length, load_model
+from ...utils.disk import CHECKPOINT_MODEL_COPIES, config_bytes
 from ...utils.io import atomic_write_json, atomic_write_text
 from ...utils.transformers_compat import PORTABLE_FIELDS, training_kwargs
 from ..context import PlannedModel, RunContext
@@ -135,6 +137,22 @@ def check_training_ranges(args: TrainingArguments) -> None:
         raise ConfigError(f"num_train_epochs {args.num_train_epochs} must be > 0 (or set max_steps > 0): the stage would train nothing")
 
 
+def training_disk_bytes(ctx: RunContext, name: str, training: dict, model: int) -> tuple[int, int]:
+    """(published model, everything written) of a training stage: the model, and its checkpoints as hfcompress.utils.disk counts them."""
+    if name in ctx.planned:  # the model it trains, as planned (a student is smaller than its teacher)
+        model = config_bytes(ctx.planned[name].config) or model
+    args = {**TRAINING_DEFAULTS, **training}
+    saves = args["save_total_limit"]
+    if saves is None:  # every save is kept
+        data = ctx.data()
+        batch = args.get("per_device_train_batch_size", 8) * args.get("gradient_accumulation_steps", 1)
+        epoch_steps = math.ceil(len(data.raw[data.cfg.train_split]) / batch)
+        steps = args["max_steps"] if args.get("max_steps", -1) > 0 else math.ceil(epoch_steps * args.get("num_train_epochs", 3))
+        saves = math.ceil(steps / args["save_steps"]) if args["save_steps"] >= 1 else math.ceil(1 / args["save_steps"])
+    saves += 1 + bool(args.get("load_best_model_at_end"))  # the final checkpoint, and the best one kept beside the limit
+    return model, model * (1 + CHECKPOINT_MODEL_COPIES * saves)
+
+
 def with_default_callbacks(specs: list[dict]) -> list[dict]:
     configured = {spec.get("type") for spec in specs if isinstance(spec, dict)}
     return [*specs, *(d for d in DEFAULT_CALLBACKS if d["type"] not in configured)]
@@ -173,6 +191,9 @@ class FinetuneStageConfig(StageConfig):
         model = ctx.planned_model(self.model, self.trust_remote_code)
         if model is not None:
             ctx.planned[self.name] = plan_task_model(ctx, model, self.model, self.layers, f"{self.name}.layers")
+
+    def disk_bytes(self, ctx: RunContext) -> tuple[int, int]:
+        return training_disk_bytes(ctx, self.name, self.training, ctx.model_bytes(self.model))
 
 
 @dataclass
@@ -236,6 +257,9 @@ class DistillStageConfig(StageConfig):
             raise ConfigError(f"{self.name}.training.{e}") from None
         ctx.planned[self.name] = PlannedModel(student.config, teacher.tokenizer_ref)
 
+    def disk_bytes(self, ctx: RunContext) -> tuple[int, int]:
+        return training_disk_bytes(ctx, self.name, self.training, ctx.model_bytes(self.student or self.teacher))
+
 
 def check_same_vocabulary(teacher_processor, student_processor, student_ref: str) -> None:
     """Tokenizers must agree; image processors have no vocabulary (the student is trained and saved with the teacher's)."""
@@ -254,11 +278,7 @@ def plan_task_model(ctx: RunContext, model: PlannedModel, ref: str, layers: Unio
     if data.task.has_labels:
         check_head_fits_labels(config, data.num_labels, ref)
         config.num_labels = data.num_labels
-    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if positions and data.cfg.max_length > positions:
-        raise ConfigError(
-            f"data.max_length {data.cfg.max_length} is longer than model '{ref}' can read ({positions} positions): set data.max_length to at most {positions}"
-        )
+    check_max_length(config, data.cfg.max_length, ref)
     if layers is not None:
         total = layer_count(config)
         if isinstance(layers, int):
