@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .artifacts import BEST_RECIPE_FILE, PARITY_FILE, SEARCH_RESULTS_FILE, SEARCH_STORAGE_FILE
@@ -30,9 +31,15 @@ def _cmd_evaluate(args) -> int:
     from .data import DataConfig, TaskData
     from .evaluation import evaluate_model, evaluation_texts, measure_latency
     from .evaluation.runtime import resolve_backend
+    from .modeling import check_max_length, check_model_files, load_config
     from .utils.io import atomic_write_json
 
+    if args.output and os.path.isdir(args.output):
+        raise ConfigError(f"--output {args.output} is a directory: give the path of a JSON file to write")
     backend = resolve_backend(args.model, args.backend, args.onnx_file)  # a wrong backend fails before the data loads
+    if os.path.isdir(args.model):  # weights, graphs and tokenizer read before the data loads
+        check_model_files(Path(args.model), needs_tokenizer=True)
+    check_max_length(load_config(args.model), args.max_length, args.model, "--max-length")
     data = TaskData(
         DataConfig(
             path=args.data, name=args.data_config, task=args.task, eval_split=args.split, text_column=args.text_column,
@@ -56,12 +63,13 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_export(args) -> int:
     from .export import export_onnx
+    from .utils.io import read_utf8
 
     triton = _triton_config(args) if args.triton else None  # bad Triton options fail before the export
     texts = None
     if args.parity_texts:
         try:
-            texts = [line.strip() for line in open(args.parity_texts, encoding="utf-8") if line.strip()]
+            texts = [line.strip() for line in read_utf8(args.parity_texts).splitlines() if line.strip()]
         except OSError as e:
             raise ConfigError(f"--parity-texts {args.parity_texts} cannot be read ({e.strerror}): give a text file, one sentence a line") from None
         if not texts:
@@ -115,6 +123,21 @@ class _LazySubParsers(argparse._SubParsersAction):
         if values and values[0] in self._name_parser_map:
             self.fill(values[0])
         super().__call__(parser, namespace, values, option_string)
+
+
+def _at_least(low: float, kind: type = int) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` that is at least ``low`` (a count, a size, threads), refused where it is parsed."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not value >= low:  # nan too
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    return parse
 
 
 def _field_help(cls, name: str) -> str:
@@ -258,17 +281,17 @@ def _fill_search(search: argparse.ArgumentParser) -> None:
     search.add_argument("--output", required=True, help=f"Directory for {SEARCH_RESULTS_FILE} (.md, .png), {BEST_RECIPE_FILE}, {SEARCH_STORAGE_FILE} and trials/.")
     search.add_argument("--space", default=None, help="Search space YAML (default: the recipe's search: block).")
     search.add_argument("--budget", default=None, help="Limits of the chosen point, e.g. latency_ms=5,size_mb=20 (keys: latency_ms, size_mb).")
-    search.add_argument("--tolerance", type=float, default=0.5,
+    search.add_argument("--tolerance", type=_at_least(0, float), default=0.5,
                         help="Non-inferiority margin in points: the gate says 'within' only when the 95%% bootstrap interval of "
                              "the difference to the reference lies above -TOLERANCE (default 0.5).")
-    search.add_argument("--trials", type=int, default=10, help="Finished trials the study should hold, over every worker and resume (default 10); with a proxy "
+    search.add_argument("--trials", type=_at_least(1), default=10, help="Finished trials the study should hold, over every worker and resume (default 10); with a proxy "
                              "round, its trials (the front's settings are then trained in full).")
     search.add_argument("--storage", default=None,
                         help=f"Optuna RDB storage URL shared by the workers (default sqlite:///OUTPUT/{SEARCH_STORAGE_FILE}; postgresql://... for several machines).")
     search.add_argument("--study-name", default=None, help="Study name in the storage (default: the recipe's name).")
     search.add_argument("--seed", type=int, default=None, help="Sampler seed; give each worker of one study a different one (default: random).")
-    search.add_argument("--threads", type=int, default=2, help="Intra-op threads while timing each trial's model.")
-    search.add_argument("--latency-samples", type=int, default=64, help="Evaluation inputs each trial's batch-1 latency is timed on.")
+    search.add_argument("--threads", type=_at_least(1), default=2, help="Intra-op threads while timing each trial's model.")
+    search.add_argument("--latency-samples", type=_at_least(1), default=64, help="Evaluation inputs each trial's batch-1 latency is timed on.")
     search.set_defaults(fn=_cmd_search)
 
 
@@ -293,6 +316,13 @@ def _add_convert_gguf_parser(sub: _LazySubParsers) -> None:
 
 def _cmd_card(args) -> int:
     from .hub import CardConfig, write_model_card
+    from .modeling import check_model_files
+    from .utils.disk import check_free_space, files_bytes
+
+    check_model_files(Path(args.model_dir), needs_tokenizer=False)  # weight headers and graphs, before the card reads them
+
+    if args.output and not args.output.endswith(".md"):  # a release folder: copies of the model and its ONNX files
+        check_free_space(args.output, sum(files_bytes(p) for p in [args.model_dir, *args.onnx]), f"the release folder {args.output}")
 
     cfg = CardConfig(
         repo_id=args.repo_id, model_name=args.model_name, teacher=args.teacher, base_model=args.base_model, license=args.license,
@@ -388,10 +418,14 @@ def _triton_config(args):
 
 
 def _cmd_serve(args) -> int:
+    from .modeling import check_model_files, check_model_path
     from .serving.app import serve
     from .serving.config import ServeConfig
 
     config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
+    check_model_path(args.model)  # a broken model fails here, before the port is bound or a worker starts
+    if os.path.isdir(args.model):
+        check_model_files(Path(args.model), needs_tokenizer=True)
     if args.ray_replicas is not None:
         from .serving.ray_serve import serve_with_ray
 
@@ -461,17 +495,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--text-pair-column", default=None, help="Column with the second text of sentence-pair tasks (e.g. hypothesis for MNLI); default: none.")
     ev.add_argument("--image-column", default=None, help="Column with the images of image tasks; default: 'img' or 'image', whichever the data has.")
     ev.add_argument("--label-column", default="label", help="Column with the labels.")
-    ev.add_argument("--max-length", type=int, default=128, help="Truncate inputs to this many tokens.")
-    ev.add_argument("--max-samples", type=int, default=None, help="Evaluate the first N examples only.")
-    ev.add_argument("--batch-size", type=int, default=64, help="Batch size for the task metrics.")
+    ev.add_argument("--max-length", type=_at_least(1), default=128, help="Truncate inputs to this many tokens.")
+    ev.add_argument("--max-samples", type=_at_least(1), default=None, help="Evaluate the first N examples only.")
+    ev.add_argument("--batch-size", type=_at_least(1), default=64, help="Batch size for the task metrics.")
     ev.add_argument("--backend", default="auto", choices=["auto", "pytorch", "onnx"], help="Runtime; auto: ONNX Runtime when the directory has an .onnx file.")
     ev.add_argument("--onnx-file", default=None, help="ONNX file in the model directory (default model.onnx), e.g. model_optimized.onnx.")
     ev.add_argument("--latency", action="store_true", help="Also measure p50/p95 latency and throughput on inputs of the split (sentences or images).")
-    ev.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 32], help="Batch sizes to time.")
-    ev.add_argument("--latency-samples", type=int, default=256, help="Inputs of the split (sentences or images) that make the latency batches.")
-    ev.add_argument("--threads", type=int, default=2, help="Intra-op threads while timing.")
-    ev.add_argument("--warmup", type=int, default=5, help="Untimed calls before timing.")
-    ev.add_argument("--repeats", type=int, default=3, help="Timed passes over the latency batches.")
+    ev.add_argument("--latency-batch-sizes", type=_at_least(1), nargs="+", default=[1, 32], help="Batch sizes to time.")
+    ev.add_argument("--latency-samples", type=_at_least(1), default=256, help="Inputs of the split (sentences or images) that make the latency batches.")
+    ev.add_argument("--threads", type=_at_least(1), default=2, help="Intra-op threads while timing.")
+    ev.add_argument("--warmup", type=_at_least(0), default=5, help="Untimed calls before timing.")
+    ev.add_argument("--repeats", type=_at_least(1), default=3, help="Timed passes over the latency batches.")
     ev.add_argument("--output", default=None, help="Also write the result as JSON to this file.")
     ev.set_defaults(fn=_cmd_evaluate)
 
@@ -506,7 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "run" and not any(a.startswith("-") for a in extra):
+        args.overrides += extra  # key=value overrides after the flags (argparse stops a positional list at the first flag)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
     except HFCompressError as e:

@@ -17,6 +17,7 @@ import datasets
 from datasets import ClassLabel, DatasetDict, Sequence
 
 from .errors import ConfigError, DataError, closest
+from .utils.io import not_utf8
 from .tasks import DEFAULT_TASK, Task, get_task, task_names
 
 _BUILDERS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
@@ -86,9 +87,7 @@ def check_utf8(path: Path) -> None:
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(
-                    f"{path} line {number} is not UTF-8 (byte {line[e.start]:#04x} at column {e.start + 1}): re-save the file as UTF-8"
-                ) from None
+                raise DataError(not_utf8(path, number, line, e)) from None
 
 
 def load_raw_splits(cfg: DataConfig, splits: list[str]) -> DatasetDict:

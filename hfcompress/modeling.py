@@ -9,7 +9,7 @@ from typing import Optional
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .tasks import DEFAULT_TASK, TASKS, Task, get_task, task_of
 
 
@@ -24,8 +24,28 @@ def _describe_load_error(name: str, error: Exception) -> ModelError:
     return ModelError(f"model '{name}' not found: {why}; {fix}")
 
 
+def check_model_path(name_or_path: str, is_path: bool = False) -> None:
+    """A reference that is a local path (``is_path``: surely one) must be a directory with a readable config.json; say
+    which of those it is not (transformers would try it as a Hub id, or guess a config)."""
+    local = Path(os.path.expanduser(name_or_path))
+    if not local.exists():
+        if is_path or name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:  # not an org/name Hub id
+            raise ModelError(f"model path {name_or_path} does not exist: check the path")
+        return
+    if not local.is_dir():
+        raise ModelError(f"model path {local} is a file, not a directory: give the directory the model was saved to (save_pretrained)")
+    config = local / "config.json"
+    if not config.is_file():
+        raise ModelError(f"model directory {local} has no config.json: give a directory written by save_pretrained or hfcompress export")
+    try:
+        json.loads(config.read_bytes())
+    except ValueError as e:
+        raise ModelError(f"{config} is not valid JSON ({str(e)[:120]}): save the model again, or repair the file") from None
+
+
 def load_config(name_or_path: str, trust_remote_code: bool = False):
     """The model's config (Hub id or directory): a cheap check that the model exists, before any weights load."""
+    check_model_path(name_or_path)
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -40,6 +60,13 @@ def check_head_fits_labels(config, num_labels: int, name: str) -> None:
             f"model '{name}' has {config.num_labels} labels but the data has {num_labels}: "
             "use a checkpoint trained on this label set, or fine-tune a base model"
         )
+
+
+def check_max_length(config, max_length: int, ref: str, setting: str = "data.max_length") -> None:
+    """Inputs of ``max_length`` tokens must fit the model's position embeddings (beyond them it fails mid-run, or reads garbage)."""
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if positions and max_length > positions:
+        raise ConfigError(f"{setting} {max_length} is longer than model '{ref}' can read ({positions} positions): set {setting} to at most {positions}")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
@@ -64,21 +91,22 @@ def check_safetensors(path: Path) -> None:
 def check_model_files(path: Path, needs_tokenizer: bool) -> None:
     """Pre-flight of a local model directory: config, weight headers, ONNX files that load, and tokenizer files where needed."""
     if not path.is_dir():
-        raise ModelError(f"model path {path} is not a directory: give the directory a model was saved to")
+        check_model_path(str(path), is_path=True)  # says whether it is missing or a file
     weights = [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".onnx")]
     if not weights:
         return  # not a model (a card stage's report directory, say): its reader checks it
-    if not (path / "config.json").is_file():
-        raise ModelError(f"model directory {path} has no config.json: give a directory written by save_pretrained or hfcompress export")
+    check_model_path(str(path))  # a config.json that reads
     for weights in sorted(path.glob("*.safetensors")):
         check_safetensors(weights)
     for graph in sorted(path.glob("*.onnx")):
         import onnx
 
         try:
-            onnx.load(str(graph), load_external_data=False)
+            nodes = len(onnx.load(str(graph), load_external_data=False).graph.node)
         except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, ValueError, OSError... for a broken file
             raise ModelError(f"{graph} does not load as ONNX ({type(e).__name__}): export the model again") from None
+        if not nodes:  # some garbage parses as a protobuf message, with no graph in it
+            raise ModelError(f"{graph} does not load as ONNX (it holds no graph): export the model again")
     if needs_tokenizer:
         _task_of_directory(path).check_processor_files(path)
 
@@ -103,6 +131,7 @@ def check_tokenizer_files(path: Path) -> None:
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from .lowrank.modeling import is_factorized
 
+    check_model_path(name_or_path)
     if Path(os.path.expanduser(name_or_path)).is_dir():
         check_tokenizer_files(Path(os.path.expanduser(name_or_path)))
     kwargs = {}

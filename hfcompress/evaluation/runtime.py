@@ -67,7 +67,9 @@ def resolve_backend(model, backend: str = "auto", onnx_file: Optional[str] = Non
         if backend not in ("auto", found):
             raise ConfigError(f"backend '{backend}' was asked for a loaded {found} model: pass backend='{found}' or 'auto'")
         return found
-    has_onnx = bool(onnx_files(model)) or (onnx_file is not None and (Path(model) / onnx_file).is_file())
+    if onnx_file is not None:
+        onnx_file_name(model, onnx_file)  # a file that is not there is named, whichever runtime auto picks
+    has_onnx = bool(onnx_files(model))
     if backend == "auto":
         return "onnx" if has_onnx else "pytorch"
     if backend == "onnx" and not has_onnx:

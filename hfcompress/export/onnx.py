@@ -22,16 +22,16 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 import torch
-from transformers import AutoConfig
 
-from ..errors import ConfigError, ModelError, closest
+from ..errors import ConfigError, closest
 from ..lowrank.modeling import is_factorized
-from ..modeling import load_model
+from ..modeling import load_config, load_model
 from ..artifacts import PARITY_FILE, QAT_RANGES_FILE, copy_description
 from ..quantization.config import write_quantization_report
 from ..quantization.qat import read_quantization_json
 from ..utils.imports import optimum_onnx_missing
 from ..utils.hashing import file_sha256, weights_sha256
+from ..utils.disk import check_free_space, model_bytes
 from ..utils.io import atomic_output_dir, atomic_write_json
 from .genai import GenaiBuildConfig, build_genai_model
 from .optimize import OptimizationLevel, check_level, optimize_onnx
@@ -89,8 +89,13 @@ class ExportConfig:
             self.genai = GenaiBuildConfig(**self.genai)
         if self.backend == "genai" and self.optimize is not None:
             raise ConfigError("optimize applies to the optimum and dynamo graphs; backend 'genai' writes its own fused graph: drop optimize")
-        if self.atol <= 0:
+        if not self.atol > 0:  # nan too: no difference is ever within it
             raise ConfigError(f"atol must be positive, got {self.atol}")
+        if self.opset is not None:
+            from onnx.defs import onnx_opset_version
+
+            if not 7 <= self.opset <= onnx_opset_version():
+                raise ConfigError(f"opset {self.opset} is not an ONNX opset this onnx knows (7..{onnx_opset_version()}): leave it out for the exporter's default")
         if not self.batch_sizes or not self.sequence_lengths or min(*self.batch_sizes, *self.sequence_lengths) < 1:
             raise ConfigError(f"parity batch sizes and sequence lengths must be positive lists, got {self.batch_sizes} and {self.sequence_lengths}")
         if self.generation_prompts < 1 or self.max_new_tokens < 1:
@@ -124,10 +129,9 @@ def export_onnx(
         return build_genai_model(model_dir, output_dir, parity_texts=parity_texts, atol=config.atol, overwrite=overwrite, **dataclasses.asdict(config.genai))
     if output_dir.exists() and not overwrite:  # checked here too, before the model is loaded
         raise ConfigError(f"output directory {output_dir} already exists: pass --overwrite to replace it, or choose another")
-    try:
-        model_config = AutoConfig.from_pretrained(str(model_dir))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot export '{model_dir}': no readable config.json ({str(e).splitlines()[0][:160]}); give a checkpoint directory or Hub id") from e
+    model_config = load_config(str(model_dir))
+    copies = 2 if config.optimize else 1  # model.onnx, and model_optimized.onnx
+    check_free_space(output_dir, copies * model_bytes(model_dir, model_config), f"exporting {model_dir}", fix=" (or drop optimize)" if copies > 1 else "")
     task = get_task(config.task) if config.task else task_of(model_config)
     processor = task.load_processor(str(model_dir))
     if parity_texts:  # inputs the task cannot take (sentences for an image model) fail before the slow export

@@ -39,7 +39,7 @@ from ..tasks import DEFAULT_TASK, TASKS, Task, task_of
 from ..utils.hashing import file_sha256, weight_files, weights_sha256
 from ..utils.io import atomic_write_text
 from .push import is_pickle
-from .validation import validate_card_data
+from .validation import check_repo_id, validate_card_data
 
 logger = logging.getLogger("hfcompress")
 
@@ -74,6 +74,8 @@ class CardConfig:
     template: Optional[str] = field(default=None, metadata={"help": "Jinja template; default: model_cards/compressed_model.md.j2."})
 
     def __post_init__(self):
+        if self.repo_id is not None:
+            check_repo_id(self.repo_id)
         for name in ("onnx", "language", "tags"):
             value = getattr(self, name)
             setattr(self, name, [value] if isinstance(value, str) else list(value or []))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, constants, get_token
-from huggingface_hub.utils import HfHubHTTPError, HFValidationError, filter_repo_objects, validate_repo_id
+from huggingface_hub.utils import HfHubHTTPError, filter_repo_objects
 from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS as HUB_IGNORE_PATTERNS
 
 try:  # huggingface_hub 2.x sends its requests through httpx2, 0.x through requests
@@ -26,7 +26,7 @@ except ImportError:
     from requests import RequestException as NetworkError
 
 from ..errors import ConfigError, HFCompressError
-from .validation import validate_card_data
+from .validation import check_repo_id, validate_card_data
 
 # Pickles the Trainer leaves beside a model (training_args.bin from save_model; optimizer.pt, scheduler.pt,
 # rng_state*.pth in checkpoints): loading one runs arbitrary code, so they are never published.
@@ -60,10 +60,7 @@ class PushConfig:
     allow_no_card: bool = field(default=False, metadata={"help": "Push a folder without README.md (otherwise: run `hfcompress card` first)."})
 
     def __post_init__(self):
-        try:
-            validate_repo_id(self.repo_id)
-        except HFValidationError as e:
-            raise ConfigError(f"repo_id {self.repo_id!r} is not a Hub repo id ({str(e).splitlines()[0]}): use 'namespace/name'") from None
+        check_repo_id(self.repo_id)
         if self.revision is not None and not self.revision.strip():
             raise ConfigError("revision is empty: give a branch name or leave it out for main")
 
@@ -96,6 +93,8 @@ def _mb(size: int) -> str:
 def plan_upload(folder: str | Path, cfg: PushConfig) -> UploadPlan:
     """The files ``push_to_hub`` commits: ``upload_folder``'s file walk and pattern filter, checked locally."""
     folder = Path(folder)
+    if folder.is_file():
+        raise ConfigError(f"{folder} is a file, not a folder: give the directory of a saved model (or a `hfcompress card --output` folder)")
     if not folder.is_dir():
         raise ConfigError(f"folder {folder} does not exist: give the directory of a saved model (or a `hfcompress card --output` folder)")
     if not (folder / "config.json").is_file() and not any(folder.rglob("*.onnx")):

@@ -19,6 +19,14 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from ..artifacts import EVAL_RESULTS_FILE
 from ..errors import ConfigError, closest
 
+
+def check_repo_id(repo_id: str) -> None:
+    """A Hub repo id as the Hub accepts it ('namespace/name'), checked offline."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ConfigError(f"repo_id {repo_id!r} is not a Hub repo id ({str(e).splitlines()[0]}): use 'namespace/name'") from None
+
 # Licence identifiers the Hub accepts in the `license` field (https://hf.co/docs/hub/repositories-licenses).
 HUB_LICENSES = (
     "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",

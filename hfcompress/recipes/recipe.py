@@ -12,6 +12,7 @@ import yaml
 
 from ..data import DataConfig
 from ..errors import ConfigError, closest
+from ..utils.io import read_utf8
 from .registry import STAGES
 from .schema import from_dict, to_dict
 
@@ -35,10 +36,12 @@ class Recipe:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"recipe {path} is a directory: give the path to a YAML recipe (see recipes/)")
     if not path.is_file():
         raise ConfigError(f"recipe file {path} does not exist: give the path to a YAML recipe (see recipes/)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_utf8(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

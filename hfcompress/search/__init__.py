@@ -42,6 +42,8 @@ def run_search(
         raise ConfigError("--tolerance must be >= 0 and --trials, --threads and --latency-samples positive")
     check_space(space, recipe_data)
     output_dir = Path(output_dir).resolve()  # trial directories and best_recipe.yaml's output_dir hold wherever they are run from
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"--output {output_dir} is a file: give a directory for the search's results and trials")
     output_dir.mkdir(parents=True, exist_ok=True)
     name = study_name or str(recipe_data["name"])
     direction = metric_direction(space.metric or "accuracy")

@@ -111,6 +111,7 @@ def run_trial(recipe_data: dict, overrides: list[str], trial_dir: Path, space: S
 
 def open_storage(url: str):
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
     if "://" not in url:
         raise ConfigError(f"--storage {url!r} is not a database URL: write e.g. sqlite:///search.db (or postgresql://user@host/db)")
@@ -123,7 +124,7 @@ def open_storage(url: str):
                 # SQLite: wait for another worker's write instead of failing with "database is locked"
                 engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
             )
-    except (ImportError, ValueError) as e:
+    except (ImportError, ValueError, SQLAlchemyError) as e:  # an unknown dialect, a database that cannot be reached
         raise ConfigError(f"--storage {url}: {str(e).splitlines()[0]}: use sqlite:///PATH or a reachable database URL") from None
 
 

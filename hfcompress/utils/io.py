@@ -17,8 +17,29 @@ from ..errors import ConfigError
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
     """Fail early (before expensive work) when ``path`` exists and may not be replaced."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"output {path} is a file: give a directory path (--overwrite replaces directories only)")
     if Path(path).exists() and not overwrite:
         raise ConfigError(f"output directory {path} already exists: pass --overwrite to replace it, or choose another")
+
+
+def not_utf8(path: str | os.PathLike, number: int, line: bytes, error: UnicodeDecodeError) -> str:
+    """The message for line ``number`` of ``path`` that does not decode: where, which byte, and the fix."""
+    return f"{path} line {number} is not UTF-8 (byte {line[error.start]:#04x} at column {error.start + 1}): re-save the file as UTF-8"
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """A text file's content; a ConfigError naming the first line that is not UTF-8 (rather than a codec's byte offset)."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        for number, line in enumerate(raw.splitlines(keepends=True), 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(not_utf8(path, number, line, e)) from None
+        raise
 
 
 @contextlib.contextmanager
