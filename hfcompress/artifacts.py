@@ -53,6 +53,7 @@ QUANTIZATION_FILE = "quantization.json"  # the quantization scheme (QAT, ONNX PT
 QAT_RANGES_FILE = "qat_ranges.safetensors"  # activation ranges QAT observed; static ONNX quantization reuses them
 FACTORIZATION_FILE = "factorization.json"  # ranks and retained energy per layer (low-rank factorization)
 VOCAB_TRIM_FILE = "vocab_trim.json"  # vocabulary and parameters before/after, new id -> old id (vocabulary trimming)
+DISTILLATION_FILE = "distillation.json"  # teacher, student, loss, layer map, logit cache, GKD, sizes and results (DistillationTrainer)
 COMPRESSION_SUMMARY_FILE = "compression_summary.json"  # a list of CompressionSummary, one per method applied; the card reads it
 
 # --- what describes a model, as the card and the server read it ---------------------------------

@@ -346,7 +346,6 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
         "dataset": dataset,
         "metrics": eval_metrics,
         "steps": [_describe_step(s) for s in steps],
-        "distillation": _distillation_facts(distill) if distill else None,
         "compression": compression,
         "parity": parity,
         "report": report,
@@ -459,25 +458,10 @@ def _describe_step(stage: dict) -> dict:
     return {"kind": stage.get("stage"), "name": stage.get("name"), "settings": settings}
 
 
-def _distillation_facts(stage: dict) -> dict:
-    training = stage.get("training") or {}
-    return {
-        "teacher": stage.get("teacher"),
-        "student_layers": stage.get("student_layers"),
-        "student": stage.get("student"),
-        "temperature": training.get("temperature"),
-        "alpha": training.get("alpha"),
-        "hidden_distill_weight": training.get("hidden_distill_weight"),
-        "attention_distill_weight": training.get("attention_distill_weight"),
-        "layer_map": training.get("layer_map"),
-        "epochs": training.get("num_train_epochs"),
-    }
-
-
 def derive_tags(facts: dict) -> list[str]:
     """Tags by what actually happened to the model (and what ships with it)."""
     tags = [CARD_TAG]
-    if facts["distillation"] or facts["teacher"]:
+    if facts["teacher"]:
         tags.append("distillation")
     for summary in facts["compression"]:
         tags += summary["tags"]

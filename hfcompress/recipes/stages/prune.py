@@ -104,7 +104,10 @@ def run_prune(cfg: PruneStageConfig, ctx: RunContext):
     if cfg.training:
         if cfg.teacher:
             teacher = _load_for_task(ctx, cfg.teacher, cfg.trust_remote_code)[0]
-            return train_and_publish(ctx, cfg, model, tokenizer, DistillationTrainer, DistillationTrainingArguments, teacher_model=teacher)[0]
+            return train_and_publish(
+                ctx, cfg, model, tokenizer, DistillationTrainer, DistillationTrainingArguments,
+                teacher_model=teacher, teacher_name=cfg.teacher, student_origin=f"`{cfg.model}`, pruned while it learned",
+            )[0]
         return train_and_publish(ctx, cfg, model, tokenizer, Trainer, TrainingArguments)[0]
     write_report = write_pruning_report
     if cfg.magnitude is not None:
