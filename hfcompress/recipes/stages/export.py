@@ -12,9 +12,15 @@ from ..registry import StageConfig, register_stage
 
 
 @dataclass(kw_only=True)
-class ExportStageConfig(ExportConfig, StageConfig):
+class ExportStageInputs(StageConfig):
     model: str = field(metadata={"help": "Model to export: an earlier stage's name, a local path or a Hub id.", "model_ref": True})
     name: str = field(default="onnx", metadata={"help": "Stage name; also its output sub-directory."})
+
+
+@dataclass(kw_only=True)
+class ExportStageConfig(ExportConfig, ExportStageInputs):
+    """Export ``model`` to ONNX; the export keys are :class:`~hfcompress.export.ExportConfig`'s."""
+
     parity_samples: int = field(default=16, metadata={"help": "Sentences of the evaluation split used for the parity check."})
 
 

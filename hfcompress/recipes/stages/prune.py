@@ -44,13 +44,13 @@ class PruneStageConfig(StageConfig):
     """Prune a model: unstructured/N:M magnitude pruning, structured head/FFN slimming or CNN filter pruning, with or without training."""
 
     model: str = field(metadata={"help": "Model to prune: an earlier stage's name, a local path or a Hub id.", "model_ref": True})
+    teacher: Optional[str] = field(
+        default=None, metadata={"help": "Distil from this teacher while pruning (needs training); default: train on labels.", "model_ref": True}
+    )
     name: str = field(default="pruned", metadata={"help": "Stage name; also its output sub-directory."})
     magnitude: Optional[MagnitudePruningConfig] = field(default=None, metadata={"help": "Magnitude pruning settings (MagnitudePruningConfig fields)."})
     structured: Optional[StructuredPruningConfig] = field(default=None, metadata={"help": "Head/FFN slimming settings (StructuredPruningConfig fields)."})
     filters: Optional[FilterPruningConfig] = field(default=None, metadata={"help": "CNN filter pruning settings (FilterPruningConfig fields)."})
-    teacher: Optional[str] = field(
-        default=None, metadata={"help": "Distil from this teacher while pruning (needs training); default: train on labels.", "model_ref": True}
-    )
     training: dict = field(
         default_factory=dict,
         metadata={"help": "(Distillation)TrainingArguments fields; empty: prune at once without training."},

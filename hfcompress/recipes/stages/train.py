@@ -190,11 +190,11 @@ class DistillStageConfig(StageConfig):
     student: Optional[str] = field(
         default=None, metadata={"help": "Student checkpoint; default: the teacher, cut to student_layers.", "model_ref": True}
     )
+    name: str = field(default="student", metadata={"help": "Stage name; also its output sub-directory."})
     student_layers: Optional[Union[int, list[int]]] = field(
         default=None,
         metadata={"help": "Teacher layers the student keeps, e.g. [0, 2, 4], or how many: 15 keeps the first, the last and 13 evenly spread."},
     )
-    name: str = field(default="student", metadata={"help": "Stage name; also its output sub-directory."})
     training: dict = field(default_factory=dict, metadata={"help": "DistillationTrainingArguments fields (alpha, temperature, ...)."})
     callbacks: list[dict] = field(default_factory=list, metadata={"help": "Callbacks, each {type: ..., ...}."})
     trust_remote_code: bool = False
