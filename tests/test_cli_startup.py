@@ -75,6 +75,28 @@ def test_every_public_name_resolves():
         hfcompress.not_a_name  # noqa: B018
 
 
+def test_evaluation_exports_load_only_the_module_asked_for():
+    """``from hfcompress.evaluation import count_macs`` (as the filter pruner does at import) loads no datasets, evaluate or ONNX Runtime."""
+    out = _python("""
+import sys
+unwanted = lambda: [m for m in ("datasets", "evaluate", "onnxruntime", "hfcompress.evaluation.harness") if m in sys.modules]
+from hfcompress.evaluation import count_macs
+import hfcompress.pruning.filters.pruner
+assert not unwanted(), unwanted()
+import hfcompress.evaluation as evaluation
+assert "evaluate_model" in dir(evaluation) and not unwanted()
+print(count_macs.__module__)
+""")
+    assert out.splitlines()[-1] == "hfcompress.evaluation.macs"
+    from hfcompress import evaluation
+
+    for name in evaluation.__all__:
+        module = importlib.import_module(f"hfcompress.evaluation.{evaluation._EXPORTS[name]}")
+        assert getattr(evaluation, name) is getattr(module, name), name
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        evaluation.not_a_name  # noqa: B018
+
+
 def test_when_imported_runs_after_the_import_not_on_find_spec(tmp_path, monkeypatch):
     (tmp_path / "hfc_probe_module.py").write_text("VALUE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
