@@ -428,7 +428,7 @@ def test_task_parses_requests():
     assert text.serve_inputs([{"text": "a", "text_pair": "b"}, "c"]) == [("a", "b"), "c"]
     with pytest.raises(DataError, match="empty list"):
         text.serve_inputs([])
-    with pytest.raises(ModelError, match="not supported yet"):
+    with pytest.raises(ModelError, match="/predict does not serve the text-generation task.*served on /generate and /generate_stream"):
         get_task("text-generation").serve_outputs(None, None, [None])
 
 
