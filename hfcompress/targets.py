@@ -14,7 +14,6 @@ import re
 from typing import Callable, Optional, Union
 
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from .errors import ConfigError
 
@@ -53,7 +52,7 @@ def select_modules(
     model: nn.Module,
     target_modules: ModulePatterns,
     exclude_modules: ModulePatterns = None,
-    types: tuple[type, ...] = (nn.Linear, Conv1D),
+    types: Optional[tuple[type, ...]] = None,
     ignore: Optional[Callable[[str], bool]] = None,
     key: str = "target_modules",
 ) -> dict[str, nn.Module]:
@@ -61,7 +60,13 @@ def select_modules(
 
     ``ignore`` drops names that are never candidates (e.g. training-only heads), whatever the patterns say.
     ``key`` is the config key the error names for ``target_modules`` (bitsandbytes selects the modules it keeps with its ``exclude_modules``).
+    ``types`` defaults to Linear and GPT-2's Conv1D.
     """
+    if types is None:
+        # imported here: importing transformers runs hfcompress's model registration, whose configs import this module
+        from transformers.pytorch_utils import Conv1D
+
+        types = (nn.Linear, Conv1D)
     candidates = {
         name: module for name, module in model.named_modules()
         if name and isinstance(module, types) and not (ignore and ignore(name))

@@ -48,18 +48,22 @@ print("light")
     assert out.splitlines()[-1] == "light"
 
 
-@pytest.mark.parametrize("order", ["hfcompress first", "transformers first"])
+@pytest.mark.parametrize("order", ["hfcompress first", "transformers first", "a submodule that imports transformers first"])
 def test_factorized_model_type_is_registered_whenever_transformers_is_imported(order):
-    """The lazy package keeps the documented contract: after ``import hfcompress``, the Auto classes know factorised checkpoints."""
-    imports = "import hfcompress; import transformers" if order == "hfcompress first" else "import transformers; import hfcompress"
+    """The lazy package keeps the documented contract: after ``import hfcompress``, the Auto classes know factorised checkpoints,
+    whichever module imports transformers first (hfcompress.targets did so half-initialised, and the registration failed)."""
+    imports = {"hfcompress first": "import hfcompress; import transformers", "transformers first": "import transformers; import hfcompress",
+               "a submodule that imports transformers first": "import hfcompress.targets"}[order]
     out = _python(f"""
 import importlib.util, sys
 {imports}
+import transformers
 assert importlib.util.find_spec("transformers") is not None
 from transformers import AutoModelForSequenceClassification
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+registered = "hfcompress_factorized" in CONFIG_MAPPING  # before anything imports hfcompress.lowrank itself
 from hfcompress.lowrank.modeling import FactorizedConfig
-print(CONFIG_MAPPING["hfcompress_factorized"] is FactorizedConfig)
+print(registered and CONFIG_MAPPING["hfcompress_factorized"] is FactorizedConfig)
 """)
     assert out.splitlines()[-1] == "True"
 
