@@ -126,6 +126,32 @@ def test_choice_within_and_beyond_the_budget():
     )
 
 
+def test_a_fixed_reference_is_predicted_once_per_worker_until_its_files_or_the_data_change(tiny_teacher_dir, tiny_sst2_dir, monkeypatch):
+    import dataclasses
+
+    import numpy as np
+
+    from hfcompress import evaluation
+    from hfcompress.data import DataConfig, TaskData
+    from hfcompress.search import study
+
+    calls = []
+    real = evaluation.classification_predictions
+    monkeypatch.setattr(evaluation, "classification_predictions", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(study, "_REFERENCE_PREDICTIONS", {})
+    cfg = DataConfig(path=str(tiny_sst2_dir), text_column="sentence", label_column="label", eval_split="dev")
+    data = TaskData(cfg, splits=["dev"])
+    first = study.reference_predictions(str(tiny_teacher_dir), data, 16)
+    assert np.array_equal(study.reference_predictions(str(tiny_teacher_dir), data, 16), first) and len(calls) == 1
+    shorter = TaskData(dataclasses.replace(cfg, max_length=8), splits=["dev"])  # a searched data setting changes the inputs
+    study.reference_predictions(str(tiny_teacher_dir), shorter, 16)
+    assert len(calls) == 2
+    config = tiny_teacher_dir / "config.json"
+    config.write_text(config.read_text() + "\n")  # the reference was re-made (here: touched)
+    study.reference_predictions(str(tiny_teacher_dir), data, 16)
+    assert len(calls) == 3
+
+
 # --- tiny searches ---------------------------------------------------------------------------------
 
 
