@@ -56,6 +56,11 @@ VOCAB_TRIM_FILE = "vocab_trim.json"  # vocabulary and parameters before/after, n
 DISTILLATION_FILE = "distillation.json"  # teacher, student, loss, layer map, logit cache, GKD, sizes and results (DistillationTrainer)
 COMPRESSION_SUMMARY_FILE = "compression_summary.json"  # a list of CompressionSummary, one per method applied; the card reads it
 
+# --- serving: Triton Inference Server model repositories (serving.triton) ------------------------------
+TRITON_REPOSITORY_DIR = "triton"  # the export stage's Triton model repository, beside its ONNX files (triton: ...); card and push leave it out
+TRITON_TOKENIZER_DIR = "tokenizer"  # beside a Triton model's config.pbtxt; Triton loads only numeric version directories
+TRITON_LABELS_FILE = "labels.txt"  # one label a line, in logit order: Triton's classification extension reads it
+
 # --- what describes a model, as the card and the server read it ---------------------------------
 # An export carries these from its source checkpoint (with each summary's details_file), so that the card and the
 # server's /metadata find them beside the graph; the recipe runner rewrites RECIPE_FILE in a stage's output anyway.

@@ -32,6 +32,7 @@ from ..artifacts import (
     PARITY_FILE,
     RECIPE_FILE,
     STAGE_DONE_FILE,
+    TRITON_REPOSITORY_DIR,
     read_compression_summaries,
 )
 from ..errors import ConfigError
@@ -556,12 +557,13 @@ def assemble_release(model_dir: Path, out: Path, cfg: CardConfig, card_text: str
 
 
 def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link (or copy, across file systems) the files of ``src`` into ``dst``, without hidden or work files."""
+    """Hard-link (or copy, across file systems) the files of ``src`` into ``dst``, without hidden or work files,
+    nor an export's Triton model repository (a second copy of its graph, for a Triton server, not for the Hub)."""
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src)
         if not p.is_file() or p.name == STAGE_DONE_FILE or any(part.startswith(".") for part in rel.parts):
             continue
-        if rel.parts[0].startswith("checkpoint-") or p.name == "README.md" or is_pickle(rel.as_posix()):
+        if rel.parts[0].startswith("checkpoint-") or rel.parts[0] == TRITON_REPOSITORY_DIR or p.name == "README.md" or is_pickle(rel.as_posix()):
             continue
         _link(p, dst / rel)
 
