@@ -59,7 +59,7 @@ class PredictRequest(BaseModel):
     ]})
     inputs: Any = Field(..., description='A text, a list of texts, a pair {"text": ..., "text_pair": ...} or a list of pairs.')
     parameters: Optional[Parameters] = None
-    top_k: Optional[StrictInt] = Field(None, ge=1, description="Same as parameters.top_k (the text-classification pipeline's argument).")
+    top_k: Optional[StrictInt] = Field(None, ge=1, description="Same as parameters.top_k (the classification pipeline's argument).")
 
 
 def error_response(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
