@@ -21,6 +21,7 @@ RECIPE_FILE = "hfcompress_recipe.yaml"  # the resolved recipe (secrets redacted)
 STAGE_DONE_FILE = ".hfcompress_stage_done"  # marks a stage output complete, so a resumed run skips it (RunContext)
 FINGERPRINT_FILE = ".hfcompress_fingerprint.json"  # what a stage ran with (config, data and input hashes), beside its checkpoints and in its output; hidden: never shipped
 LOCK_SUFFIX = ".lock"  # .<output dir name>.lock beside an output directory: its writer's pid, host and command (utils.lock)
+SQLITE_SCHEMA_LOCK_SUFFIX = ".schema.lock"  # beside a search's SQLite file: its first worker creates the tables while holding it (search.study)
 
 # --- training (train, distill, prune-with-training stages) --------------------------------------
 TRAINING_ARGS_FILE = "training_args.json"  # the TrainingArguments as JSON, instead of Trainer's pickled training_args.bin

@@ -18,14 +18,17 @@ marked failed after the grace period and retried with the same settings, so a se
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import socket
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..artifacts import SQLITE_SCHEMA_LOCK_SUFFIX
 from ..errors import ConfigError, HFCompressError
 from ..recipes.recipe import apply_overrides, parse_recipe
 from .config import SearchSpace, override
@@ -129,13 +132,27 @@ def run_trial(recipe_data: dict, overrides: list[str], trial_dir: Path, space: S
     return result
 
 
+@contextmanager
+def schema_lock(url: str):
+    """One worker at a time while a SQLite storage is opened: two workers opening a new file at once each create
+    its tables, and one fails ("table studies already exists"). Other databases create their schema in a transaction."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(url[len("sqlite:///"):] + SQLITE_SCHEMA_LOCK_SUFFIX)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        yield
+
+
 def open_storage(url: str):
     import optuna
 
     if "://" not in url:
         raise ConfigError(f"--storage {url!r} is not a database URL: write e.g. sqlite:///search.db (or postgresql://user@host/db)")
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; they are what a resumed search relies on
+        with warnings.catch_warnings(), schema_lock(url):  # heartbeats are "experimental" since Optuna 2.8; they are what a resumed search relies on
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
