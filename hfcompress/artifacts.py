@@ -22,6 +22,7 @@ STAGE_DONE_FILE = ".hfcompress_stage_done"  # marks a stage output complete, so 
 FINGERPRINT_FILE = ".hfcompress_fingerprint.json"  # what a stage ran with (config, data and input hashes), beside its checkpoints and in its output; hidden: never shipped
 FILE_HASHES_DIR = "file-hashes"  # under the user cache dir: one JSON of remembered file hashes per hashed directory (utils.hash_cache)
 LOCK_SUFFIX = ".lock"  # .<output dir name>.lock beside an output directory: its writer's pid, host and command (utils.lock)
+SQLITE_SCHEMA_LOCK_SUFFIX = ".schema.lock"  # beside a search's SQLite file: its first worker creates the tables while holding it (search.study)
 
 # --- training (train, distill, prune-with-training stages) --------------------------------------
 TRAINING_ARGS_FILE = "training_args.json"  # the TrainingArguments as JSON, instead of Trainer's pickled training_args.bin
@@ -54,7 +55,13 @@ QUANTIZATION_FILE = "quantization.json"  # the quantization scheme (QAT, ONNX PT
 QAT_RANGES_FILE = "qat_ranges.safetensors"  # activation ranges QAT observed; static ONNX quantization reuses them
 FACTORIZATION_FILE = "factorization.json"  # ranks and retained energy per layer (low-rank factorization)
 VOCAB_TRIM_FILE = "vocab_trim.json"  # vocabulary and parameters before/after, new id -> old id (vocabulary trimming)
+DISTILLATION_FILE = "distillation.json"  # teacher, student, loss, layer map, logit cache, GKD, sizes and results (DistillationTrainer)
 COMPRESSION_SUMMARY_FILE = "compression_summary.json"  # a list of CompressionSummary, one per method applied; the card reads it
+
+# --- serving: Triton Inference Server model repositories (serving.triton) ------------------------------
+TRITON_REPOSITORY_DIR = "triton"  # the export stage's Triton model repository, beside its ONNX files (triton: ...); card and push leave it out
+TRITON_TOKENIZER_DIR = "tokenizer"  # beside a Triton model's config.pbtxt; Triton loads only numeric version directories
+TRITON_LABELS_FILE = "labels.txt"  # one label a line, in logit order: Triton's classification extension reads it
 
 # --- what describes a model, as the card and the server read it ---------------------------------
 # An export carries these from its source checkpoint (with each summary's details_file), so that the card and the

@@ -14,7 +14,6 @@ import re
 from typing import Callable, Optional, Union
 
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from .errors import ConfigError
 
@@ -53,13 +52,21 @@ def select_modules(
     model: nn.Module,
     target_modules: ModulePatterns,
     exclude_modules: ModulePatterns = None,
-    types: tuple[type, ...] = (nn.Linear, Conv1D),
+    types: Optional[tuple[type, ...]] = None,
     ignore: Optional[Callable[[str], bool]] = None,
+    key: str = "target_modules",
 ) -> dict[str, nn.Module]:
     """The modules of ``types`` that the patterns select, by name in module order; ConfigError if none.
 
     ``ignore`` drops names that are never candidates (e.g. training-only heads), whatever the patterns say.
+    ``key`` is the config key the error names for ``target_modules`` (bitsandbytes selects the modules it keeps with its ``exclude_modules``).
+    ``types`` defaults to Linear and GPT-2's Conv1D.
     """
+    if types is None:
+        # imported here: importing transformers runs hfcompress's model registration, whose configs import this module
+        from transformers.pytorch_utils import Conv1D
+
+        types = (nn.Linear, Conv1D)
     candidates = {
         name: module for name, module in model.named_modules()
         if name and isinstance(module, types) and not (ignore and ignore(name))
@@ -71,10 +78,8 @@ def select_modules(
     if not chosen:
         kinds = "/".join(t.__name__ for t in types)
         example = f"they are named like '{next(iter(candidates))}'" if candidates else "it has none"
-        raise ConfigError(
-            f"target_modules={_shown(target_modules)} (exclude_modules={_shown(exclude_modules)}) match no {kinds} layer of "
-            f"{type(model).__name__}: {example}"
-        )
+        excluded = f" (exclude_modules={_shown(exclude_modules)})" if exclude_modules is not None else ""
+        raise ConfigError(f"{key}={_shown(target_modules)}{excluded} match no {kinds} layer of {type(model).__name__}: {example}")
     return chosen
 
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Load `hfcompress serve` (the SST-2 student, ONNX int8, dynamic batching) over HTTP against a naive Flask server and against the model in-process.
 
-On loopback, an async httpx load generator sends one sentence of SST-2 dev per request at each
-concurrency (bounded by a request count and a duration), to:
+On loopback, a load generator sends one sentence of SST-2 dev per request at each concurrency
+(bounded by a request count and a duration): wrk (a Lua script cycles the request bodies) when it is
+installed, light enough in C to leave the 2 cores to the servers, else an async httpx client; to:
   - `hfcompress serve` on the student's ONNX int8 variant, with dynamic batching (the default
     --max-batch-size) and without it (--max-batch-size 1);
   - a naive server as the seed material sketches it: Flask with the fp32 PyTorch teacher, one
     request at a time (written here, started with --naive-server);
-and measures throughput, latency p50/p95/p99, the error rate and the server's RSS before and after.
+and measures throughput, latency p50/p95/p99, the error rate, the server's CPU time per request and
+its RSS before and after.
 The same model runs in-process (Predictor.predict, outside HTTP) on batches of min(concurrency,
 max batch size): the batches the server forms at best. Optionally, a soak (--soak N good requests:
 zero errors, RSS growth under 10%) and a bad-request storm (--storm N requests of every bad kind:
@@ -25,13 +27,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -44,6 +49,10 @@ MIN_HTTP_SHARE = 0.80  # at concurrency 32, served throughput >= 80% of in-proce
 MIN_NAIVE_RATIO = 10.0  # served throughput >= 10x the naive server's
 MAX_P99_OVERHEAD_MS = 3.0  # p99 at concurrency 1 <= in-process batch-1 p50 + 3 ms
 MAX_SOAK_RSS_GROWTH = 0.10
+LOAD_GENERATORS = ("auto", "wrk", "httpx")  # auto: wrk when installed
+WRK_SCRIPT = Path(__file__).resolve().with_name("bench_serve_wrk.lua")
+WRK_UNBOUNDED_S = 86_400  # wrk's --duration when only the request count bounds a load
+GENERATOR_NAMES = {"wrk": "wrk, one thread", "httpx": "async httpx"}
 
 
 def parse_args(argv=None):
@@ -61,6 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--soak", type=int, default=0, help="Good requests of the soak (0: no soak; the issue asks 100,000).")
     p.add_argument("--storm", type=int, default=0, help="Bad requests of the storm, cycling every kind (0: no storm; the issue asks 10,000).")
     p.add_argument("--soak-concurrency", type=int, default=32, help="Concurrent clients of the soak and the storm.")
+    p.add_argument("--load-generator", choices=LOAD_GENERATORS, default="auto",
+                   help="wrk (Debian's wrk, apt-get install -y wrk) or the async httpx client; auto: wrk when installed, else httpx.")
     add_threads_arg(p, help="Intra-op threads of the servers (ONNX Runtime, PyTorch) and of the in-process run.")
     p.add_argument("--work-dir", default="outputs/bench-serve", help="Where a checkpoint --model is exported and quantized.")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="Seconds a server may take to become ready.")
@@ -102,6 +113,14 @@ def run_naive_server(teacher: str, port: int, threads: int) -> None:
 
 # --- servers as processes ----------------------------------------------------------------------------
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a server process and its children (uvicorn workers) have used so far."""
+    import psutil
+
+    process = psutil.Process(pid)
+    return sum(t.user + t.system for t in (p.cpu_times() for p in [process, *process.children(recursive=True)]))
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a server process and its children (uvicorn workers), in MB."""
     import psutil
@@ -139,9 +158,9 @@ def server(command: list[str], ready_url: str, log: Path, timeout: float) -> Ite
             process.wait()
 
 
-def hfcompress_server(model_dir: Path, port: int, a, log: Path, max_batch_size: Optional[int]):
+def hfcompress_server(model_dir: Path, port: int, a, log: Path, max_batch_size: Optional[int], options: Sequence[str] = ()):
     command = [sys.executable, "-m", "hfcompress.cli", "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
-               "--threads", str(a.threads)]
+               "--threads", str(a.threads), *options]
     if max_batch_size is not None:
         command += ["--max-batch-size", str(max_batch_size)]
     return server(command, f"http://127.0.0.1:{port}/ready", log, a.startup_timeout)
@@ -154,10 +173,47 @@ def naive_server(port: int, a, log: Path):
 
 # --- load ----------------------------------------------------------------------------------------------
 
-def load(url: str, requests: list[dict], concurrency: int, count: int, duration: float, label: str) -> dict:
-    """Send ``count`` requests (cycling ``requests``, each ``{"method", "path", ...httpx.request kwargs}``) from ``concurrency``
-    clients, stopping early after ``duration`` seconds; the latencies of the answered ones and every status."""
+def resolve_load_generator(choice: str) -> str:
+    """The load generator that runs for ``choice``: wrk when asked (or, for auto, when installed), else httpx."""
+    if choice == "auto":
+        return "wrk" if shutil.which("wrk") else "httpx"
+    if choice == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("--load-generator wrk: wrk is not installed (apt-get install -y wrk), or use --load-generator httpx")
+    return choice
+
+
+def load(url: str, requests: list[dict], concurrency: int, count: int, duration: float, label: str, generator: str = "httpx") -> dict:
+    """Send ``count`` requests (cycling ``requests``, each ``{"method", "path", "content", "headers"}``) from ``concurrency``
+    clients, stopping early after ``duration`` seconds, with ``generator`` (wrk or httpx); every status, and the latencies
+    of the answered requests (httpx) or their percentiles (wrk)."""
+    if generator == "wrk":
+        return wrk_load(url, requests, concurrency, count, duration)
     return asyncio.run(_load(url, requests, concurrency, count, duration, label))
+
+
+def wrk_load(url: str, requests: list[dict], concurrency: int, count: int, duration: float) -> dict:
+    """``load`` by wrk: one thread, ``concurrency`` connections, interrupted once ``count`` requests are answered (bench_serve_wrk.lua)."""
+    with tempfile.TemporaryDirectory(prefix="bench-serve-wrk-") as folder:
+        index = []
+        for i, spec in enumerate(requests):
+            Path(folder, f"{i}.body").write_bytes(spec["content"])
+            index.append("\t".join([spec["method"], spec["path"], spec["headers"]["content-type"], f"{i}.body"]))
+        Path(folder, "index.tsv").write_text("\n".join(index) + "\n")
+        seconds = math.ceil(duration) if math.isfinite(duration) else WRK_UNBOUNDED_S
+        command = ["wrk", "--threads", "1", "--connections", str(concurrency), "--duration", f"{seconds}s", "--timeout", "60s",
+                   "--script", str(WRK_SCRIPT), url, "--", folder, str(count)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output = []
+        for line in process.stdout:
+            output.append(line)
+            if line.strip() == "LIMIT REACHED":
+                process.send_signal(signal.SIGINT)  # wrk would otherwise sleep out --duration; on SIGINT it reports at once
+        process.wait()
+    result = next((line.split(" ", 1)[1] for line in output if line.startswith("WRK_RESULT ")), None)
+    if process.returncode != 0 or result is None:
+        raise RuntimeError(f"wrk failed (exit {process.returncode}): {''.join(output)[-2000:]}")
+    parsed = json.loads(result)
+    return {**parsed, "statuses": {int(code): n for code, n in parsed["statuses"].items()}}
 
 
 async def _load(url, requests, concurrency, count, duration, label):
@@ -204,10 +260,11 @@ def summarize(result: dict) -> dict:
     answered = sum(result["statuses"].values())
     errors = answered - sum(n for code, n in result["statuses"].items() if 200 <= code < 300) + result["connection_errors"]
     total = answered + result["connection_errors"]
-    latencies = result["latencies_ms"]
+    given = result.get("percentiles_ms")  # wrk's; httpx's latencies are all there
+    p50, p95, p99 = (round(given[q], 2) if given else percentile(result["latencies_ms"], int(q)) for q in ("50", "95", "99"))
     return {
         "requests": total, "seconds": round(result["elapsed_s"], 2), "throughput": round(answered / result["elapsed_s"], 1),
-        "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95), "p99_ms": percentile(latencies, 99),
+        "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
         "errors": errors, "error_rate": round(errors / total, 5) if total else None,
         "statuses": {str(code): n for code, n in sorted(result["statuses"].items())},
     }
@@ -249,8 +306,11 @@ def bad_requests(too_many_items: int, oversized_bytes: int) -> dict[str, dict]:
     }
 
 
-def storm(url: str, kinds: dict[str, dict], count: int, concurrency: int) -> dict:
-    """``count`` bad requests cycling every kind; each kind's status, then whether the server still answers."""
+def storm(url: str, kinds: dict[str, dict], count: int, concurrency: int, generator: str) -> dict:
+    """``count`` bad requests cycling every kind; each kind's status, then whether the server still answers.
+
+    Each kind's status is read from one request of it sent alone; the ``count`` requests are counted by status
+    (wrk cannot tell which request an answer belongs to), which must all be 4xx as well."""
     import httpx
 
     by_kind = {}
@@ -258,7 +318,7 @@ def storm(url: str, kinds: dict[str, dict], count: int, concurrency: int) -> dic
         for kind, spec in kinds.items():  # one of each first, to record the status of every kind by name
             spec = dict(spec)
             by_kind[kind] = client.request(spec.pop("method"), spec.pop("path"), **spec).status_code
-        result = summarize(load(url, list(kinds.values()), concurrency, count, float("inf"), "bad-request storm"))
+        result = summarize(load(url, list(kinds.values()), concurrency, count, float("inf"), "bad-request storm", generator))
         health = client.get("/health").status_code
         answer = client.post("/predict", json={"inputs": "a fine film"}).status_code
     statuses = [int(code) for code in result["statuses"]] + list(by_kind.values())
@@ -312,12 +372,14 @@ def batches_run(url: str) -> Optional[tuple[float, float]]:
 
 def measure_levels(url: str, pid: int, texts: list[str], a, label: str) -> dict:
     """Every concurrency level against one running server, with its RSS before and after and the mean batch it ran."""
-    load(url, good_requests(texts), min(8, max(a.concurrency)), a.warmup, a.duration, f"{label} warm-up")
+    load(url, good_requests(texts), min(8, max(a.concurrency)), a.warmup, a.duration, f"{label} warm-up", a.load_generator)
     rss_before = rss_mb(pid)
     levels = {}
     for concurrency in a.concurrency:
-        before = batches_run(url)
-        level = summarize(load(url, good_requests(texts), concurrency, a.requests, a.duration, f"{label} c={concurrency}"))
+        before, cpu_before = batches_run(url), cpu_seconds(pid)
+        level = summarize(load(url, good_requests(texts), concurrency, a.requests, a.duration, f"{label} c={concurrency}", a.load_generator))
+        answered = sum(level["statuses"].values())
+        level["server_cpu_ms_per_request"] = round((cpu_seconds(pid) - cpu_before) * 1e3 / answered, 3) if answered else None
         if before is not None:
             inputs, batches = (now - then for now, then in zip(batches_run(url), before))
             level["mean_batch_size"] = round(inputs / batches, 2) if batches else None
@@ -328,7 +390,7 @@ def measure_levels(url: str, pid: int, texts: list[str], a, label: str) -> dict:
 
 def soak(url: str, pid: int, texts: list[str], a) -> dict:
     rss_before = rss_mb(pid)
-    result = summarize(load(url, good_requests(texts), a.soak_concurrency, a.soak, float("inf"), "soak"))
+    result = summarize(load(url, good_requests(texts), a.soak_concurrency, a.soak, float("inf"), "soak", a.load_generator))
     rss_after = rss_mb(pid)
     return {**result, "rss_mb_before": rss_before, "rss_mb_after": rss_after, "rss_growth": round(rss_after / rss_before - 1, 4)}
 
@@ -375,16 +437,17 @@ def markdown(report: dict) -> str:
         "",
         f"Model: `{report['model']}` (ONNX int8) served by `hfcompress serve`; naive: `{report['teacher']}` (fp32 PyTorch, Flask, one request at a time). "
         f"{report['hardware']['cpu']} ({', '.join(report['hardware']['isa'])}), {report['hardware']['cores']} cores, {report['threads']} intra-op thread(s) per server; "
-        "load generator (async httpx) on the same machine, loopback. Load average (1, 5, 15 min) of the machine "
+        f"load generator ({GENERATOR_NAMES[report['load_generator']]}) on the same machine, loopback. Load average (1, 5, 15 min) of the machine "
         f"{report['load_average_before']} before and {report['load_average_after']} after"
         + (": above the core count, other jobs shared the CPU." if busy else "."),
         "",
-        "| server | concurrency | requests | throughput req/s | p50 ms | p95 ms | p99 ms | error rate |",
-        "|---|---|---|---|---|---|---|---|",
+        "| server | concurrency | requests | throughput req/s | p50 ms | p95 ms | p99 ms | error rate | server CPU ms/request |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, result in report["servers"].items():
         for level, r in result["levels"].items():
-            lines.append(f"| {name} | {level} | {r['requests']} | {r['throughput']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['error_rate']} |")
+            lines.append(f"| {name} | {level} | {r['requests']} | {r['throughput']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['error_rate']} "
+                         f"| {r.get('server_cpu_ms_per_request')} |")
     lines += ["", "| server | RSS before MB | RSS after MB |", "|---|---|---|"]
     lines += [f"| {name} | {r['rss_mb_before']} | {r['rss_mb_after']} |" for name, r in report["servers"].items()]
     lines += ["", f"In-process (`Predictor.predict`, no HTTP), batches of min(concurrency, {report['max_batch_size']}):", "",
@@ -448,6 +511,7 @@ def main(argv=None) -> int:
     from hfcompress.utils.io import write_results
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops the servers it started
+    a.load_generator = resolve_load_generator(a.load_generator)
     command = command_line(Path(__file__), argv, prefix=CPU_LOCK)
     model_dir = prepare_model(a.model, Path(a.work_dir))
     texts = [t for t in evaluation_texts(TaskData(DataConfig(path=a.data, name=a.data_config, eval_split=a.split), splits=[a.split])) if t]
@@ -458,7 +522,7 @@ def main(argv=None) -> int:
     report = {
         "model": repo_relative(model_dir), "teacher": repo_relative(a.teacher) if a.teacher else None, "threads": a.threads,
         "hardware": cpu_info(a.threads), "max_batch_size": max_batch_size, "concurrency": a.concurrency,
-        "requests_per_level": a.requests, "max_seconds_per_level": a.duration, "servers": {},
+        "requests_per_level": a.requests, "max_seconds_per_level": a.duration, "load_generator": a.load_generator, "servers": {},
         "load_average_before": [round(x, 2) for x in os.getloadavg()],  # other jobs on the machine share its cores
     }
     print("== in-process", flush=True)
@@ -475,7 +539,7 @@ def main(argv=None) -> int:
             if batch != 1 and a.storm:
                 print(f"== bad-request storm: {a.storm:,} requests", flush=True)
                 kinds = bad_requests(too_many_items=serve_defaults.max_items + 1, oversized_bytes=serve_defaults.max_body_bytes + 1)
-                report["storm"] = storm(url, kinds, a.storm, a.soak_concurrency)
+                report["storm"] = storm(url, kinds, a.storm, a.soak_concurrency, a.load_generator)
     if a.teacher:
         name = "naive Flask, fp32 PyTorch teacher"
         print(f"== {name}", flush=True)

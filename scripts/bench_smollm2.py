@@ -2,9 +2,8 @@
 """The generative-LM benchmark (issue 21): SmolLM2-135M-Instruct through hfcompress against PyTorch, ONNX Runtime and llama.cpp.
 
 1. Builds the variants through hfcompress's stages (export with a KV cache, bitsandbytes NF4, ONNX weight-only
-   int4 with each algorithm, onnxruntime-genai's int4 build, the half-depth student in int4) with --resume,
-   leaving out every stage this checkout cannot run (its type or a key is not there yet), each named with the
-   reason; the variants made by those stages are skipped, never faked.
+   int4 with each algorithm, onnxruntime-genai's int4 build, the half-depth student in int4) with --resume.
+   A variant that cannot be measured here (no llama.cpp, no --student) is listed as skipped, never faked.
 2. Measures every variant in its own process, in the issue's order: WikiText-2 perplexity (context, stride and
    token count stated), prefill tokens/s on a 512-token prompt, decode tokens/s over 128 new tokens and time to
    first token at batch 1 (greedy), peak RSS and size on disk, at a fixed thread count.
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from hfcompress.errors import HFCompressError  # noqa: E402
 from hfcompress.tasks.text_generation import TEXT_GENERATION  # noqa: E402
 from hfcompress.utils.bench import (  # noqa: E402
-    REPO, SMOLLM2_GGUF, SMOLLM2_TEACHER, SST2_DATA, add_output_arg, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, print_report, repo_relative, runnable_stages,
+    REPO, SMOLLM2_GGUF, SMOLLM2_TEACHER, SST2_DATA, add_output_arg, add_threads_arg, bench_parser, command_line, goals_markdown, goals_met, print_report, repo_relative,
     smollm2_teacher,
 )
 
@@ -201,10 +200,7 @@ def main(argv=None) -> int:
             a.gguf, teacher = a.gguf or str(gguf), a.teacher or str(converted)
         else:
             teacher = a.teacher
-        runnable, skipped = runnable_stages(recipe(a, teacher))
-        for name, reason in skipped.items():
-            print(f"skipped stage {name}: {reason}")
-        outputs = run_recipe(parse_recipe(runnable), resume=True) if runnable["stages"] else {}
+        outputs = run_recipe(parse_recipe(recipe(a, teacher)), resume=True)
     except HFCompressError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -243,7 +239,7 @@ def main(argv=None) -> int:
     title = "SmolLM2-135M-Instruct: hfcompress against PyTorch, ONNX Runtime and llama.cpp" + (" (--quick, tiny random Llama)" if a.quick else "")
     report = write_compression_report(rows, out.parent, title=title, file_stem=out.name, notes=notes, metadata={
         "goals": goals, "command": command, "text": repo_relative(a.text), "settings": asdict(settings),
-        "tokenizer_check": tokens, "skipped": missing, "skipped_stages": skipped,
+        "tokenizer_check": tokens, "skipped": missing,
     })
     print_report(out, report)
     return 0

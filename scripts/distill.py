@@ -57,8 +57,9 @@ def run(argv=None) -> int:
     tokenizer = load_tokenizer(args.teacher_model_name_or_path)
     if student_args.student_model_name_or_path:
         student = load_model(student_args.student_model_name_or_path, data.cfg.task, data.num_labels, data.label_display_names())
+        origin = f"`{student_args.student_model_name_or_path}`" + (f", layers {student_args.student_layers}" if student_args.student_layers else "")
     else:
-        student = teacher
+        student, origin = teacher, f"the teacher's layers {student_args.student_layers}" if student_args.student_layers else "the teacher"
     if student_args.student_layers:
         student = build_student_from_teacher(student, student_args.student_layers)
     trainer = DistillationTrainer(
@@ -70,12 +71,16 @@ def run(argv=None) -> int:
         data_collator=data.collator(tokenizer),
         processing_class=tokenizer,
         compute_metrics=data.task.trainer_compute_metrics(num_labels=data.num_labels),
+        teacher_name=args.teacher_model_name_or_path,
+        student_origin=origin,
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.save_model()
     trainer.save_metrics("eval", metrics)
     trainer.save_state()
+    if trainer.is_world_process_zero():
+        trainer.write_artifacts(args.output_dir)  # distillation.json and its summary, for hfcompress card
     return 0
 
 

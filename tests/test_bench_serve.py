@@ -60,13 +60,15 @@ def test_benchmark_smoke_on_a_tiny_model(bench, tiny_teacher_dir, tiny_sst2_dir,
     out = tmp_path / "results" / "serve"
     args = ["--model", str(onnx_dir), "--teacher", str(tiny_teacher_dir), "--data", str(tiny_sst2_dir), "--concurrency", "1", "4",
             "--requests", "12", "--duration", "10", "--warmup", "2", "--soak", "30", "--storm", "40", "--threads", "1",
-            "--work-dir", str(tmp_path / "work"), "--output", str(out)]
+            "--work-dir", str(tmp_path / "work"), "--output", str(out), "--load-generator", "httpx"]
     assert bench.main(args) == 0
     report = json.loads(out.with_suffix(".json").read_text())
+    assert report["load_generator"] == "httpx"
     assert set(report["servers"]) == {"hfcompress serve, dynamic batching", "hfcompress serve, no batching (max batch 1)", "naive Flask, fp32 PyTorch teacher"}
     for server in report["servers"].values():
         assert set(server["levels"]) == {"1", "4"} and server["rss_mb_before"] > 0
         assert all(level["requests"] == 12 and level["errors"] == 0 and level["p99_ms"] > 0 for level in server["levels"].values())
+        assert all(level["server_cpu_ms_per_request"] > 0 for level in server["levels"].values())
     assert report["servers"]["hfcompress serve, no batching (max batch 1)"]["levels"]["4"]["mean_batch_size"] == 1.0
     assert set(report["in_process"]) == {"b1", "b4"} and report["hardware"]["threads"] == 1
     assert report["soak"]["requests"] == 30 and report["soak"]["errors"] == 0
@@ -77,3 +79,30 @@ def test_benchmark_smoke_on_a_tiny_model(bench, tiny_teacher_dir, tiny_sst2_dir,
     markdown = out.with_suffix(".md").read_text()
     assert "## Goals" in markdown and "What dynamic batching gives" in markdown and "scripts/bench_serve.py --model" in markdown
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_with_wrk(bench, tiny_teacher_dir, tiny_sst2_dir, tmp_path):
+    """The same benchmark with wrk as the load generator: counts bounded by its Lua script, statuses and percentiles parsed."""
+    import shutil
+
+    from hfcompress.export import export_onnx
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed: apt-get install -y wrk to run the wrk load generator")
+    onnx_dir = export_onnx(tiny_teacher_dir, tmp_path / "onnx", sequence_lengths=[8]).parent
+    out = tmp_path / "results" / "serve"
+    args = ["--model", str(onnx_dir), "--teacher", "", "--data", str(tiny_sst2_dir), "--concurrency", "1", "4", "--requests", "25",
+            "--duration", "30", "--warmup", "5", "--soak", "60", "--storm", "54", "--threads", "1", "--load-generator", "wrk",
+            "--work-dir", str(tmp_path / "work"), "--output", str(out)]
+    assert bench.main(args) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["load_generator"] == "wrk" and "load generator (wrk, one thread)" in out.with_suffix(".md").read_text()
+    for server in report["servers"].values():
+        for level in server["levels"].values():
+            assert level["requests"] == 25 and level["statuses"] == {"200": 25} and level["errors"] == 0
+            assert 0 < level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"] and level["server_cpu_ms_per_request"] > 0
+    assert report["soak"]["requests"] == 60 and report["soak"]["statuses"] == {"200": 60}
+    storm = report["storm"]  # 54 answers counted by status, each a status some kind got when sent alone
+    assert storm["requests"] == 54 and storm["server_errors"] == 0 and storm["all_4xx"] and storm["still_answering"]
+    assert sum(storm["statuses"].values()) == 54 and {int(code) for code in storm["statuses"]} <= set(storm["status_by_kind"].values())

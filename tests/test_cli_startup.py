@@ -48,18 +48,22 @@ print("light")
     assert out.splitlines()[-1] == "light"
 
 
-@pytest.mark.parametrize("order", ["hfcompress first", "transformers first"])
+@pytest.mark.parametrize("order", ["hfcompress first", "transformers first", "a submodule that imports transformers first"])
 def test_factorized_model_type_is_registered_whenever_transformers_is_imported(order):
-    """The lazy package keeps the documented contract: after ``import hfcompress``, the Auto classes know factorised checkpoints."""
-    imports = "import hfcompress; import transformers" if order == "hfcompress first" else "import transformers; import hfcompress"
+    """The lazy package keeps the documented contract: after ``import hfcompress``, the Auto classes know factorised checkpoints,
+    whichever module imports transformers first (hfcompress.targets did so half-initialised, and the registration failed)."""
+    imports = {"hfcompress first": "import hfcompress; import transformers", "transformers first": "import transformers; import hfcompress",
+               "a submodule that imports transformers first": "import hfcompress.targets"}[order]
     out = _python(f"""
 import importlib.util, sys
 {imports}
+import transformers
 assert importlib.util.find_spec("transformers") is not None
 from transformers import AutoModelForSequenceClassification
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+registered = "hfcompress_factorized" in CONFIG_MAPPING  # before anything imports hfcompress.lowrank itself
 from hfcompress.lowrank.modeling import FactorizedConfig
-print(CONFIG_MAPPING["hfcompress_factorized"] is FactorizedConfig)
+print(registered and CONFIG_MAPPING["hfcompress_factorized"] is FactorizedConfig)
 """)
     assert out.splitlines()[-1] == "True"
 
@@ -73,6 +77,28 @@ def test_every_public_name_resolves():
 
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         hfcompress.not_a_name  # noqa: B018
+
+
+def test_evaluation_exports_load_only_the_module_asked_for():
+    """``from hfcompress.evaluation import count_macs`` (as the filter pruner does at import) loads no datasets, evaluate or ONNX Runtime."""
+    out = _python("""
+import sys
+unwanted = lambda: [m for m in ("datasets", "evaluate", "onnxruntime", "hfcompress.evaluation.harness") if m in sys.modules]
+from hfcompress.evaluation import count_macs
+import hfcompress.pruning.filters.pruner
+assert not unwanted(), unwanted()
+import hfcompress.evaluation as evaluation
+assert "evaluate_model" in dir(evaluation) and not unwanted()
+print(count_macs.__module__)
+""")
+    assert out.splitlines()[-1] == "hfcompress.evaluation.macs"
+    from hfcompress import evaluation
+
+    for name in evaluation.__all__:
+        module = importlib.import_module(f"hfcompress.evaluation.{evaluation._EXPORTS[name]}")
+        assert getattr(evaluation, name) is getattr(module, name), name
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        evaluation.not_a_name  # noqa: B018
 
 
 def test_when_imported_runs_after_the_import_not_on_find_spec(tmp_path, monkeypatch):

@@ -187,6 +187,22 @@ def test_distillation_from_a_top_k_cache_needs_no_teacher_pass_while_training(lm
     assert trainer.teacher_cache.top_k == 8
     assert trainer.teacher_forward_passes == 0
     assert np.isfinite(result.training_loss) and trainer.state.log_history[0]["loss_kd"] > 0
+    summary = _written_summary(trainer, tmp_path)
+    assert summary.settings["teacher_cache_top_k"] == 8 and "top 8 tokens and one tail bucket" in summary.summary
+    assert summary.results["teacher_forward_passes"] == 0 and summary.results["student_layers"] == 2
+    assert summary.results["student_parameters"] < summary.results["teacher_parameters"]
+
+
+def _written_summary(trainer, tmp_path):
+    """The compression summary ``trainer.write_artifacts`` writes beside a saved student, and its details file read back."""
+    from hfcompress.artifacts import read_compression_summaries
+
+    directory = tmp_path / "student"
+    directory.mkdir()
+    trainer.write_artifacts(directory)
+    [summary] = read_compression_summaries(directory)
+    assert json.loads((directory / summary.details_file).read_text())["method"] == summary.method == "distillation"
+    return summary
 
 
 def test_on_policy_batches_refuse_the_logit_cache(tmp_path):
@@ -213,6 +229,9 @@ def test_on_policy_run_scores_student_generations_with_the_teacher(lm_tokenizer,
     assert seen == [g.shape[1] for g in generated]  # the teacher read exactly what the student generated
     assert all(length > max(len(ids) for ids in data["input_ids"]) for length in seen)
     assert "loss_ce" not in trainer.state.log_history[0]  # no hard labels on the student's own tokens
+    summary = _written_summary(trainer, tmp_path)
+    assert {k: summary.settings[k] for k in ("beta", "lmbda", "max_new_tokens")} == {"beta": 0.5, "lmbda": 1.0, "max_new_tokens": 4}
+    assert "JSD_β" in summary.summary and "On-policy (GKD)" in summary.summary and "seq_kd" not in summary.settings
 
 
 def test_seq_kd_batches_are_generated_by_the_teacher(lm_tokenizer, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from hfcompress.distillation.report import write_distillation_report
 from hfcompress.errors import ConfigError
 from hfcompress.export import export_onnx
 from hfcompress.hub import CardConfig, render_model_card, validate_card_data, write_model_card
@@ -31,6 +32,14 @@ RECIPE = {
         {"stage": "distill", "name": "student", "teacher": "teacher", "student_layers": [0, 2],
          "training": {"num_train_epochs": 2, "alpha": 0.3, "temperature": 4.0, "learning_rate": 1e-4}},
     ],
+}
+DISTILLATION = {  # as DistillationTrainer.write_artifacts writes it for RECIPE's distill stage
+    "method": "distillation", "teacher": "teacher", "student": "the teacher's layers [0, 2]", "task": "text-classification",
+    "alpha": 0.3, "temperature": 4.0, "beta": None, "hidden_distill_weight": 0.5, "hidden_distill_loss": "mse",
+    "attention_distill_weight": None, "layer_map": "0:1,1:3", "teacher_cache_dtype": "float16", "teacher_cache_top_k": None,
+    "lmbda": None, "seq_kd": None, "max_new_tokens": None, "epochs": 2.0, "max_steps": None, "teacher_layers": 4, "student_layers": 2,
+    "teacher_parameters": 42722, "student_parameters": 25634, "parameters_vs_teacher": 0.6, "steps": 16, "train_loss": 0.41,
+    "teacher_forward_passes": 2, "eval": {"loss": 0.3, "accuracy": 0.875},
 }
 PICKLES = ("training_args.bin", "optimizer.pt", "rng_state_0.pth", "extra.pkl")
 SPARSITY = {"method": "magnitude", "target_sparsity": 0.5, "global_sparsity": 0.49, "pattern": "unstructured",
@@ -74,6 +83,7 @@ def run_dir(tmp_path_factory) -> Path:
         (root / name / ".hfcompress_stage_done").write_text("ok\n")
     (root / "student" / "eval_results.json").write_text(json.dumps({"eval_loss": 0.3, "eval_accuracy": 0.875, "eval_f1": 0.88, "epoch": 2.0}))
     write_pruning_report(root / "student", SPARSITY)
+    write_distillation_report(root / "student", DISTILLATION)
     (root / "student" / "checkpoint-10").mkdir()
     (root / "student" / "checkpoint-10" / "optimizer.pt").write_bytes(b"x")
     save_tiny_wordpiece_tokenizer(root / "student", 100)
@@ -145,6 +155,10 @@ def test_card_of_distilled_pruned_student(run_dir, tmp_path):
     assert "distilled from `teacher`" in text and "layers [0, 2]" in text
     assert "Teacher: `teacher` (4-layer `BertForSequenceClassification`, 42,722 parameters, trained from `../base-model`)" in text
     assert "T = 4.0" in text and "alpha = 0.3" in text
+    distillation = text.split("### Distillation\n", 1)[1].split("\n#", 1)[0]  # from the summary, through the common path
+    assert "plus 0.5 × mse between hidden states of layers 0:1,1:3" in distillation and "- teacher_cache_dtype: float16" in distillation
+    assert "- epochs: 2.0000" in distillation and "- student_parameters: 25,634" in distillation and "accuracy=0.875" in distillation
+    assert text.count("distilled from `teacher`") == 1  # the lineage and the summary say it once
     assert "| `bert.encoder.layer.1.output.dense` | 0.480 |" in text  # sparsity per layer
     assert "int8 symmetric per-channel" in text and "`onnx/quantization.json`" in text
     assert "| student-int8 | 0.8800 | 0.40 | 25,634 | 1.10 | 1.30 | 2.91× | 2500.0 |" in text
@@ -203,11 +217,11 @@ def test_release_folder_holds_model_onnx_report_and_card(run_dir, tmp_path):
     onnx_tokenizer = names & {p.name for p in (run_dir / "outputs" / "export").iterdir()}
     assert {"tokenizer.json", "tokenizer_config.json"} <= tokenizer & onnx_tokenizer
     assert files == sorted([
-        "README.md", "config.json", "model.safetensors", "eval_results.json", "sparsity_report.json", "compression_summary.json", "hfcompress_recipe.yaml",
-        *tokenizer, *(f"onnx/{name}" for name in onnx_tokenizer),
+        "README.md", "config.json", "model.safetensors", "eval_results.json", "sparsity_report.json", "distillation.json", "compression_summary.json",
+        "hfcompress_recipe.yaml", *tokenizer, *(f"onnx/{name}" for name in onnx_tokenizer),
         "onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/config.json", "onnx/parity.json", "onnx/quantization.json", "onnx/compression_summary.json",
         # what export_onnx carries from the checkpoint (artifacts.DESCRIPTION_FILES), so the export describes itself when served alone
-        "onnx/eval_results.json", "onnx/sparsity_report.json", "onnx/hfcompress_recipe.yaml",
+        "onnx/eval_results.json", "onnx/sparsity_report.json", "onnx/distillation.json", "onnx/hfcompress_recipe.yaml",
         "compression_report.json", "compression_report.md",
     ])  # no checkpoint-*, no stage marker, no pickle
     assert ModelCard.load(readme).data.license == "mit"

@@ -385,6 +385,44 @@ def test_bnb_8bit_and_4bit_save_and_reload_on_cpu(tiny_teacher_dir, tmp_path):
         assert torch.allclose(got, expected, atol=0.05)
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize(
+    "exclude_modules, expected",
+    [
+        # a regex matches whole names and replaces the default: the classifier is quantized with the rest (where it fits)
+        (r"bert\.encoder\.layer\.[01]\.output\.dense", ["bert.encoder.layer.0.output.dense", "bert.encoder.layer.1.output.dense"]),
+        # a list matches names equal to an entry or ending in "." + it; "output.dense" alone would take attention.output.dense too
+        (["layer.0.output.dense", "classifier"], ["bert.encoder.layer.0.output.dense", "classifier"]),
+    ],
+    ids=["regex", "suffix-list"],
+)
+def test_bnb_exclude_modules_keep_exactly_the_selected_linear_layers(tiny_teacher_dir, bits, exclude_modules, expected):
+    """bitsandbytes takes the one target syntax (hfcompress.targets), resolved to exact names before transformers sees them."""
+    import bitsandbytes as bnb
+
+    quantized_type = bnb.nn.Linear8bitLt if bits == 8 else bnb.nn.Linear4bit
+    model = load_bnb(tiny_teacher_dir, BnbConfig(bits=bits, exclude_modules=exclude_modules)).eval()
+    unfit = model.hfc_bnb_unfit_modules  # 4 bits: layers too narrow for the CPU blocks stay unquantized as well
+    assert model.hfc_bnb_skipped_modules == expected + unfit and not set(expected) & set(unfit)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert {n for n, m in linears.items() if type(m) is torch.nn.Linear} == set(expected) | set(unfit)
+    quantized = {n for n, m in linears.items() if isinstance(m, quantized_type)}
+    assert quantized == set(linears) - set(expected) - set(unfit) and "bert.encoder.layer.2.output.dense" in quantized
+    assert ("classifier" in quantized) == (bits == 8 and "classifier" not in expected)
+    assert torch.isfinite(model(input_ids=torch.tensor([[101, 2023, 3185, 102]])).logits).all()
+
+
+def test_bnb_exclude_modules_fail_early_and_the_old_key_points_to_the_new_one(tiny_teacher_dir):
+    from hfcompress.recipes.schema import from_dict
+
+    with pytest.raises(ConfigError, match=r"did you mean 'exclude_modules'"):
+        from_dict(BnbConfig, {"bits": 4, "skip_modules": ["classifier"]}, "stages[0].bnb")
+    with pytest.raises(ConfigError, match="is not a valid regular expression"):
+        BnbConfig(exclude_modules="layer.(")
+    with pytest.raises(ConfigError, match=r"exclude_modules=\['pooler.densee'\] match no Linear/Conv1D layer of BertForSequenceClassification"):
+        load_bnb(tiny_teacher_dir, BnbConfig(exclude_modules=["pooler.densee"]))
+
+
 def test_bnb_4bit_keeps_layers_the_cpu_kernel_cannot_pack_on_either_cpu_path(tiny_teacher_dir, tmp_path, caplog):
     """AVX-512 CPUs repack every Linear4bit at its first forward; layers narrower than a 64-block made that fail.
 

@@ -38,6 +38,9 @@ def test_two_process_accelerate_launch_distils(tiny_teacher_dir, tiny_sst2_dir, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((out / "eval_results.json").read_text())
     assert 0.0 <= state["eval_accuracy"] <= 1.0
+    report = json.loads((out / "distillation.json").read_text())  # what hfcompress card renders
+    assert report["teacher"] == str(tiny_teacher_dir) and report["student"] == "the teacher's layers [0, 2]"
+    assert report["teacher_cache_dtype"] == "float32" and report["eval"]["accuracy"] == pytest.approx(state["eval_accuracy"], abs=1e-6)
     # 64 examples at 2 processes x 8 per device make 4 optimizer steps (one process alone would take 8)
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
     from transformers import AutoModelForSequenceClassification

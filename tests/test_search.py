@@ -126,6 +126,58 @@ def test_choice_within_and_beyond_the_budget():
     )
 
 
+def test_a_fixed_reference_is_predicted_once_per_worker_until_its_files_or_the_data_change(tiny_teacher_dir, tiny_sst2_dir, monkeypatch):
+    import dataclasses
+
+    import numpy as np
+
+    from hfcompress import evaluation
+    from hfcompress.data import DataConfig, TaskData
+    from hfcompress.search import study
+
+    calls = []
+    real = evaluation.classification_predictions
+    monkeypatch.setattr(evaluation, "classification_predictions", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(study, "_REFERENCE_PREDICTIONS", {})
+    cfg = DataConfig(path=str(tiny_sst2_dir), text_column="sentence", label_column="label", eval_split="dev")
+    data = TaskData(cfg, splits=["dev"])
+    first = study.reference_predictions(str(tiny_teacher_dir), data, 16)
+    assert np.array_equal(study.reference_predictions(str(tiny_teacher_dir), data, 16), first) and len(calls) == 1
+    shorter = TaskData(dataclasses.replace(cfg, max_length=8), splits=["dev"])  # a searched data setting changes the inputs
+    study.reference_predictions(str(tiny_teacher_dir), shorter, 16)
+    assert len(calls) == 2
+    config = tiny_teacher_dir / "config.json"
+    config.write_text(config.read_text() + "\n")  # the reference was re-made (here: touched)
+    study.reference_predictions(str(tiny_teacher_dir), data, 16)
+    assert len(calls) == 3
+
+
+def _open_after(barrier, url, name, results):
+    from hfcompress.search.study import load_study, open_storage
+
+    barrier.wait()
+    try:
+        load_study(open_storage(url), name, "maximize", 0)
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - the test reports what failed
+        results.put(repr(e))
+
+
+def test_workers_starting_together_on_a_new_sqlite_file_all_open_it(tmp_path):
+    """Without the schema lock, two processes creating one SQLite schema fail in most rounds ("table studies already exists")."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for round in range(4):
+        url, barrier, results = f"sqlite:///{tmp_path / f'round{round}.db'}", context.Barrier(3), context.Queue()
+        workers = [context.Process(target=_open_after, args=(barrier, url, "shared", results)) for _ in range(3)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=120)
+        assert [results.get(timeout=5) for _ in workers] == ["ok"] * 3, f"round {round}"
+
+
 # --- tiny searches ---------------------------------------------------------------------------------
 
 
@@ -205,8 +257,7 @@ def test_killed_search_resumes_without_redoing_finished_trials(tiny_teacher_dir,
 def test_two_workers_share_one_study(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
     recipe = write_recipe(tiny_search_recipe(tiny_teacher_dir, tiny_sst2_dir, tmp_path), tmp_path / "recipe.yaml")
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    # the first worker creates the study; the second joins it (two processes creating one SQLite schema at once may race)
-    optuna.create_study(storage=storage, study_name="shared", directions=["maximize", "minimize", "minimize"])
+    # both start on a new SQLite file: the first creates the schema and the study, the second joins them
     workers = [start_cli(*search_args(recipe, tmp_path / f"worker{i}", "--trials", "4", "--seed", str(i), "--storage", storage,
                                       "--study-name", "shared"), log=tmp_path / f"worker{i}.log") for i in (1, 2)]
     codes = [w.wait(timeout=600) for w in workers]

@@ -21,7 +21,11 @@ httpx = pytest.importorskip("httpx")
 from serve_helpers import LABELS, cli_server, running_server, save_tiny_classifier  # noqa: E402
 
 from hfcompress.errors import ConfigError, DataError, ModelError  # noqa: E402
+from hfcompress.serving.app import DOCS_ASSETS  # noqa: E402
 from hfcompress.serving.config import ServeConfig  # noqa: E402
+
+ASSET_TYPES = {".js": {"text/javascript", "application/javascript"}, ".css": {"text/css"}, ".png": {"image/png"}}
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
@@ -117,9 +121,15 @@ def test_operator_endpoints(server, onnx_dir):
                  "hfcompress_batch_size_bucket", "hfcompress_queue_depth"):
         assert name in metrics.text
     assert "/predict" in httpx.get(f"{server}/openapi.json").json()["paths"]
-    for viewer in ("/docs", "/redoc"):  # they need a CDN, and say so on the page, pointing at /openapi.json
+    for viewer in ("/docs", "/redoc"):  # offline: every asset the viewers load comes from this server
         docs = httpx.get(f"{server}{viewer}")
-        assert docs.status_code == 200 and "cdn.jsdelivr.net" in docs.text and '<a href="/openapi.json">' in docs.text
+        assets = re.findall(r'(?:src|href)="([^"]*)"', docs.text)
+        assert docs.status_code == 200 and "/openapi.json" in docs.text and any(a.endswith(".js") for a in assets)
+        assert all(a.startswith(DOCS_ASSETS + "/") for a in assets), assets
+        for asset in assets:
+            served = httpx.get(server + asset)
+            assert served.status_code == 200 and len(served.content) > 1000
+            assert served.headers["content-type"].split(";")[0] in ASSET_TYPES[Path(asset).suffix], (asset, served.headers["content-type"])
     page = httpx.get(f"{server}/")
     assert page.status_code == 200 and "<script>" in page.text
     assert not re.search(r'(src|href)="(https?:)?//', page.text)  # self-contained: these machines are offline
@@ -428,7 +438,7 @@ def test_task_parses_requests():
     assert text.serve_inputs([{"text": "a", "text_pair": "b"}, "c"]) == [("a", "b"), "c"]
     with pytest.raises(DataError, match="empty list"):
         text.serve_inputs([])
-    with pytest.raises(ModelError, match="not supported yet"):
+    with pytest.raises(ModelError, match="/predict does not serve the text-generation task.*served on /generate and /generate_stream"):
         get_task("text-generation").serve_outputs(None, None, [None])
 
 

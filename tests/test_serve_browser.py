@@ -56,6 +56,38 @@ def test_page_shows_labels_with_score_bars(chromium, tmp_path):
     assert [float(w.rstrip("%")) for w in widths] == pytest.approx([100 * s for s in scores], abs=0.1)
 
 
+def test_api_docs_render_offline(chromium, tmp_path):
+    """Swagger UI at /docs and ReDoc at /redoc draw the /predict operation from scripts and styles of this server alone.
+
+    The one request elsewhere is ReDoc's own logo (an image from Redocly's CDN, in its sidebar): offline it stays blank."""
+    from hfcompress.serving.app import create_app
+    from hfcompress.serving.config import ServeConfig
+
+    model = save_tiny_classifier(tmp_path / "tiny")
+    elsewhere = []
+
+    def only_this_server(route, url):
+        if route.request.url.startswith(url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append((route.request.resource_type, route.request.url))
+            route.abort()
+
+    with running_server(create_app(model, ServeConfig())) as url, playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.route("**/*", lambda route: only_this_server(route, url))
+            page.goto(url + "/docs")
+            playwright_api.expect(page.locator(".opblock-summary-path", has_text="/predict")).to_be_visible()
+            playwright_api.expect(page.locator(".opblock-summary-method", has_text="POST").first).to_be_visible()
+            page.goto(url + "/redoc")
+            playwright_api.expect(page.locator("h2", has_text="Predict").first).to_be_visible()
+        finally:
+            browser.close()
+    assert [kind for kind, _ in elsewhere if kind != "image"] == [], elsewhere
+
+
 def test_page_streams_a_generation(chromium, tmp_path):
     import httpx
 

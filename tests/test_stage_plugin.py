@@ -61,3 +61,23 @@ def test_a_stage_config_must_be_a_stage_config_dataclass():
 
     with pytest.raises(TypeError, match="must be a dataclass subclassing hfcompress.recipes.registry.StageConfig"):
         register_stage("loose", Loose)
+
+
+BUILT_IN_STAGES = sorted(STAGES)  # at collection, before a test registers its own
+
+
+@pytest.mark.parametrize("kind", BUILT_IN_STAGES)
+def test_every_stage_lists_its_inputs_then_name_then_the_methods_fields(kind):
+    """One field order for every stage config, as the saved recipe and the card's steps show it: the models it reads,
+    its name, the fields of the method config it extends (if any), then its own."""
+    import dataclasses
+
+    config_cls = STAGES[kind].config_cls
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    inputs = config_cls.input_fields()
+    assert inputs and names[: len(inputs) + 1] == [*inputs, "name"]
+    methods = [base for base in config_cls.__mro__ if dataclasses.is_dataclass(base) and not issubclass(base, StageConfig)]
+    assert len(methods) <= 1
+    for method in methods:  # e.g. ExportConfig's fields right after the name, in its own order
+        own = [f.name for f in dataclasses.fields(method) if f.name not in inputs]
+        assert names[len(inputs) + 1 : len(inputs) + 1 + len(own)] == own

@@ -124,6 +124,12 @@ def test_every_task_runs_the_whole_pipeline(case, tmp_path, tokenizer):
     assert rows[2][metric] == pytest.approx(rows[1][metric], rel=1e-3)  # the fp32 export scores as its checkpoint
     card = (outputs["card"] / "README.md").read_text()
     assert f"pipeline_tag: {task.pipeline_tag}" in card and task.ort_model in card
+    # the distil stage's own summary (carried into the export too) gives the card's Distillation section
+    distillation = card.split("### Distillation\n", 1)[1].split("\n#", 1)[0]
+    assert "The student (the teacher's layers [1]) was trained to match the teacher `teacher`" in distillation
+    assert "T = 2.0, alpha = 0.5" in distillation and "- student_layers: 1" in distillation and "- teacher_layers: 2" in distillation
+    report = json.loads((outputs["student"] / "distillation.json").read_text())
+    assert report["task"] == task.name and report["student_parameters"] < report["teacher_parameters"] and report["eval"]["loss"] > 0
     if case == "sentence-pair":  # the pair is timed and checked with both texts: token type ids of segment B appear
         from hfcompress.data import DataConfig, TaskData
         from hfcompress.evaluation import evaluation_texts

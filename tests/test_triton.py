@@ -3,6 +3,7 @@ inputs declared there that run the repository's model.onnx to the logits of the 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -217,3 +218,68 @@ def test_cli_rejects_bad_triton_options_before_exporting(tiny_teacher_dir, tmp_p
 def test_not_an_onnx_directory_is_a_model_error(tiny_teacher_dir, tmp_path):
     with pytest.raises(ModelError, match="no .onnx file|not a directory"):
         write_triton_repository(Path(tmp_path / "missing"), tmp_path / "repo")
+
+
+def _export_recipe(teacher: Path, data: Path, out: Path, triton) -> dict:
+    """A tiny model exported with a Triton repository, then carded and pushed (dry run) as a release would be."""
+    return {
+        "name": "triton-recipe", "output_dir": str(out), "data": {"path": str(data), "eval_split": "dev", "max_length": 16},
+        "stages": [
+            {"stage": "export", "model": str(teacher), "sequence_lengths": [8], "triton": triton},
+            {"stage": "card", "model": str(teacher), "onnx": ["onnx"]},
+            {"stage": "push", "folder": "card", "repo_id": "me/tiny", "dry_run": True},
+        ],
+    }
+
+
+def test_a_recipe_export_stage_writes_the_repository_that_card_and_push_leave_out(tiny_teacher_dir, tiny_sst2_dir, tmp_path, monkeypatch):
+    import onnxruntime as ort
+    import yaml
+
+    from hfcompress.artifacts import PUSH_RESULT_FILE, STAGE_DONE_FILE, TRITON_REPOSITORY_DIR
+    from hfcompress.cli import main
+    from hfcompress.hub.push import PushConfig, push_to_hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # a dry run needs no token
+    out = tmp_path / "run"
+    recipe = _export_recipe(tiny_teacher_dir, tiny_sst2_dir, out, {"instances": 2, "max_batch_size": 16, "max_queue_delay_us": 500})
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(tmp_path / "recipe.yaml")]) == 0
+
+    onnx_dir = out / "onnx"
+    model = onnx_dir / TRITON_REPOSITORY_DIR / "onnx"  # named after the stage, as the CLI names it after the ONNX directory
+    assert (onnx_dir / STAGE_DONE_FILE).is_file() and sorted(p.name for p in (onnx_dir / TRITON_REPOSITORY_DIR).iterdir()) == ["onnx"]
+    assert (model / "1" / "model.onnx").read_bytes() == (onnx_dir / "model.onnx").read_bytes()
+    config = parse_pbtxt((model / "config.pbtxt").read_text())
+    assert config["name"] == "onnx" and config["max_batch_size"] == "16" and config["instance_group"] == [{"count": "2", "kind": "KIND_CPU"}]
+    assert config["dynamic_batching"] == {"preferred_batch_size": ["8"], "max_queue_delay_microseconds": "500"}
+    session = ort.InferenceSession(str(model / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i["name"] for i in config["input"]] == [i.name for i in session.get_inputs()]
+
+    release = sorted(p.relative_to(out / "card").as_posix() for p in (out / "card").rglob("*") if p.is_file())
+    assert "onnx/model.onnx" in release and not any(TRITON_REPOSITORY_DIR in path for path in release)
+    pushed = json.loads((out / "push" / PUSH_RESULT_FILE).read_text())["files"]
+    assert "onnx/model.onnx" in pushed and not any(TRITON_REPOSITORY_DIR in path for path in pushed)
+    pushed = push_to_hub(onnx_dir, PushConfig(repo_id="me/onnx", allow_no_card=True), dry_run=True)["files"]  # the export itself
+    assert "model.onnx" in pushed and not any(TRITON_REPOSITORY_DIR in path for path in pushed)
+
+
+@pytest.mark.parametrize("triton, message", [
+    ({"instances": 0}, "instances"), ({"max_batch_sise": 8}, "max_batch_sise"), ("yes", "matches none of"),
+])
+def test_a_recipe_with_bad_triton_settings_fails_before_any_stage(tiny_teacher_dir, tiny_sst2_dir, tmp_path, triton, message):
+    from hfcompress.recipes.recipe import parse_recipe
+
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe(_export_recipe(tiny_teacher_dir, tiny_sst2_dir, tmp_path / "run", triton))
+
+
+def test_a_stage_name_that_cannot_name_a_triton_model_needs_model_name(tiny_teacher_dir, tiny_sst2_dir, tmp_path):
+    from hfcompress.recipes.recipe import parse_recipe
+
+    recipe = _export_recipe(tiny_teacher_dir, tiny_sst2_dir, tmp_path / "run", True)
+    recipe["stages"][0]["name"], recipe["stages"][1]["onnx"] = "onnx export", ["onnx export"]
+    with pytest.raises(ConfigError, match="Triton model name 'onnx export'"):
+        parse_recipe(recipe)
+    recipe["stages"][0]["triton"] = {"model_name": "sst2"}
+    assert parse_recipe(recipe).stages[0][1].triton_config().model_name == "sst2"

@@ -18,6 +18,7 @@ from ..tasks import IGNORE_INDEX, task_of
 from .cache import INDEX_COLUMN, TeacherLogitCache
 from .config import DistillationTrainingArguments, layer_count, resolve_layer_map
 from .losses import attention_loss, combine, count_items, distillation_loss_sums, hidden_state_loss
+from .report import eval_results, format_layer_map, write_distillation_report
 
 _PROJECTIONS_ATTR = "hfc_distillation_projections"
 
@@ -94,9 +95,21 @@ class DistillationTrainer(Trainer):
     the generalized JSD instead of the forward KL, and a fraction ``lmbda`` of the batches is replaced
     by continuations the student samples after each training text (``seq_kd``: the teacher samples the
     others), which the live teacher scores; only the generated tokens are distilled, without hard labels.
+
+    ``teacher_name`` and ``student_origin`` say in :meth:`write_artifacts`'s report how the teacher is
+    known (default: the path it was loaded from) and what the student was made from (e.g. "the
+    teacher's layers [0, 2, 4]").
     """
 
-    def __init__(self, model: PreTrainedModel, teacher_model: PreTrainedModel, args: DistillationTrainingArguments, **kwargs):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        teacher_model: PreTrainedModel,
+        args: DistillationTrainingArguments,
+        teacher_name: Optional[str] = None,
+        student_origin: Optional[str] = None,
+        **kwargs,
+    ):
         if not isinstance(args, DistillationTrainingArguments):
             raise ConfigError("DistillationTrainer needs DistillationTrainingArguments (it carries alpha and temperature)")
         self.task = task_of(model)
@@ -135,6 +148,8 @@ class DistillationTrainer(Trainer):
         # We normalise by the global item count ourselves, so Trainer must not divide by accumulation steps.
         self.model_accepts_loss_kwargs = True
         self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+        self.teacher_name = teacher_name or teacher_model.config.name_or_path or type(teacher_model).__name__
+        self.student_origin = student_origin
         self.teacher_forward_passes = 0
         self._teacher_inputs = set(inspect.signature(self.teacher.forward).parameters)
         self._loss_parts: dict[str, list[float]] = {}
@@ -304,6 +319,51 @@ class DistillationTrainer(Trainer):
             logs.update({k: round(sum(v) / len(v), 6) for k, v in self._loss_parts.items()})
             self._loss_parts = {}
         super().log(logs, start_time)
+
+    # --- what the run did: distillation.json and its compression summary --------------------------
+
+    def distillation_report(self) -> dict:
+        """The settings this run distilled with (unused ones None) and what it measured, for ``distillation.json``."""
+        args = self.args
+        student = self.accelerator.unwrap_model(self.model)
+        teacher = self.accelerator.unwrap_model(self.teacher)
+        student_parameters = sum(p.numel() for name, p in student.named_parameters() if not name.startswith(_PROJECTIONS_ATTR + "."))
+        teacher_parameters = sum(p.numel() for p in teacher.parameters())
+        pairs = args.hidden_distill_weight > 0 or args.attention_distill_weight > 0
+        train = next((entry for entry in reversed(self.state.log_history) if "train_loss" in entry), {})
+        return {
+            "method": "distillation",
+            "teacher": self.teacher_name,
+            "student": self.student_origin,
+            "task": self.task.name,
+            "alpha": args.alpha,
+            "temperature": args.temperature,
+            "beta": args.beta or None,
+            "hidden_distill_weight": args.hidden_distill_weight or None,
+            "hidden_distill_loss": args.hidden_distill_loss if args.hidden_distill_weight > 0 else None,
+            "attention_distill_weight": args.attention_distill_weight or None,
+            "layer_map": format_layer_map(self.layer_map) if pairs else None,
+            "teacher_cache_dtype": args.teacher_cache_dtype if self.teacher_cache is not None else None,
+            "teacher_cache_top_k": self.teacher_cache.top_k if self.teacher_cache is not None else None,
+            "lmbda": args.lmbda or None,
+            "seq_kd": args.seq_kd or None,
+            "max_new_tokens": args.max_new_tokens if self._generates else None,
+            "epochs": args.num_train_epochs if args.max_steps <= 0 else None,
+            "max_steps": args.max_steps if args.max_steps > 0 else None,
+            "teacher_layers": layer_count(teacher.config) or None,
+            "student_layers": layer_count(student.config) or None,
+            "teacher_parameters": teacher_parameters,
+            "student_parameters": student_parameters,
+            "parameters_vs_teacher": round(student_parameters / teacher_parameters, 4),
+            "steps": self.state.global_step,
+            "train_loss": train.get("train_loss"),
+            "teacher_forward_passes": self.teacher_forward_passes,
+            "eval": eval_results(self.state.log_history),
+        }
+
+    def write_artifacts(self, directory) -> None:
+        """Write ``distillation.json`` and its compression summary into ``directory`` (the saved student's), for the model card."""
+        write_distillation_report(directory, self.distillation_report())
 
     # --- saving: the student only, projections kept beside checkpoints for resuming ----------------
 

@@ -1,4 +1,4 @@
-"""A causal LM as one ONNX decoder graph with a KV cache, in Optimum's "text-generation-with-past" layout.
+"""A causal LM as one ONNX decoder graph with a KV cache, in the layout of Optimum's causal-LM export with past.
 
 The graph takes ``input_ids``, ``attention_mask`` (over past and new tokens), ``position_ids`` and,
 per layer, ``past_key_values.{i}.key`` / ``.value`` [batch_size, num_key_value_heads,

@@ -36,7 +36,7 @@ class OrtCausalLM(OnnxRuntimeModel):
         self.generation_config = generation_config
         self.past_names = [name for name in self.input_names if is_past_input(name)]
         if not self.past_names:
-            raise ModelError(f"{path} has no past_key_values inputs: re-export it with hfcompress export (text-generation graphs carry a KV cache)")
+            raise ModelError(f"{path} has no past_key_values inputs: re-export it with hfcompress export (its causal-LM graphs carry a KV cache)")
         self.present_names = [PRESENT_PREFIX + name[len(PAST_PREFIX):] for name in self.past_names]
         self.takes_positions = "position_ids" in self.input_names
 

@@ -32,6 +32,7 @@ from ..artifacts import (
     PARITY_FILE,
     RECIPE_FILE,
     STAGE_DONE_FILE,
+    TRITON_REPOSITORY_DIR,
     read_compression_summaries,
 )
 from ..errors import ConfigError
@@ -348,7 +349,6 @@ def gather_card_facts(model_dir: str | Path, cfg: CardConfig) -> dict:
         "dataset": dataset,
         "metrics": eval_metrics,
         "steps": [_describe_step(s) for s in steps],
-        "distillation": _distillation_facts(distill) if distill else None,
         "compression": compression,
         "parity": parity,
         "report": report,
@@ -461,25 +461,10 @@ def _describe_step(stage: dict) -> dict:
     return {"kind": stage.get("stage"), "name": stage.get("name"), "settings": settings}
 
 
-def _distillation_facts(stage: dict) -> dict:
-    training = stage.get("training") or {}
-    return {
-        "teacher": stage.get("teacher"),
-        "student_layers": stage.get("student_layers"),
-        "student": stage.get("student"),
-        "temperature": training.get("temperature"),
-        "alpha": training.get("alpha"),
-        "hidden_distill_weight": training.get("hidden_distill_weight"),
-        "attention_distill_weight": training.get("attention_distill_weight"),
-        "layer_map": training.get("layer_map"),
-        "epochs": training.get("num_train_epochs"),
-    }
-
-
 def derive_tags(facts: dict) -> list[str]:
     """Tags by what actually happened to the model (and what ships with it)."""
     tags = [CARD_TAG]
-    if facts["distillation"] or facts["teacher"]:
+    if facts["teacher"]:
         tags.append("distillation")
     for summary in facts["compression"]:
         tags += summary["tags"]
@@ -574,12 +559,13 @@ def assemble_release(model_dir: Path, out: Path, cfg: CardConfig, card_text: str
 
 
 def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link (or copy, across file systems) the files of ``src`` into ``dst``, without hidden or work files."""
+    """Hard-link (or copy, across file systems) the files of ``src`` into ``dst``, without hidden or work files,
+    nor an export's Triton model repository (a second copy of its graph, for a Triton server, not for the Hub)."""
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src)
         if not p.is_file() or p.name == STAGE_DONE_FILE or any(part.startswith(".") for part in rel.parts):
             continue
-        if rel.parts[0].startswith("checkpoint-") or p.name == "README.md" or is_pickle(rel.as_posix()):
+        if rel.parts[0].startswith("checkpoint-") or rel.parts[0] == TRITON_REPOSITORY_DIR or p.name == "README.md" or is_pickle(rel.as_posix()):
             continue
         _link(p, dst / rel)
 

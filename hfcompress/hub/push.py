@@ -25,6 +25,7 @@ try:  # huggingface_hub 2.x sends its requests through httpx2, 0.x through reque
 except ImportError:
     from requests import RequestException as NetworkError
 
+from ..artifacts import TRITON_REPOSITORY_DIR
 from ..errors import ConfigError, HFCompressError
 from .validation import check_repo_id, validate_card_data
 
@@ -33,8 +34,10 @@ from .validation import check_repo_id, validate_card_data
 # (fnmatch's * also matches "/", so "*.pt" covers every folder.) pytorch_model.bin weights are not matched.
 PICKLE_PATTERNS = ["training_args.bin", "*/training_args.bin", "*.pt", "*.pth", "*.pkl", "*.pickle"]
 # Training leftovers that never belong in a model repo: Trainer checkpoints, hidden files and
-# directories (stage markers, .work, caches), TensorBoard runs, lock files and the pickles above.
-DEFAULT_IGNORE_PATTERNS = ["checkpoint-*", "*/checkpoint-*", ".*", "*/.*", "runs/*", "*.lock", *PICKLE_PATTERNS]
+# directories (stage markers, .work, caches), TensorBoard runs, lock files and the pickles above; and an
+# export's Triton model repository (a copy of its graph for a Triton server: push that folder itself to publish it).
+DEFAULT_IGNORE_PATTERNS = ["checkpoint-*", "*/checkpoint-*", ".*", "*/.*", "runs/*", "*.lock", *PICKLE_PATTERNS,
+                           f"{TRITON_REPOSITORY_DIR}/*", f"*/{TRITON_REPOSITORY_DIR}/*"]
 
 
 def is_pickle(path: str) -> bool:

@@ -8,15 +8,15 @@ to ONNX. For fast CPU int8 use ONNX Runtime (:func:`~hfcompress.quantization.qua
 from __future__ import annotations
 
 import logging
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import torch
 
 from ..errors import ConfigError
 from ..modeling import empty_model, load_model, load_tokenizer
+from ..targets import PATTERNS_HELP, ModulePatterns, check_module_patterns, select_modules
 from ..tasks import get_task, task_of
 from ..utils.io import atomic_output_dir
 from .config import write_quantization_report
@@ -39,7 +39,12 @@ class BnbConfig:
     quant_type: Literal["nf4", "fp4"] = field(default="nf4", metadata={"help": "4-bit only: NormalFloat4 (for normally distributed weights) or FP4."})
     double_quant: bool = field(default=True, metadata={"help": "4-bit only: also quantize the per-block scales (saves ~0.4 bit per weight)."})
     compute_dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={"help": "dtype of the matmuls and of the layers left unquantized."})
-    skip_modules: Optional[list[str]] = field(default=None, metadata={"help": "Module names kept in full precision; default: transformers' choice (the output head)."})
+    exclude_modules: ModulePatterns = field(
+        default=None,
+        metadata={"help": f"Linear layers kept in full precision: {PATTERNS_HELP}. Default: transformers' choice (the output head); [] keeps none."},
+    )
+
+    renamed_keys: ClassVar[dict[str, str]] = {"skip_modules": "exclude_modules"}  # transformers' substring syntax, before the one target syntax
 
     def __post_init__(self):
         if self.bits not in (4, 8):
@@ -48,15 +53,17 @@ class BnbConfig:
             raise ConfigError(f"quant_type must be 'nf4' or 'fp4', got '{self.quant_type}'")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got '{self.compute_dtype}'")
+        check_module_patterns(None, self.exclude_modules)
 
-    def transformers_config(self):
+    def transformers_config(self, kept: list[str]):
+        """Transformers' ``BitsAndBytesConfig``, keeping the modules named exactly in ``kept`` (see :func:`kept_modules`)."""
         from transformers import BitsAndBytesConfig
 
         if self.bits == 8:
-            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=self.skip_modules)
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=kept)
         return BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=self.quant_type, bnb_4bit_use_double_quant=self.double_quant,
-            bnb_4bit_compute_dtype=COMPUTE_DTYPES[self.compute_dtype], llm_int8_skip_modules=self.skip_modules,
+            bnb_4bit_compute_dtype=COMPUTE_DTYPES[self.compute_dtype], llm_int8_skip_modules=kept,
         )
 
     def describe(self) -> dict:
@@ -82,19 +89,24 @@ def default_skip_modules(skeleton) -> list[str]:
     return sorted({key.removesuffix(".weight").removesuffix(".bias") for key in get_keys_to_not_convert(skeleton)})
 
 
-def skip_modules(model_config, task, config: BnbConfig) -> tuple[list[str], list[str]]:
-    """(modules to keep in full precision, those of them kept only because their shape does not fit 4-bit on the CPU).
+def kept_modules(model_config, task, config: BnbConfig) -> tuple[list[str], list[str]]:
+    """(names of the modules kept in full precision, those of them kept only because their shape does not fit 4-bit on the CPU).
 
-    Every such layer is kept on every CPU, not only where AVX-512 would fail on it, so a 4-bit
+    ``exclude_modules`` is resolved on the model's meta skeleton to exact module names, which transformers
+    then skips (its own matching, a substring on 4.x and a regex or suffix on 5, finds exactly those).
+    Every misfit layer is kept on every CPU, not only where AVX-512 would fail on it, so a 4-bit
     checkpoint behaves the same on every machine it is loaded on.
     """
     skeleton = empty_model(model_config, task)  # a slimmed checkpoint's narrower attention layers included
-    kept = list(config.skip_modules) if config.skip_modules is not None else default_skip_modules(skeleton)
+    if config.exclude_modules is None:
+        kept = default_skip_modules(skeleton)
+    else:
+        kept = list(select_modules(skeleton, config.exclude_modules, key="exclude_modules")) if config.exclude_modules else []
     if config.bits == 8:
         return kept, []
     misfits = [
         name for name, module in skeleton.named_modules()
-        if isinstance(module, torch.nn.Linear) and not fits_cpu_4bit(module) and not any(k in name for k in kept)
+        if isinstance(module, torch.nn.Linear) and not fits_cpu_4bit(module) and name not in kept
     ]
     return kept + misfits, misfits
 
@@ -116,8 +128,8 @@ def load_bnb(model: str | Path, config: Optional[BnbConfig] = None, task: Option
     if getattr(model_config, "quantization_config", None):
         quantization = {}  # a checkpoint saved by quantize_bnb carries its own quantization_config, which from_pretrained applies
     else:
-        skip, misfits = skip_modules(model_config, task, config)
-        quantization = {"quantization_config": dataclasses.replace(config, skip_modules=skip).transformers_config()}
+        skip, misfits = kept_modules(model_config, task, config)
+        quantization = {"quantization_config": config.transformers_config(skip)}
         if misfits:
             logger.warning(
                 "hfcompress: %d Linear layer(s) stay in %s: bitsandbytes' 4-bit CPU kernel needs input widths divisible by %d "

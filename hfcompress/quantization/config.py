@@ -12,6 +12,7 @@ from typing import Literal, Optional
 
 from ..artifacts import QAT_RANGES_FILE, QUANTIZATION_FILE, CompressionSummary, set_entries, write_method_report
 from ..errors import ConfigError, closest
+from ..evaluation.latency import cpu_info
 from ..targets import PATTERNS_HELP, ModulePatterns, check_module_patterns
 
 PRESETS = ("avx2", "avx512", "avx512_vnni", "arm64", "tensorrt")
@@ -80,8 +81,6 @@ def cpu_preset(isa: Optional[list[str]] = None, machine: Optional[str] = None) -
     saturate; ARM64 has its own s8 kernels.
     """
     if isa is None or machine is None:
-        from ..evaluation.latency import cpu_info
-
         info = cpu_info(threads=1)
         isa, machine = info["isa"] if isa is None else isa, info["machine"] if machine is None else machine
     flags = set(isa)

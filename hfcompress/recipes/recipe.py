@@ -131,12 +131,11 @@ def parse_recipe(data: dict[str, Any]) -> Recipe:
         if name in names:
             raise ConfigError(f"{path}.name: stage name '{name}' is used twice: give each stage a unique name")
         all_names = [_stage_name(s) for s in config.stages]
-        for f in dataclasses.fields(stage_cfg):
-            if f.metadata.get("model_ref"):
-                refs = getattr(stage_cfg, f.name)
-                for j, ref in enumerate(refs if isinstance(refs, list) else [refs]):
-                    if ref is not None and ref not in all_names:
-                        check_model_ref(ref, names, f"{path}.{f.name}" + (f"[{j}]" if isinstance(refs, list) else ""))
+        for field_name in stage_cfg.input_fields():
+            refs = getattr(stage_cfg, field_name)
+            for j, ref in enumerate(refs if isinstance(refs, list) else [refs]):
+                if ref is not None and ref not in all_names:
+                    check_model_ref(ref, names, f"{path}.{field_name}" + (f"[{j}]" if isinstance(refs, list) else ""))
         names.append(name)
         stages.append((kind, stage_cfg))
     for i, (_, stage_cfg) in enumerate(stages):  # a stage reads only what ran before it

@@ -21,6 +21,12 @@ class StageConfig:
     ids); ``name`` is its output sub-directory. The runner calls :meth:`preflight` of every stage
     before any stage starts, then the registered ``run(config, context)``, which publishes the
     stage's output through the context exactly once and returns it.
+
+    Every stage config lists its fields in one order: the models it reads, ``name``, the method's
+    fields, then the stage's own. A stage that extends a method's config (``ExportConfig``, ...)
+    gets it by inheritance: ``class ExportStageConfig(ExportConfig, ExportStageInputs)``, where
+    ``ExportStageInputs`` (a StageConfig dataclass holding the model refs and ``name``) comes last
+    among the bases, so dataclasses collect its fields first.
     """
 
     uses_data: ClassVar[bool] = True  # whether the run must load the dataset for this stage
@@ -35,13 +41,20 @@ class StageConfig:
         size = max((ctx.model_bytes(ref) for ref in self.inputs()), default=0)
         return size, size
 
+    @classmethod
+    def input_fields(cls) -> list[str]:
+        """The fields naming models the stage reads, in field order: marked ``model_ref`` where any class of the stage
+        declares them (a method config's field that is also an input, such as the card's ``onnx``, keeps the method's
+        declaration; the stage's inputs base marks it)."""
+        marked = {f.name for base in cls.__mro__ if dataclasses.is_dataclass(base) for f in dataclasses.fields(base) if f.metadata.get("model_ref")}
+        return [f.name for f in dataclasses.fields(cls) if f.name in marked]
+
     def inputs(self) -> list[str]:
         """The models the stage reads, in field order."""
         refs: list[str] = []
-        for f in dataclasses.fields(self):
-            if f.metadata.get("model_ref"):
-                value = getattr(self, f.name)
-                refs.extend(v for v in (value if isinstance(value, list) else [value]) if v is not None)
+        for name in self.input_fields():
+            value = getattr(self, name)
+            refs.extend(v for v in (value if isinstance(value, list) else [value]) if v is not None)
         return refs
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import enum
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 from ..errors import ConfigError, closest
 
@@ -81,11 +81,13 @@ def field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def check_keys(data: dict, allowed, path: str) -> None:
+def check_keys(data: dict, allowed, path: str, renamed: Optional[dict[str, str]] = None) -> None:
+    """Every key of ``data`` must be ``allowed``; a key in ``renamed`` (old name -> new) is pointed to its new name."""
     for key in data:
         if key not in allowed:
             where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"unknown key '{where}'{closest(str(key), allowed)}: allowed keys are {sorted(allowed)}")
+            hint = f" (did you mean '{renamed[key]}'?)" if key in (renamed or {}) else closest(str(key), allowed)
+            raise ConfigError(f"unknown key '{where}'{hint}: allowed keys are {sorted(allowed)}")
 
 
 def from_dict(cls, data: Any, path: str = ""):
@@ -94,7 +96,7 @@ def from_dict(cls, data: Any, path: str = ""):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
     hints = field_types(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    check_keys(data, fields, path)
+    check_keys(data, fields, path, getattr(cls, "renamed_keys", None))
     kwargs = {}
     for name, f in fields.items():
         key_path = f"{path}.{name}" if path else name

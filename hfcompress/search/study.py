@@ -18,14 +18,17 @@ marked failed after the grace period and retried with the same settings, so a se
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import socket
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..artifacts import SQLITE_SCHEMA_LOCK_SUFFIX
 from ..errors import ConfigError, HFCompressError
 from ..recipes.recipe import apply_overrides, parse_recipe
 from .config import SearchSpace, override
@@ -78,6 +81,26 @@ def reference_model(recipe, outputs: dict[str, Path], space: SearchSpace, scored
     return None
 
 
+_REFERENCE_PREDICTIONS: dict[tuple, Any] = {}
+
+
+def reference_predictions(reference: str, data, batch_size: int):
+    """The reference's right/wrong inputs for the gate, computed once per worker while its files and the data
+    settings stay the same: a fixed teacher is the same in every trial, while one the recipe trains in the
+    trial's own directory is new each time."""
+    import dataclasses
+
+    from ..evaluation import classification_predictions
+
+    path = Path(reference)
+    files = sorted(path.rglob("*")) if path.is_dir() else [path] if path.exists() else []
+    stats = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
+    key = (str(path.resolve()) if files else reference, stats, repr(dataclasses.asdict(data.cfg)), batch_size)
+    if key not in _REFERENCE_PREDICTIONS:
+        _REFERENCE_PREDICTIONS[key] = classification_predictions(reference, data, batch_size)[0]
+    return _REFERENCE_PREDICTIONS[key]
+
+
 def run_trial(recipe_data: dict, overrides: list[str], trial_dir: Path, space: SearchSpace, settings: TrialSettings) -> dict:
     """Run the recipe in ``trial_dir`` with ``overrides``, then score its model: metric, latency, size, CPU seconds, gate."""
     from ..data import TaskData
@@ -103,10 +126,24 @@ def run_trial(recipe_data: dict, overrides: list[str], trial_dir: Path, space: S
     reference = reference_model(recipe, outputs, space, model)
     if reference is not None and data.task.default_metrics:  # a gate needs per-example right/wrong: classification tasks
         predictions, labels = classification_predictions(model, data, settings.batch_size)
-        reference_predictions, _ = classification_predictions(reference, data, settings.batch_size)
-        result["gate"] = {"reference": reference, **accuracy_gate(predictions == labels, reference_predictions == labels, settings.tolerance)}
+        correct_reference = reference_predictions(reference, data, settings.batch_size) == labels
+        result["gate"] = {"reference": reference, **accuracy_gate(predictions == labels, correct_reference, settings.tolerance)}
     result["cpu_seconds"] = round(cpu_seconds() - start, 2)
     return result
+
+
+@contextmanager
+def schema_lock(url: str):
+    """One worker at a time while a SQLite storage is opened: two workers opening a new file at once each create
+    its tables, and one fails ("table studies already exists"). Other databases create their schema in a transaction."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(url[len("sqlite:///"):] + SQLITE_SCHEMA_LOCK_SUFFIX)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        yield
 
 
 def open_storage(url: str):
@@ -116,7 +153,7 @@ def open_storage(url: str):
     if "://" not in url:
         raise ConfigError(f"--storage {url!r} is not a database URL: write e.g. sqlite:///search.db (or postgresql://user@host/db)")
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; they are what a resumed search relies on
+        with warnings.catch_warnings(), schema_lock(url):  # heartbeats are "experimental" since Optuna 2.8; they are what a resumed search relies on
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,

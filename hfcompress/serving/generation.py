@@ -292,7 +292,7 @@ def load_generation_predictor(model_path: str, task: Task, config: ServeConfig, 
     from ..generation import detect_backend, load_causal_lm
 
     if config.onnx_file is not None:
-        raise ConfigError(f"onnx_file={config.onnx_file!r} does not apply to a text-generation model: its export directory holds one decoder graph")
+        raise ConfigError(f"onnx_file={config.onnx_file!r} does not apply to a causal LM: its export directory holds one decoder graph")
     if local is not None and not any(local.glob("*.onnx")):
         refuse_pickle(local)
     set_torch_threads(config.threads)
@@ -451,7 +451,7 @@ def add_generation_routes(app, predictor: GenerationPredictor, slots: Generation
 
     @app.post("/predict", dependencies=[Depends(require_json)], responses=errors)
     async def predict(body: GenerateRequest, request: Request):
-        """The text-generation pipeline's answer, [{"generated_text": prompt + continuation}] (return_full_text defaults to true)."""
+        """transformers' generation pipeline's answer, [{"generated_text": prompt + continuation}] (return_full_text defaults to true)."""
         result = await answer(body, request, return_full_text=True)
         return [{"generated_text": result["generated_text"]}] if isinstance(result, dict) else result
 

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..artifacts import TRITON_LABELS_FILE, TRITON_TOKENIZER_DIR
 from ..errors import ConfigError, ModelError
 from ..utils.io import atomic_output_dir, atomic_write_text
 
-TOKENIZER_DIR = "tokenizer"  # beside config.pbtxt; Triton loads only numeric version directories
-LABELS_FILE = "labels.txt"  # one label a line, in logit order: Triton's classification extension reads it
 MODEL_VERSION = "1"
 
 # ONNX TensorProto element types -> Triton data types (model_config.proto's DataType)
@@ -93,7 +92,7 @@ def _tensor_block(kind: str, specs: list[TensorSpec], batched: bool, labels_outp
         dims = spec.dims[1:] if batched else spec.dims
         lines = [f'    name: "{spec.name}"', f"    data_type: {spec.data_type}", f"    dims: [ {', '.join(map(str, dims))} ]"]
         if spec.name == labels_output:
-            lines.append(f'    label_filename: "{LABELS_FILE}"')
+            lines.append(f'    label_filename: "{TRITON_LABELS_FILE}"')
         entries.append("  {\n" + "\n".join(lines) + "\n  }")
     return f"{kind} [\n" + ",\n".join(entries) + "\n]"
 
@@ -179,11 +178,11 @@ def write_triton_repository(onnx_dir: str | Path, repo_dir: str | Path, config: 
             (version / data_file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source.parent / data_file, version / data_file)
         atomic_write_text(staging / "config.pbtxt", render_config(name, inputs, outputs, batched, config, labels_output))
-        tokenizer.save_pretrained(staging / TOKENIZER_DIR)
-        model_config.save_pretrained(staging / TOKENIZER_DIR)  # id2label, max_position_embeddings
+        tokenizer.save_pretrained(staging / TRITON_TOKENIZER_DIR)
+        model_config.save_pretrained(staging / TRITON_TOKENIZER_DIR)  # id2label, max_position_embeddings
         if labels_output:
             labels = [model_config.id2label[i] for i in range(len(model_config.id2label))]
-            atomic_write_text(staging / LABELS_FILE, "\n".join(labels) + "\n")
+            atomic_write_text(staging / TRITON_LABELS_FILE, "\n".join(labels) + "\n")
         atomic_write_text(staging / "README.md", _readme(name, inputs, outputs, labels_output, tokenizer.model_max_length, model_config))
     return Path(repo_dir) / name
 
@@ -197,11 +196,11 @@ def _readme(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], labe
     )
     classification = (
         f"\nWith `httpclient.InferRequestedOutput(\"{labels_output}\", class_count=2)` Triton answers the top labels as "
-        f"`score:index:label` strings, from `{LABELS_FILE}`.\n" if labels_output else ""
+        f"`score:index:label` strings, from `{TRITON_LABELS_FILE}`.\n" if labels_output else ""
     )
     return f"""# {name}: a Triton Inference Server model
 
-Written by `hfcompress export --triton`. `config.pbtxt` serves `1/model.onnx` with Triton's ONNX Runtime
+Written by `hfcompress export --triton` (or a recipe's export stage with `triton:`). `config.pbtxt` serves `1/model.onnx` with Triton's ONNX Runtime
 backend on the CPU, with dynamic batching. Start Triton on the repository (the directory above this one):
 
 ```bash
@@ -212,7 +211,7 @@ docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v $PWD:/models nvcr.io/n
 ## Tokenization
 
 Triton serves tensors, not text: clients tokenize. The tokenizer the model was trained with is in
-`{TOKENIZER_DIR}/` (Triton loads only numeric version directories and ignores it). Texts are tokenized
+`{TRITON_TOKENIZER_DIR}/` (Triton loads only numeric version directories and ignores it). Texts are tokenized
 to at most {max_length} tokens and padded to the longest in the request; the graph takes
 {", ".join(f"`{s.name}`" for s in inputs)} and returns {", ".join(f"`{s.name}`" for s in outputs)}.
 
@@ -221,7 +220,7 @@ import numpy as np
 import tritonclient.http as httpclient
 from transformers import AutoTokenizer
 
-tokenizer = AutoTokenizer.from_pretrained("{name}/{TOKENIZER_DIR}")
+tokenizer = AutoTokenizer.from_pretrained("{name}/{TRITON_TOKENIZER_DIR}")
 encoded = tokenizer(["a fine film"], padding=True, truncation=True, max_length={max_length}, return_tensors="np")
 inputs = [
 {feeds}

@@ -358,11 +358,14 @@ class Task:
     def serve_outputs(self, logits, batch: ServedBatch, top_k: Sequence[Optional[int]]) -> list[list[dict]]:
         """Pipeline-shaped results of one batch: a list of dicts per input, from the logits as a numpy array.
 
-        ``top_k`` is one value per input (None: every label). Tasks that can be served override it.
+        ``top_k`` is one value per input (None: every label). Tasks that ``/predict`` serves override it.
         """
         from ..errors import ModelError
 
-        raise ModelError(f"serving the {self.name} task is not supported yet: serve a text- or token-classification model")
+        raise ModelError(
+            f"/predict does not serve the {self.name} task: it serves text- and token-classification models "
+            "(a text-generation model is served on /generate and /generate_stream)"
+        )
 
     def card_labels(self, config: dict) -> Optional[dict]:
         """Labels the model card lists."""

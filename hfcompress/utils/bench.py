@@ -138,44 +138,6 @@ def goals_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def runnable_stages(data: dict) -> tuple[dict, dict[str, str]]:
-    """The recipe ``data`` without the stages this checkout cannot run, and why each left-out stage was left out.
-
-    A stage is left out when its type is not registered, its keys do not validate (a method or option still to
-    come), the recipe's data section does not validate (its task is missing), or it reads a stage left out.
-    The recipe's own evaluate and card stages are left out too: this script measures every variant itself.
-    """
-    from ..data import DataConfig
-    from ..errors import ConfigError
-    from ..recipes.registry import STAGES
-    from ..recipes.schema import from_dict
-
-    skipped: dict[str, str] = {}
-    try:
-        from_dict(DataConfig, data.get("data", {}), "data")
-        data_error = None
-    except ConfigError as e:
-        data_error = f"the recipe's data section does not validate here: {e}"
-    kept = []
-    for i, stage in enumerate(data.get("stages", [])):
-        kind, fields = stage.get("stage"), {k: v for k, v in stage.items() if k != "stage"}
-        if kind in ("evaluate", "card"):
-            continue
-        name = fields.get("name") or kind
-        if kind not in STAGES:
-            skipped[name] = f"stage type '{kind}' is not registered in this checkout"
-            continue
-        try:
-            config = from_dict(STAGES[kind].config_cls, fields, f"stages[{i}]")
-        except ConfigError as e:
-            skipped[name] = str(e)
-            continue
-        name = config.name
-        missing = [ref for ref in config.inputs() if ref in skipped]
-        if data_error:
-            skipped[name] = data_error
-        elif missing:
-            skipped[name] = f"reads {missing[0]}, which is skipped"
-        else:
-            kept.append(stage)
-    return {**data, "stages": kept}, skipped
+def without_report_stages(data: dict) -> dict:
+    """The recipe ``data`` without its evaluate and card stages: a benchmark script measures every variant itself."""
+    return {**data, "stages": [stage for stage in data.get("stages", []) if stage.get("stage") not in ("evaluate", "card")]}

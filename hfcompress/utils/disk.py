@@ -7,7 +7,7 @@ What a command or stage will write is estimated here, conservatively, from what 
 - a training stage (finetune, distill): the model it publishes, plus ``save_total_limit`` checkpoints
   (every save when unset, one more with ``load_best_model_at_end``), each the model and Adam's two
   moments, ``CHECKPOINT_MODEL_COPIES`` x the model;
-- export: one float32 ONNX copy of the model, two with ``optimize``;
+- export: one float32 ONNX copy of the model, one more with ``optimize``, one more with a Triton repository;
 - quantize: the input's size (int8 and int4 files are smaller; the bound leaves room for the
   intermediate graph), twice for a PyTorch checkpoint, which is exported to ONNX first;
 - factorize, trim-vocab, prune, convert-gguf and other stages that transform a model: the input model's

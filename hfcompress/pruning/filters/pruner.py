@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
+from ...evaluation import count_macs, macs_by_module
 from ...targets import select_modules
 from .config import FilterPruningConfig
 from .importance import channel_scores, taylor_terms
@@ -170,9 +171,6 @@ class FilterPruner:
         self.removed: dict[str, list[int]] = {g.name: [] for g in self.groups}
         self.taylor: dict[str, torch.Tensor] = {}
         self.channels_before = {g.name: g.channels for g in self.groups}
-        # imported here: hfcompress.evaluation's package imports datasets, which loading the prune stage need not
-        from ...evaluation.macs import macs_by_module
-
         self.macs_before, self.layer_macs = macs_by_module(model, self.inputs)
         self.params_before = num_parameters(model)
 
@@ -344,8 +342,6 @@ class FilterPruner:
     def report(self) -> dict:
         after = {g.name: g.channels for g in self.groups}
         before_total, after_total = sum(self.channels_before.values()), sum(after.values())
-        from ...evaluation.macs import count_macs
-
         macs = count_macs(self.model, self.inputs)
         cfg = self.config
         return {

@@ -12,15 +12,20 @@ from ..registry import StageConfig, register_stage
 
 
 @dataclass(kw_only=True)
-class CardStageConfig(CardConfig, StageConfig):
+class CardStageInputs(StageConfig):
+    """The models the card stage reads (``onnx`` and ``report`` keep :class:`CardConfig`'s declaration; marked here)."""
+
+    model: str = field(metadata={"help": "Model the card describes: an earlier stage's name or a local path.", "model_ref": True})
+    onnx: list[str] = field(default_factory=list, metadata={"help": "Export stages (or directories) whose .onnx files ship in onnx/.", "model_ref": True})
+    report: Optional[str] = field(default=None, metadata={"help": f"Stage (or directory) holding {COMPRESSION_REPORT_FILE}.", "model_ref": True})
+    name: str = field(default="card", metadata={"help": "Stage name; also its output sub-directory (the release folder)."})
+
+
+@dataclass(kw_only=True)
+class CardStageConfig(CardConfig, CardStageInputs):
     """Model card options (see ``hfcompress card --help``); model, onnx and report are stage names or paths."""
 
     uses_data = False  # the run need not load the dataset for it
-
-    model: str = field(metadata={"help": "Model the card describes: an earlier stage's name or a local path.", "model_ref": True})
-    name: str = field(default="card", metadata={"help": "Stage name; also its output sub-directory (the release folder)."})
-    onnx: list[str] = field(default_factory=list, metadata={"help": "Export stages (or directories) whose .onnx files ship in onnx/.", "model_ref": True})
-    report: Optional[str] = field(default=None, metadata={"help": f"Stage (or directory) holding {COMPRESSION_REPORT_FILE}.", "model_ref": True})
 
     def disk_bytes(self, ctx: RunContext) -> tuple[int, int]:
         return 0, sum(ctx.model_bytes(ref) for ref in self.inputs())  # a release folder: copies of the model and its ONNX files

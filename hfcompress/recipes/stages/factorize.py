@@ -14,11 +14,15 @@ from ..registry import StageConfig, register_stage
 
 
 @dataclass(kw_only=True)
-class FactorizeStageConfig(LowRankConfig, StageConfig):
-    """Factorise ``model``; the rank-selection keys are those of :class:`~hfcompress.lowrank.LowRankConfig`."""
-
+class FactorizeStageInputs(StageConfig):
     model: str = field(metadata={"help": "Model to factorise: an earlier stage's name, a local path or a Hub id.", "model_ref": True})
     name: str = field(default="factorized", metadata={"help": "Stage name; also its output sub-directory."})
+
+
+@dataclass(kw_only=True)
+class FactorizeStageConfig(LowRankConfig, FactorizeStageInputs):
+    """Factorise ``model``; the rank-selection keys are those of :class:`~hfcompress.lowrank.LowRankConfig`."""
+
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the model's repository."})
 
 

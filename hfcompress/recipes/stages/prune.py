@@ -44,13 +44,13 @@ class PruneStageConfig(StageConfig):
     """Prune a model: unstructured/N:M magnitude pruning, structured head/FFN slimming or CNN filter pruning, with or without training."""
 
     model: str = field(metadata={"help": "Model to prune: an earlier stage's name, a local path or a Hub id.", "model_ref": True})
+    teacher: Optional[str] = field(
+        default=None, metadata={"help": "Distil from this teacher while pruning (needs training); default: train on labels.", "model_ref": True}
+    )
     name: str = field(default="pruned", metadata={"help": "Stage name; also its output sub-directory."})
     magnitude: Optional[MagnitudePruningConfig] = field(default=None, metadata={"help": "Magnitude pruning settings (MagnitudePruningConfig fields)."})
     structured: Optional[StructuredPruningConfig] = field(default=None, metadata={"help": "Head/FFN slimming settings (StructuredPruningConfig fields)."})
     filters: Optional[FilterPruningConfig] = field(default=None, metadata={"help": "CNN filter pruning settings (FilterPruningConfig fields)."})
-    teacher: Optional[str] = field(
-        default=None, metadata={"help": "Distil from this teacher while pruning (needs training); default: train on labels.", "model_ref": True}
-    )
     training: dict = field(
         default_factory=dict,
         metadata={"help": "(Distillation)TrainingArguments fields; empty: prune at once without training."},
@@ -108,7 +108,10 @@ def run_prune(cfg: PruneStageConfig, ctx: RunContext):
     if cfg.training:
         if cfg.teacher:
             teacher = _load_for_task(ctx, cfg.teacher, cfg.trust_remote_code)[0]
-            return train_and_publish(ctx, cfg, model, tokenizer, DistillationTrainer, DistillationTrainingArguments, teacher_model=teacher)[0]
+            return train_and_publish(
+                ctx, cfg, model, tokenizer, DistillationTrainer, DistillationTrainingArguments,
+                teacher_model=teacher, teacher_name=cfg.teacher, student_origin=f"`{cfg.model}`, pruned while it learned",
+            )[0]
         return train_and_publish(ctx, cfg, model, tokenizer, Trainer, TrainingArguments)[0]
     write_report = write_pruning_report
     if cfg.magnitude is not None:

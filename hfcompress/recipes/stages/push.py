@@ -12,13 +12,17 @@ from ..registry import StageConfig, register_stage
 
 
 @dataclass(kw_only=True)
-class PushStageConfig(PushConfig, StageConfig):
+class PushStageInputs(StageConfig):
+    folder: str = field(metadata={"help": "Folder to upload: an earlier stage's name (e.g. the card stage) or a path.", "model_ref": True})
+    name: str = field(default="push", metadata={"help": f"Stage name; its output directory records what was pushed ({PUSH_RESULT_FILE})."})
+
+
+@dataclass(kw_only=True)
+class PushStageConfig(PushConfig, PushStageInputs):
     """Hub push options (see ``hfcompress push --help``); the token comes from HF_TOKEN or the saved login."""
 
     uses_data = False  # the run need not load the dataset for it
 
-    folder: str = field(metadata={"help": "Folder to upload: an earlier stage's name (e.g. the card stage) or a path.", "model_ref": True})
-    name: str = field(default="push", metadata={"help": f"Stage name; its output directory records what was pushed ({PUSH_RESULT_FILE})."})
     dry_run: bool = field(default=False, metadata={"help": "Only record and print what would be uploaded."})
 
     def disk_bytes(self, ctx: RunContext) -> tuple[int, int]:

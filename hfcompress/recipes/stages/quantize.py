@@ -30,7 +30,7 @@ class QuantizeStageConfig(StageConfig):
     name: str = field(default="quantized", metadata={"help": "Stage name; also its output sub-directory."})
     backend: Literal["onnxruntime", "bitsandbytes"] = field(default="onnxruntime", metadata={"help": "'onnxruntime' (int8 ONNX, fast on CPU) or 'bitsandbytes' (8/4-bit PyTorch weights, for memory)."})
     onnx: PTQConfig = field(default_factory=PTQConfig, metadata={"help": "ONNX Runtime settings: mode (dynamic, static, weight_only), preset, calibration_method, calibration_samples, quantize_embeddings, weight_only (bits, algorithm, block_size, ...), ..."})
-    bnb: BnbConfig = field(default_factory=BnbConfig, metadata={"help": "bitsandbytes settings: bits, quant_type, double_quant, compute_dtype."})
+    bnb: BnbConfig = field(default_factory=BnbConfig, metadata={"help": "bitsandbytes settings: bits, quant_type, double_quant, compute_dtype, exclude_modules."})
 
     def disk_bytes(self, ctx: RunContext) -> tuple[int, int]:
         size = ctx.model_bytes(self.model)

@@ -211,11 +211,11 @@ class DistillStageConfig(StageConfig):
     student: Optional[str] = field(
         default=None, metadata={"help": "Student checkpoint; default: the teacher, cut to student_layers.", "model_ref": True}
     )
+    name: str = field(default="student", metadata={"help": "Stage name; also its output sub-directory."})
     student_layers: Optional[Union[int, list[int]]] = field(
         default=None,
         metadata={"help": "Teacher layers the student keeps, e.g. [0, 2, 4], or how many: 15 keeps the first, the last and 13 evenly spread."},
     )
-    name: str = field(default="student", metadata={"help": "Stage name; also its output sub-directory."})
     training: dict = field(default_factory=dict, metadata={"help": "DistillationTrainingArguments fields (alpha, temperature, ...)."})
     callbacks: list[dict] = field(default_factory=list, metadata={"help": "Callbacks, each {type: ..., ...}."})
     trust_remote_code: bool = False
@@ -325,9 +325,10 @@ def train_and_publish(ctx: RunContext, cfg, model, processor, trainer_cls, args_
     staging = ctx.fresh_staging(cfg.name)
     trainer.save_model(str(staging))
     if ctx.state.is_main_process:
-        for callback in trainer.callback_handler.callbacks:  # e.g. pruning's sparsity report or QAT ranges, beside the final model
-            if hasattr(callback, "write_artifacts"):
-                callback.write_artifacts(staging)
+        # the method reports beside the final model: the distillation report, pruning's sparsity report, QAT's ranges...
+        for writer in (trainer, *trainer.callback_handler.callbacks):
+            if hasattr(writer, "write_artifacts"):
+                writer.write_artifacts(staging)
         # the pickled TrainingArguments are replaced by their JSON form (tokens masked): no pickle in published outputs
         (staging / TRAINING_ARGS_NAME).unlink(missing_ok=True)
         atomic_write_text(staging / TRAINING_ARGS_FILE, trainer.args.to_json_string())
@@ -359,11 +360,20 @@ def run_distill(cfg: DistillStageConfig, ctx: RunContext):
     teacher, processor, _ = _load_for_task(ctx, cfg.teacher, cfg.trust_remote_code)
     if cfg.student is None:
         student = build_student_from_teacher(teacher, cfg.student_layers)
+        origin = f"the teacher's layers {kept_layers(cfg.student_layers, teacher)}"
     else:
         student, student_processor, student_path = _load_for_task(ctx, cfg.student, cfg.trust_remote_code)
         check_same_vocabulary(processor, student_processor, student_path)
+        origin = f"`{cfg.student}`"
         if cfg.student_layers is not None:
+            origin += f", layers {kept_layers(cfg.student_layers, student)}"
             student = build_student_from_teacher(student, cfg.student_layers)
     return train_and_publish(
-        ctx, cfg, student, processor, DistillationTrainer, DistillationTrainingArguments, teacher_model=teacher
+        ctx, cfg, student, processor, DistillationTrainer, DistillationTrainingArguments,
+        teacher_model=teacher, teacher_name=cfg.teacher, student_origin=origin,
     )[0]
+
+
+def kept_layers(layers: Union[int, list[int]], model) -> list[int]:
+    """The layer indices ``student_layers`` keeps of ``model`` (a count is spread as build_student_from_teacher spreads it)."""
+    return spread_layers(layers, layer_count(model.config)) if isinstance(layers, int) else list(layers)

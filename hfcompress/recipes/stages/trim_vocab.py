@@ -14,11 +14,15 @@ from ..registry import StageConfig, register_stage
 
 
 @dataclass(kw_only=True)
-class TrimVocabStageConfig(VocabTrimConfig, StageConfig):
-    """Trim ``model``'s vocabulary to the recipe data's training split; other keys are :class:`~hfcompress.vocab.VocabTrimConfig`'s."""
-
+class TrimVocabStageInputs(StageConfig):
     model: str = field(metadata={"help": "Model to trim: an earlier stage's name, a local path or a Hub id.", "model_ref": True})
     name: str = field(default="trimmed", metadata={"help": "Stage name; also its output sub-directory."})
+
+
+@dataclass(kw_only=True)
+class TrimVocabStageConfig(VocabTrimConfig, TrimVocabStageInputs):
+    """Trim ``model``'s vocabulary to the recipe data's training split; other keys are :class:`~hfcompress.vocab.VocabTrimConfig`'s."""
+
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the model's repository."})
 
 
