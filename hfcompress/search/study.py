@@ -18,7 +18,6 @@ marked failed after the grace period and retried with the same settings, so a se
 
 from __future__ import annotations
 
-import fcntl
 import os
 import resource
 import socket
@@ -30,6 +29,7 @@ from typing import Any, Optional
 
 from ..artifacts import SQLITE_SCHEMA_LOCK_SUFFIX
 from ..errors import ConfigError, HFCompressError
+from ..utils.lock import waiting_lock
 from ..recipes.recipe import apply_overrides, parse_recipe
 from .config import SearchSpace, override
 
@@ -139,10 +139,7 @@ def schema_lock(url: str):
     if not url.startswith("sqlite:///"):
         yield
         return
-    path = Path(url[len("sqlite:///"):] + SQLITE_SCHEMA_LOCK_SUFFIX)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+    with waiting_lock(url[len("sqlite:///"):] + SQLITE_SCHEMA_LOCK_SUFFIX):
         yield
 
 

@@ -13,19 +13,17 @@ never corrupt it; a cache that cannot be read or written only costs the hashing 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Iterator
 
 from ..artifacts import FILE_HASHES_DIR, LOCK_SUFFIX
 from .hashing import file_sha256
 from .io import atomic_write_json
+from .lock import waiting_lock
 
 logger = logging.getLogger("hfcompress")
 
@@ -67,7 +65,7 @@ class HashCache:
         if not self.fresh:
             return
         try:
-            with _locked(self.path):
+            with waiting_lock(self.path.with_name(self.path.name + LOCK_SUFFIX)):  # held for a read and a rename
                 atomic_write_json(self.path, {**_read(self.path), **self.fresh})  # merged with what other runs stored meanwhile
         except OSError as e:
             logger.warning("hfcompress: could not store file hashes in %s (%s): the next run hashes the data again", self.path, e)
@@ -81,14 +79,3 @@ def _read(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return entries if isinstance(entries, dict) else {}
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(path.name + LOCK_SUFFIX), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held for a read and a rename: waiting is short
-        yield
-    finally:
-        os.close(fd)

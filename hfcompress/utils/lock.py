@@ -51,6 +51,20 @@ def output_lock(directory: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
 
 
+@contextmanager
+def waiting_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created, with its folder, if missing) for a short critical section,
+    waiting for any other holder; the kernel releases it when the file closes or the process dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _acquire(path: Path, directory) -> int:
     """A descriptor of ``path`` holding its flock; retried when a releasing holder unlinked the file meanwhile."""
     while True:
